@@ -1,0 +1,29 @@
+"""quickllama's engine: query-aware long-context inference (Q-LLM) on transformers."""
+
+from .config import PRESETS, QLLMConfig
+from .errors import (
+    ConfigError,
+    EmptyInputError,
+    InputTooLongError,
+    InvalidDocumentError,
+    ModelLoadError,
+    QLLMError,
+    UnsupportedModelError,
+)
+from .results import Answer, AnswerStats, AnswerStream, RetrievedBlock
+
+__all__ = [
+    "PRESETS",
+    "Answer",
+    "AnswerStats",
+    "AnswerStream",
+    "ConfigError",
+    "EmptyInputError",
+    "InputTooLongError",
+    "InvalidDocumentError",
+    "ModelLoadError",
+    "QLLMConfig",
+    "QLLMError",
+    "RetrievedBlock",
+    "UnsupportedModelError",
+]

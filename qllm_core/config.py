@@ -1,0 +1,109 @@
+"""The engine's configuration: one frozen, validated dataclass plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Mode = Literal["qllm", "infllm", "streaming", "full"]
+MODES: tuple[str, ...] = ("qllm", "infllm", "streaming", "full")
+OFFLOAD_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QLLMConfig:
+    """Settings of the Q-LLM engine (see ``shared/QLLM_METHOD.md``).
+
+    Every field is validated on construction; an impossible value raises
+    :class:`~qllm_core.errors.ConfigError` naming the field.
+    """
+
+    mode: Mode = "qllm"
+    """``qllm``; ``infllm`` (question_weight forced to 0); ``streaming`` (initial
+    tokens + local window only); ``full`` (the model's own attention)."""
+    n_init: int = 128
+    """Initial tokens (attention sinks) that every query attends to."""
+    n_local: int = 1024
+    """Local window: the most recent tokens, attended with relative positions."""
+    block_size: int = 128
+    """Tokens per memory block."""
+    topk: int = 8
+    """Memory blocks retrieved per execution block."""
+    repr_topk: int = 4
+    """Most-attended tokens averaged into a block's representative key."""
+    exec_block_size: int = 512
+    """Queries processed together, sharing one retrieval."""
+    question_weight: float = 4.0
+    """beta in score = current . repr + beta * question . repr."""
+    max_cached_blocks: int = 32
+    """Memory blocks kept on the compute device per layer (LRU)."""
+    prefill_chunk_size: int = 8192
+    """Tokens per model forward during prefill (bounds FFN activations)."""
+    offload_dtype: str | None = None
+    """dtype of the host copy of memory blocks (``float16``, ``bfloat16``,
+    ``float32``); ``None`` keeps the model's dtype."""
+    max_input_tokens: int = 1_048_576
+    """Longest prompt accepted; longer inputs raise ``InputTooLongError``."""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        for name in ("n_local", "block_size", "topk", "repr_topk", "exec_block_size",
+                     "max_cached_blocks", "prefill_chunk_size", "max_input_tokens"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, name,
+                   f"must be an integer >= 1, got {value!r}")
+        _check(isinstance(self.n_init, int) and self.n_init >= 0, "n_init",
+               f"must be an integer >= 0, got {self.n_init!r}")
+        _check(self.repr_topk <= self.block_size, "repr_topk",
+               f"({self.repr_topk}) must be <= block_size ({self.block_size}): a block "
+               "has only block_size tokens to pick from")
+        _check(self.exec_block_size <= self.n_local, "exec_block_size",
+               f"({self.exec_block_size}) must be <= n_local ({self.n_local}): the local "
+               "window must cover one execution block; lower exec_block_size or raise n_local")
+        _check(self.max_cached_blocks >= self.topk, "max_cached_blocks",
+               f"({self.max_cached_blocks}) must be >= topk ({self.topk}): all retrieved "
+               "blocks must fit on the device at once")
+        _check(self.question_weight >= 0, "question_weight",
+               f"must be >= 0, got {self.question_weight!r}")
+        _check(self.offload_dtype is None or self.offload_dtype in OFFLOAD_DTYPES,
+               "offload_dtype", f"must be None or one of {OFFLOAD_DTYPES}, "
+               f"got {self.offload_dtype!r}")
+
+    @property
+    def effective_question_weight(self) -> float:
+        """beta as used: 0 in ``infllm`` mode, the configured value otherwise."""
+        return 0.0 if self.mode == "infllm" else self.question_weight
+
+    def replace(self, **changes: Any) -> QLLMConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> QLLMConfig:
+        """A named preset (see :data:`PRESETS`), optionally with fields overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[name].replace(**overrides)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"QLLMConfig.{field} {message}")
+
+
+PRESETS: dict[str, QLLMConfig] = {
+    # The authors' published settings (shared/QLLM_METHOD.md).
+    "llama3": QLLMConfig(n_init=128, n_local=1024, block_size=128, topk=8, repr_topk=4,
+                         exec_block_size=512, question_weight=4.0),
+    "mistral": QLLMConfig(n_init=128, n_local=1024, block_size=128, topk=8, repr_topk=4,
+                          exec_block_size=512, question_weight=1.0),
+    "small-window": QLLMConfig(n_init=128, n_local=512, block_size=64, topk=8, repr_topk=4,
+                               exec_block_size=512, question_weight=1.0),
+    # The embedded SmolLM2-135M model (trained context 8K), chosen by benchmarks/.
+    "smollm2": QLLMConfig(n_init=128, n_local=512, block_size=64, topk=8, repr_topk=4,
+                          exec_block_size=512, question_weight=1.0),
+}
+"""Named presets; pick one with :meth:`QLLMConfig.preset`."""
