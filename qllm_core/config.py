@@ -63,6 +63,10 @@ class QLLMConfig:
         _check(self.exec_block_size <= self.n_local, "exec_block_size",
                f"({self.exec_block_size}) must be <= n_local ({self.n_local}): the local "
                "window must cover one execution block; lower exec_block_size or raise n_local")
+        _check(self.prefill_chunk_size % self.exec_block_size == 0, "prefill_chunk_size",
+               f"({self.prefill_chunk_size}) must be a multiple of exec_block_size "
+               f"({self.exec_block_size}), so that chunked prefill groups queries exactly as "
+               "one-shot prefill does")
         _check(self.max_cached_blocks >= self.topk, "max_cached_blocks",
                f"({self.max_cached_blocks}) must be >= topk ({self.topk}): all retrieved "
                "blocks must fit on the device at once")

@@ -1,0 +1,300 @@
+"""QLLMEngine: answer questions about long documents with a loaded transformers model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .config import QLLMConfig
+from .documents import check_text
+from .errors import InputTooLongError
+from .layer_memory import LayerMemory, RequestPlan
+from .patching import MEMORY_KWARG, AttachedModel
+from .progress import prefill_progress
+from .prompt import PromptLayout, build_prompt
+from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
+from .rope import RotaryTable
+from .sampling import TextAccumulator, next_token
+
+logger = logging.getLogger(__name__)
+
+FULL_ATTENTION_CHUNK = 2048
+"""Prefill chunk of ``full`` mode: its attention holds chunk x length scores per head."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings of one request."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class RequestMemory:
+    """All layers' Q-LLM state for one request; handed to the attention via ``model(...)``."""
+
+    def __init__(self, *, config: QLLMConfig, plan: RequestPlan, rope: RotaryTable,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.config, self.plan, self.rope = config, plan, rope
+        self.device, self.dtype = device, dtype
+        self.offload_dtype = getattr(torch, config.offload_dtype) if config.offload_dtype else None
+        self.counts: Counter[int] = Counter()
+        self.layers: dict[int, LayerMemory] = {}
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """q: (heads, n, D); k, v: (kv_heads, n, D) unrotated. Returns (heads, n, D)."""
+        layer = self.layers.get(layer_idx)
+        if layer is None:
+            layer = self.layers[layer_idx] = LayerMemory(
+                config=self.config, plan=self.plan, rope=self.rope, num_kv_heads=k.shape[0],
+                head_dim=k.shape[-1], device=self.device, dtype=self.dtype,
+                offload_dtype=self.offload_dtype, counts=self.counts)
+        return layer.attend(q, k, v, scaling)
+
+
+class QLLMEngine:
+    """Query-aware long-context inference over a loaded causal LM (batch size 1).
+
+    Requests are serialized by a lock; each one starts from fresh memory.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, *,
+                 config: QLLMConfig | None = None, progress: bool | None = None) -> None:
+        self.config = config or QLLMConfig()
+        self._attached = AttachedModel(model)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.progress = progress
+        self._lock = threading.Lock()
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
+        self._eos = _eos_ids(model, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str] | None = None, *,
+                        config: QLLMConfig | None = None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None,
+                        progress: bool | None = None) -> QLLMEngine:
+        """Load a model (``None``: the embedded SmolLM2-135M) and attach the engine."""
+        from .loading import load_model
+
+        model, tokenizer = load_model(source, device=device, dtype=dtype)
+        if config is None and source is None:
+            config = QLLMConfig.preset("smollm2")
+        return cls(model, tokenizer, config=config, progress=progress)
+
+    @property
+    def model_name(self) -> str:
+        """The model's name (its directory or hub id, without the path)."""
+        name = getattr(self.model.config, "name_or_path", "") or self.model.config.model_type
+        return os.path.basename(str(name).rstrip("/")) or str(name)
+
+    @property
+    def max_input_tokens(self) -> int:
+        """The longest prompt accepted, in tokens."""
+        return self.config.max_input_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the model's tokenizer."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def answer(self, document: str, question: str, **options: Any) -> Answer:
+        """Answer ``question`` about ``document``; see :meth:`stream` for the options."""
+        return _drain(self.stream(document, question, **options))
+
+    def stream(self, document: str, question: str, *, mode: str | None = None,
+               **options: Any) -> AnswerStream:
+        """Stream the answer to ``question`` about ``document``.
+
+        Options: ``max_new_tokens`` (256), ``temperature`` (0: greedy), ``top_p`` (1),
+        ``seed``, ``stop`` (strings), ``mode`` (overrides ``config.mode``).
+        """
+        document = check_text("document", document)
+        question = check_text("question", question)
+        layout = build_prompt(self.tokenizer, document, question)
+        return self._stream(layout.input_ids, layout.question_span,
+                            layout.final_question_span[0], layout, mode, options)
+
+    def generate(self, input_ids: Sequence[int] | torch.Tensor, *,
+                 question_span: tuple[int, int] | None = None, **options: Any) -> Answer:
+        """Answer a prompt given as token ids; ``question_span`` locates the question."""
+        return _drain(self.stream_ids(input_ids, question_span=question_span, **options))
+
+    def stream_ids(self, input_ids: Sequence[int] | torch.Tensor, *,
+                   question_span: tuple[int, int] | None = None, mode: str | None = None,
+                   **options: Any) -> AnswerStream:
+        """Streaming form of :meth:`generate`."""
+        ids = [int(i) for i in (input_ids.flatten().tolist()
+                                if isinstance(input_ids, torch.Tensor) else input_ids)]
+        if not ids:
+            raise ValueError("input_ids is empty; pass at least one token")
+        if question_span is not None and not 0 <= question_span[0] < question_span[1] <= len(ids):
+            raise ValueError(f"question_span {question_span} does not lie inside the "
+                             f"{len(ids)} input tokens")
+        record_from = question_span[1] if question_span else len(ids)
+        return self._stream(ids, question_span, record_from, None, mode, options)
+
+    def _stream(self, ids: list[int], question_span: tuple[int, int] | None, record_from: int,
+                layout: PromptLayout | None, mode: str | None,
+                options: dict[str, Any]) -> AnswerStream:
+        config = self.config if mode is None else self.config.replace(mode=mode)
+        stop = options.pop("stop", None) or ()
+        opts = GenerationOptions(stop=(stop,) if isinstance(stop, str) else tuple(stop), **options)
+        if len(ids) > config.max_input_tokens:
+            raise InputTooLongError(
+                f"the prompt has {len(ids):,} tokens, over max_input_tokens="
+                f"{config.max_input_tokens:,}; shorten the document or raise "
+                "QLLMConfig.max_input_tokens")
+        stream = AnswerStream(pieces=iter(()))
+        plan = RequestPlan(question_span=question_span, record_from=record_from)
+        stream.pieces = self._run(stream, ids, plan, layout, config, opts)
+        return stream
+
+    def _run(self, stream: AnswerStream, ids: list[int], plan: RequestPlan,
+             layout: PromptLayout | None, config: QLLMConfig,
+             opts: GenerationOptions) -> Iterator[str]:
+        with self._lock, torch.inference_mode():
+            memory = None
+            t0 = time.perf_counter()
+            if config.mode == "full":
+                step: _Step = _FullAttentionStep(self.model)
+            else:
+                memory = RequestMemory(config=config, plan=plan, rope=self._rope,
+                                       device=self.device, dtype=self.dtype)
+                step = _QLLMStep(self.model, self._attached, memory)
+            logits = self._prefill(step, ids, config)
+            prefill_seconds = time.perf_counter() - t0
+            text = TextAccumulator(self.tokenizer, opts.stop)
+            generator = None
+            if opts.seed is not None:
+                generator = torch.Generator().manual_seed(opts.seed)
+            finish: FinishReason = "length"
+            generated = 0
+            t1 = time.perf_counter()
+            while generated < opts.max_new_tokens:
+                token = next_token(logits, temperature=opts.temperature, top_p=opts.top_p,
+                                   generator=generator)
+                if token in self._eos:
+                    finish = "eos"
+                    break
+                generated += 1
+                delta = text.add(token)
+                if delta:
+                    yield delta
+                if text.stopped:
+                    finish = "stop"
+                    break
+                if generated < opts.max_new_tokens:
+                    logits = step([token])
+            tail = text.flush()
+            if tail:
+                yield tail
+            stats = AnswerStats(
+                mode=config.mode, tokens_read=len(ids), tokens_generated=generated,
+                prefill_seconds=prefill_seconds, decode_seconds=time.perf_counter() - t1,
+                question_found=plan.question_span is not None,
+                retrieved_blocks=_evidence(memory, config, layout))
+            stream.result = Answer(text=text.text, finish_reason=finish, stats=stats)
+
+    def _prefill(self, step: _Step, ids: list[int], config: QLLMConfig) -> torch.Tensor:
+        chunk = config.prefill_chunk_size
+        if config.mode == "full":
+            chunk = min(chunk, FULL_ATTENTION_CHUNK)
+        bar = prefill_progress(len(ids), self.progress)
+        try:
+            for start in range(0, len(ids), chunk):
+                logits = step(ids[start:start + chunk])
+                bar.update(min(chunk, len(ids) - start))
+        finally:
+            bar.close()
+        return logits
+
+
+class _Step:
+    """One forward pass over new tokens, returning the last position's logits (vocab,)."""
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _QLLMStep(_Step):
+    def __init__(self, model: PreTrainedModel, attached: AttachedModel,
+                 memory: RequestMemory) -> None:
+        self.model, self.attached, self.memory = model, attached, memory
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], device=self.memory.device)
+        with self.attached.qllm():
+            out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1,
+                             **{MEMORY_KWARG: self.memory})
+        return out.logits[0, -1]
+
+
+class _FullAttentionStep(_Step):
+    """The model's own attention with transformers' DynamicCache (mode ``full``)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], device=self.model.device)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[0, -1]
+
+
+def _evidence(memory: RequestMemory | None, config: QLLMConfig,
+              layout: PromptLayout | None) -> tuple[RetrievedBlock, ...]:
+    """Blocks retrieved while answering, most chosen first, with document char spans."""
+    if memory is None:
+        return ()
+    blocks = []
+    for block_id, count in memory.counts.most_common():
+        start = config.n_init + block_id * config.block_size
+        end = start + config.block_size
+        chars = layout.char_span(start, end) if layout else None
+        blocks.append(RetrievedBlock(token_start=start, token_end=end, count=count,
+                                     char_start=chars[0] if chars else None,
+                                     char_end=chars[1] if chars else None))
+    return tuple(blocks)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def _drain(stream: AnswerStream) -> Answer:
+    for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result

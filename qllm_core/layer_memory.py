@@ -1,0 +1,165 @@
+"""Per-request, per-layer Q-LLM state: the four token streams and one execution block's attention.
+
+Positions: a token's *position* is its index in the prompt-plus-answer stream. For a query
+at position ``p`` a key at ``j`` is *local* when ``p - n_local < j <= p`` and *global*
+when ``j <= p - n_local``. Local keys are rotated at their true relative positions; every
+global key sits at position 0 and every global query at ``n_local - 1``.
+
+Layout of one layer's memory (positions increase left to right)::
+
+    [ init tokens ][ block 0 ][ block 1 ] ... [ recent: remainder | local window ]
+      <= n_init     stored in a BlockStore      recent_k / recent_v / recent_scores
+
+Tokens leave ``recent`` only once they are global for every later query. The oldest
+ones then become init tokens (until ``n_init`` are kept), or a memory block once
+``block_size`` of them have left; the rest stay in ``recent`` as *remainder* tokens,
+attended in the global stage under a mask.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from .attention import KeySegment, two_stage_attention
+from .config import QLLMConfig
+from .memory import BlockStore
+from .retrieval import current_vector, question_vector, representative_key, select_blocks
+from .rope import RotaryTable, rotate
+from .window import RecentTokens
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What one request's memory needs to know beyond the config.
+
+    ``question_span``: token span ``(start, end)`` of the question (end exclusive), or
+    ``None`` (then Q-LLM degrades to InfLLM). ``record_from``: retrievals by queries at or
+    after this position are counted in the request's evidence statistics.
+    """
+
+    question_span: tuple[int, int] | None
+    record_from: int
+
+
+class LayerMemory:
+    """Token streams of one layer for one request (batch size 1)."""
+
+    def __init__(self, *, config: QLLMConfig, plan: RequestPlan, rope: RotaryTable,
+                 num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype,
+                 offload_dtype: torch.dtype | None, counts: Counter[int]) -> None:
+        self.config = config
+        self.plan = plan
+        self.rope = rope
+        self.position = 0
+        self.counts = counts
+        self._keep_blocks = config.mode != "streaming"
+        self.init_k = torch.empty(num_kv_heads, 0, head_dim, device=device, dtype=dtype)
+        self.init_v = self.init_k
+        capacity = config.n_local + config.block_size + config.exec_block_size
+        self.recent = RecentTokens(capacity=capacity, num_kv_heads=num_kv_heads,
+                                   head_dim=head_dim, device=device, dtype=dtype, rope=rope)
+        self.store = BlockStore(num_kv_heads=num_kv_heads, head_dim=head_dim,
+                                block_size=config.block_size,
+                                max_cached_blocks=config.max_cached_blocks, device=device,
+                                dtype=dtype, offload_dtype=offload_dtype)
+        self.question: torch.Tensor | None = None
+        self._question_queries: list[torch.Tensor] = []
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """Attention for the next ``n`` tokens, in execution blocks.
+
+        q: (heads, n, D); k, v: (kv_heads, n, D), all unrotated. Returns (heads, n, D).
+        """
+        step = self.config.exec_block_size
+        outputs = [self._attend_block(q[:, s:s + step], k[:, s:s + step], v[:, s:s + step],
+                                      scaling) for s in range(0, q.shape[1], step)]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def _attend_block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      scaling: float) -> torch.Tensor:
+        heads, n, dim = q.shape
+        kv_heads = k.shape[0]
+        start, n_local, recent = self.position, self.config.n_local, self.recent
+        self._evict(upto=start - n_local + 1)
+        recent.append(k, v)
+        q = q.view(kv_heads, heads // kv_heads, n, dim)
+        q_pos = torch.arange(start, start + n, device=q.device)
+        k_pos = torch.arange(recent.start, recent.end, device=q.device)
+
+        cos, sin = self.rope.at(slice(start - recent.base, start - recent.base + n))
+        q_local = rotate(q, cos, sin)
+        local_mask = (k_pos[None] <= q_pos[:, None]) & (k_pos[None] > q_pos[:, None] - n_local)
+        local = KeySegment(recent.keys_local, recent.values, local_mask)
+
+        q_global = rotate(q, *self.rope.at(n_local - 1))
+        out, local_probs = two_stage_attention(q_local, local, q_global,
+                                               self._global_segments(q_global, q_pos, k_pos),
+                                               scaling)
+        recent.scores.add_(local_probs)
+        self._track_question(q_global, start, n)
+        self.position += n
+        return out.reshape(heads, n, dim)
+
+    def _global_segments(self, q_global: torch.Tensor, q_pos: torch.Tensor,
+                         k_pos: torch.Tensor) -> list[KeySegment]:
+        """Init tokens, retrieved blocks and remainder tokens (masked) for the global stage."""
+        segments = [KeySegment(self.init_k, self.init_v)]
+        if not self._keep_blocks:
+            return segments
+        if len(self.store):
+            ids = select_blocks(self.store.representatives, current_vector(q_global),
+                                self.question, self.config.effective_question_weight,
+                                self.config.topk)
+            segments.append(KeySegment(*self.store.fetch(ids)))
+            if int(q_pos[-1]) >= self.plan.record_from:
+                self.counts.update(ids)
+        last_global = int(q_pos[-1]) - self.config.n_local  # newest key any query sees globally
+        n_remainder = max(0, min(last_global + 1, self.recent.end) - self.recent.start)
+        if n_remainder:
+            mask = k_pos[None, :n_remainder] <= q_pos[:, None] - self.config.n_local
+            keys = rotate(self.recent.keys[:, :n_remainder], *self.rope.at(0))
+            segments.append(KeySegment(keys, self.recent.values[:, :n_remainder], mask))
+        return segments
+
+    def _evict(self, upto: int) -> None:
+        """Move tokens at positions < ``upto`` (global for all later queries) out of recent."""
+        cfg, recent = self.config, self.recent
+        while recent.start < upto:
+            r0 = recent.start
+            if r0 < cfg.n_init:
+                count = min(cfg.n_init, upto) - r0
+                keys = rotate(recent.keys[:, :count], *self.rope.at(0))
+                self.init_k = torch.cat([self.init_k, keys], dim=1)
+                self.init_v = torch.cat([self.init_v, recent.values[:, :count]], dim=1)
+            elif not self._keep_blocks:
+                count = upto - r0
+            elif r0 + cfg.block_size <= upto:
+                count = cfg.block_size
+                keys = rotate(recent.keys[:, :count], *self.rope.at(0))
+                representative = representative_key(keys, recent.scores[:, :count],
+                                                    cfg.repr_topk)
+                self.store.append(keys, recent.values[:, :count], representative)
+            else:
+                return
+            recent.drop(count)
+
+    def _track_question(self, q_global: torch.Tensor, start: int, n: int) -> None:
+        """Collect the question's queries; build the question vector once the span is read."""
+        span = self.plan.question_span
+        if span is None or self.question is not None:
+            return
+        lo, hi = max(span[0], start), min(span[1], start + n)
+        if lo < hi:
+            self._question_queries.append(q_global[:, :, lo - start:hi - start])
+        if span[1] <= start + n and self._question_queries:
+            queries = torch.cat(self._question_queries, dim=2)
+            positions = torch.arange(span[0], span[1], device=queries.device) - self.recent.start
+            scores = self.recent.scores.new_zeros(queries.shape[0], queries.shape[2])
+            present = positions >= 0  # tokens that already left the window keep score 0
+            scores[:, present] = self.recent.scores[:, positions[present]]
+            self.question = question_vector(queries, scores, self.config.repr_topk)
+            self._question_queries = []

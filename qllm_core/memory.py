@@ -1,0 +1,114 @@
+"""Tiered storage of one layer's memory blocks: host RAM plus a bounded device cache.
+
+Every block's keys and values live on the host (pinned when the device is a GPU,
+optionally in a lower precision). Retrieval asks for ``topk`` blocks at a time;
+those are copied into a fixed pool of ``max_cached_blocks`` device slots, evicting
+the least recently used. The device-resident working set therefore stays bounded
+however long the input grows. On CPU the "device" tier is RAM too; the same code
+path runs, so it is tested everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+
+class BlockStore:
+    """Memory blocks of one layer: host copies, device LRU cache and representative keys.
+
+    Args:
+        num_kv_heads, head_dim, block_size: shape of a block, ``(num_kv_heads, block_size, head_dim)``.
+        max_cached_blocks: device slots (LRU).
+        device, dtype: where and in which dtype blocks are used.
+        offload_dtype: dtype of the host copies (``dtype`` when ``None``).
+    """
+
+    def __init__(self, *, num_kv_heads: int, head_dim: int, block_size: int,
+                 max_cached_blocks: int, device: torch.device, dtype: torch.dtype,
+                 offload_dtype: torch.dtype | None = None) -> None:
+        self.block_size = block_size
+        self._device = device
+        self._offload_dtype = offload_dtype or dtype
+        self._pin = device.type == "cuda"
+        shape = (max_cached_blocks, num_kv_heads, block_size, head_dim)
+        self._slot_keys = torch.empty(shape, device=device, dtype=dtype)
+        self._slot_values = torch.empty(shape, device=device, dtype=dtype)
+        self._slots: OrderedDict[int, int] = OrderedDict()  # block id -> slot, LRU first
+        self._host_keys: list[torch.Tensor] = []
+        self._host_values: list[torch.Tensor] = []
+        self._reprs = torch.empty(16, num_kv_heads, head_dim, device=device, dtype=dtype)
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._host_keys)
+
+    @property
+    def representatives(self) -> torch.Tensor:
+        """Representative keys of all blocks: (num_blocks, num_kv_heads, head_dim)."""
+        return self._reprs[: len(self)]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, representative: torch.Tensor) -> int:
+        """Store a block and return its id.
+
+        keys, values: (num_kv_heads, block_size, head_dim); representative: (num_kv_heads, head_dim).
+        """
+        block_id = len(self)
+        self._host_keys.append(self._to_host(keys))
+        self._host_values.append(self._to_host(values))
+        if block_id == self._reprs.shape[0]:
+            self._reprs = torch.cat([self._reprs, torch.empty_like(self._reprs)])
+        self._reprs[block_id] = representative
+        return block_id
+
+    def _to_host(self, x: torch.Tensor) -> torch.Tensor:
+        host = x.to("cpu", self._offload_dtype, copy=True)
+        return host.pin_memory() if self._pin else host
+
+    def fetch(self, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``block_ids`` in order, resident on the device.
+
+        Returns two tensors of shape (num_kv_heads, len(block_ids) * block_size, head_dim).
+        """
+        assert len(block_ids) <= self._slot_keys.shape[0], "more blocks than device slots"
+        wanted = set(block_ids)
+        slots = []
+        for block_id in block_ids:
+            slot = self._slots.get(block_id)
+            if slot is None:
+                self.misses += 1
+                slot = self._free_slot(wanted)
+                self._slot_keys[slot].copy_(self._host_keys[block_id], non_blocking=self._pin)
+                self._slot_values[slot].copy_(self._host_values[block_id], non_blocking=self._pin)
+                self._slots[block_id] = slot
+            else:
+                self.hits += 1
+                self._slots.move_to_end(block_id)
+            slots.append(slot)
+        index = torch.tensor(slots, device=self._device)
+        return _flatten_blocks(self._slot_keys[index]), _flatten_blocks(self._slot_values[index])
+
+    def _free_slot(self, keep: set[int]) -> int:
+        if len(self._slots) < self._slot_keys.shape[0]:
+            return len(self._slots)
+        for block_id in self._slots:  # least recently used first
+            if block_id not in keep:
+                return self._slots.pop(block_id)
+        raise AssertionError("no evictable slot: max_cached_blocks < topk")
+
+    @property
+    def resident_block_ids(self) -> list[int]:
+        """Ids of the blocks now on the device, least recently used first."""
+        return list(self._slots)
+
+    def host_bytes(self) -> int:
+        """Bytes held by the host copies."""
+        return sum(t.numel() * t.element_size() for t in (*self._host_keys, *self._host_values))
+
+
+def _flatten_blocks(x: torch.Tensor) -> torch.Tensor:
+    """(n, heads, block_size, dim) -> (heads, n * block_size, dim)."""
+    n, heads, block, dim = x.shape
+    return x.permute(1, 0, 2, 3).reshape(heads, n * block, dim)

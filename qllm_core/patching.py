@@ -1,0 +1,127 @@
+"""The one seam between the engine and transformers.
+
+``attach(model)`` registers the Q-LLM attention function in transformers'
+``AttentionInterface`` and swaps the model's rotary module for one that can be
+switched to the identity, so that keys reach the attention function unrotated
+(Q-LLM re-positions memory itself). ``AttachedModel.qllm()`` routes a forward
+pass through the engine; outside it the model runs exactly as shipped. No
+``forward`` method is replaced and no modeling file is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+
+from .errors import UnsupportedModelError
+
+ATTENTION_NAME = "quickllama"
+"""Name under which the engine's attention is registered in transformers."""
+
+MEMORY_KWARG = "qllm_memory"
+"""Keyword argument of ``model(...)`` that carries the request's memory to the attention."""
+
+
+class SwitchableRotary(nn.Module):
+    """Wraps a rotary module; returns cos = 1, sin = 0 (RoPE as identity) while ``identity``."""
+
+    def __init__(self, rotary: nn.Module) -> None:
+        super().__init__()
+        self.rotary = rotary
+        self.identity = False
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any,
+                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``(batch, seq, rot_dim)``, like the wrapped module."""
+        cos, sin = self.rotary(x, position_ids, *args, **kwargs)
+        if self.identity:
+            return torch.ones_like(cos), torch.zeros_like(sin)
+        return cos, sin
+
+
+def _qllm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, attention_mask: torch.Tensor | None,
+                    scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function: hands the layer's q, k, v to the request's memory.
+
+    query: (1, heads, q_len, head_dim); key, value: (1, kv_heads, q_len, head_dim), unrotated.
+    Returns ``(output (1, q_len, heads, head_dim), None)``.
+    """
+    memory = kwargs.get(MEMORY_KWARG)
+    if memory is None:
+        raise RuntimeError(
+            f"the {ATTENTION_NAME!r} attention was called without a Q-LLM memory; run the model "
+            "through QLLMEngine, or call AttachedModel.detach() to restore the model")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    out = memory.attend(module.layer_idx, query[0], key[0], value[0], scaling)
+    return out.transpose(0, 1).unsqueeze(0), None
+
+
+def _base_model(model: PreTrainedModel) -> nn.Module:
+    base = getattr(model, model.base_model_prefix, None)
+    if base is None or not isinstance(getattr(base, "rotary_emb", None), nn.Module):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no `{model.base_model_prefix}.rotary_emb` module: the "
+            "engine drives RoPE decoder models (Llama, Mistral, Qwen2/3, Phi-3, ...) only")
+    return base
+
+
+def check_model(model: PreTrainedModel) -> None:
+    """Raise :class:`UnsupportedModelError` unless the engine can drive ``model``."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_decoder", True):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a decoder-only causal LM; load one with "
+            "AutoModelForCausalLM")
+    if not callable(getattr(model, "get_output_embeddings", None)) or \
+            model.get_output_embeddings() is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no language-model head; load it with "
+            "AutoModelForCausalLM")
+    _base_model(model)
+    if getattr(config, "layer_types", None) and \
+            any(t != "full_attention" for t in config.layer_types):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} mixes attention types {sorted(set(config.layer_types))}; "
+            "the engine supports models whose layers all use full attention")
+
+
+class AttachedModel:
+    """A model with the engine attached; ``qllm()`` switches it to the engine's attention."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        check_model(model)
+        AttentionInterface.register(ATTENTION_NAME, _qllm_attention)
+        self.model = model
+        self._base = _base_model(model)
+        self._native_attention: str = model.config._attn_implementation or "sdpa"
+        rotary = self._base.rotary_emb
+        self._rotary = rotary if isinstance(rotary, SwitchableRotary) else SwitchableRotary(rotary)
+        self._base.rotary_emb = self._rotary
+
+    @property
+    def rotary(self) -> nn.Module:
+        """The model's real rotary module (cos/sin at any position)."""
+        return self._rotary.rotary
+
+    @contextlib.contextmanager
+    def qllm(self) -> Iterator[None]:
+        """Within this block the model's attention is the engine's, and RoPE is left to it."""
+        self.model.set_attn_implementation(ATTENTION_NAME)
+        self._rotary.identity = True
+        try:
+            yield
+        finally:
+            self._rotary.identity = False
+            self.model.set_attn_implementation(self._native_attention)
+
+    def detach(self) -> PreTrainedModel:
+        """Restore the model's own rotary module and return the model."""
+        self._base.rotary_emb = self._rotary.rotary
+        return self.model

@@ -1,0 +1,53 @@
+"""Representative keys, the question vector and block scoring (pure tensor functions)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def representative_key(keys: torch.Tensor, scores: torch.Tensor, repr_topk: int) -> torch.Tensor:
+    """Per head, the mean key of the ``repr_topk`` tokens that received the most attention.
+
+    keys: (H, block_size, D); scores: (H, block_size) accumulated local attention.
+    Returns (H, D).
+    """
+    top = scores.topk(min(repr_topk, scores.shape[-1]), dim=-1).indices
+    chosen = keys.gather(1, top[..., None].expand(-1, -1, keys.shape[-1]))
+    return chosen.mean(dim=1)
+
+
+def question_vector(queries: torch.Tensor, scores: torch.Tensor, repr_topk: int) -> torch.Tensor:
+    """The question vector of one layer.
+
+    Per query head, the mean of the ``repr_topk`` question queries whose tokens received the
+    most local attention; heads of one group are then averaged so the vector lives in key
+    space, like the representatives.
+
+    queries: (H, G, n_question, D) question tokens' queries, rotated for the global stage;
+    scores: (H, n_question) accumulated local attention of the question tokens.
+    Returns (H, D).
+    """
+    kv_heads, group, count, dim = queries.shape
+    top = scores.topk(min(repr_topk, count), dim=-1).indices  # (H, k)
+    index = top[:, None, :, None].expand(kv_heads, group, -1, dim)
+    return queries.gather(2, index).mean(dim=(1, 2))
+
+
+def current_vector(queries: torch.Tensor) -> torch.Tensor:
+    """Mean query of an execution block, in key space: (H, G, n, D) -> (H, D)."""
+    return queries.mean(dim=(1, 2))
+
+
+def select_blocks(representatives: torch.Tensor, current: torch.Tensor,
+                  question: torch.Tensor | None, question_weight: float, topk: int) -> list[int]:
+    """Ids of the ``topk`` blocks with the highest ``current.repr + beta * question.repr``.
+
+    representatives: (num_blocks, H, D); current, question: (H, D).
+    Returns block ids in ascending order (memory order).
+    """
+    target = current
+    if question is not None and question_weight:
+        target = current + question_weight * question
+    scores = torch.einsum("bhd,hd->b", representatives.float(), target.float())
+    chosen = scores.topk(min(topk, scores.shape[0])).indices
+    return sorted(chosen.tolist())
