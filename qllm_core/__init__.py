@@ -1,6 +1,7 @@
 """quickllama's engine: query-aware long-context inference (Q-LLM) on transformers."""
 
 from .config import PRESETS, QLLMConfig
+from .engine import QLLMEngine
 from .errors import (
     ConfigError,
     EmptyInputError,
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidDocumentError",
     "ModelLoadError",
     "QLLMConfig",
+    "QLLMEngine",
     "QLLMError",
     "RetrievedBlock",
     "UnsupportedModelError",

@@ -52,7 +52,7 @@ def two_stage_attention(q_local: torch.Tensor, local: KeySegment, q_global: torc
         row_max = torch.maximum(row_max, part.amax(dim=-1, keepdim=True))
     denom = torch.zeros_like(row_max)
     out = torch.zeros(*q_local.shape, dtype=torch.float32, device=q_local.device)
-    for part, vals in zip(logits, values):
+    for part, vals in zip(logits, values, strict=True):
         probs = part.sub_(row_max).exp_()  # in place: logits[i] now holds probabilities
         denom += probs.sum(dim=-1, keepdim=True)
         out += (probs.flatten(1, 2) @ vals.float()).view_as(out)

@@ -78,7 +78,7 @@ class QLLMConfig:
 
     @property
     def effective_question_weight(self) -> float:
-        """beta as used: 0 in ``infllm`` mode, the configured value otherwise."""
+        """The question weight as used: 0 in ``infllm`` mode, the configured value otherwise."""
         return 0.0 if self.mode == "infllm" else self.question_weight
 
     def replace(self, **changes: Any) -> QLLMConfig:

@@ -6,19 +6,19 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .config import QLLMConfig
 from .documents import check_text
 from .errors import InputTooLongError
-from .layer_memory import LayerMemory, RequestPlan
-from .patching import MEMORY_KWARG, AttachedModel
+from .forward import Forward, NativeForward, QLLMForward
+from .layer_memory import RequestMemory, RequestPlan
+from .patching import AttachedModel
 from .progress import prefill_progress
 from .prompt import PromptLayout, build_prompt
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
@@ -48,29 +48,6 @@ class GenerationOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-class RequestMemory:
-    """All layers' Q-LLM state for one request; handed to the attention via ``model(...)``."""
-
-    def __init__(self, *, config: QLLMConfig, plan: RequestPlan, rope: RotaryTable,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        self.config, self.plan, self.rope = config, plan, rope
-        self.device, self.dtype = device, dtype
-        self.offload_dtype = getattr(torch, config.offload_dtype) if config.offload_dtype else None
-        self.counts: Counter[int] = Counter()
-        self.layers: dict[int, LayerMemory] = {}
-
-    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scaling: float) -> torch.Tensor:
-        """q: (heads, n, D); k, v: (kv_heads, n, D) unrotated. Returns (heads, n, D)."""
-        layer = self.layers.get(layer_idx)
-        if layer is None:
-            layer = self.layers[layer_idx] = LayerMemory(
-                config=self.config, plan=self.plan, rope=self.rope, num_kv_heads=k.shape[0],
-                head_dim=k.shape[-1], device=self.device, dtype=self.dtype,
-                offload_dtype=self.offload_dtype, counts=self.counts)
-        return layer.attend(q, k, v, scaling)
 
 
 class QLLMEngine:
@@ -176,14 +153,9 @@ class QLLMEngine:
              layout: PromptLayout | None, config: QLLMConfig,
              opts: GenerationOptions) -> Iterator[str]:
         with self._lock, torch.inference_mode():
-            memory = None
             t0 = time.perf_counter()
-            if config.mode == "full":
-                step: _Step = _FullAttentionStep(self.model)
-            else:
-                memory = RequestMemory(config=config, plan=plan, rope=self._rope,
-                                       device=self.device, dtype=self.dtype)
-                step = _QLLMStep(self.model, self._attached, memory)
+            step = self.new_forward(config, plan)
+            memory = step.memory if isinstance(step, QLLMForward) else None
             logits = self._prefill(step, ids, config)
             prefill_seconds = time.perf_counter() - t0
             text = TextAccumulator(self.tokenizer, opts.stop)
@@ -218,7 +190,21 @@ class QLLMEngine:
                 retrieved_blocks=_evidence(memory, config, layout))
             stream.result = Answer(text=text.text, finish_reason=finish, stats=stats)
 
-    def _prefill(self, step: _Step, ids: list[int], config: QLLMConfig) -> torch.Tensor:
+    def new_forward(self, config: QLLMConfig | None = None,
+                    plan: RequestPlan | None = None) -> QLLMForward | NativeForward:
+        """A fresh forward pass state (lower level than :meth:`generate`; not locked).
+
+        ``NativeForward`` (the model's own attention) in mode ``full``, else
+        ``QLLMForward`` over new memory; ``plan`` gives the question span.
+        """
+        config = config or self.config
+        if config.mode == "full":
+            return NativeForward(self.model)
+        memory = RequestMemory(config=config, plan=plan or RequestPlan(None, 0), rope=self._rope,
+                               device=self.device, dtype=self.dtype)
+        return QLLMForward(self.model, self._attached, memory)
+
+    def _prefill(self, step: Forward, ids: list[int], config: QLLMConfig) -> torch.Tensor:
         chunk = config.prefill_chunk_size
         if config.mode == "full":
             chunk = min(chunk, FULL_ATTENTION_CHUNK)
@@ -230,40 +216,6 @@ class QLLMEngine:
         finally:
             bar.close()
         return logits
-
-
-class _Step:
-    """One forward pass over new tokens, returning the last position's logits (vocab,)."""
-
-    def __call__(self, ids: list[int]) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class _QLLMStep(_Step):
-    def __init__(self, model: PreTrainedModel, attached: AttachedModel,
-                 memory: RequestMemory) -> None:
-        self.model, self.attached, self.memory = model, attached, memory
-
-    def __call__(self, ids: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([ids], device=self.memory.device)
-        with self.attached.qllm():
-            out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1,
-                             **{MEMORY_KWARG: self.memory})
-        return out.logits[0, -1]
-
-
-class _FullAttentionStep(_Step):
-    """The model's own attention with transformers' DynamicCache (mode ``full``)."""
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
-        self.cache = DynamicCache(config=model.config)
-
-    def __call__(self, ids: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([ids], device=self.model.device)
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
-                         logits_to_keep=1)
-        return out.logits[0, -1]
 
 
 def _evidence(memory: RequestMemory | None, config: QLLMConfig,

@@ -163,3 +163,26 @@ class LayerMemory:
             scores[:, present] = self.recent.scores[:, positions[present]]
             self.question = question_vector(queries, scores, self.config.repr_topk)
             self._question_queries = []
+
+
+class RequestMemory:
+    """All layers' Q-LLM state for one request; handed to the attention via ``model(...)``."""
+
+    def __init__(self, *, config: QLLMConfig, plan: RequestPlan, rope: RotaryTable,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.config, self.plan, self.rope = config, plan, rope
+        self.device, self.dtype = device, dtype
+        self.offload_dtype = getattr(torch, config.offload_dtype) if config.offload_dtype else None
+        self.counts: Counter[int] = Counter()
+        self.layers: dict[int, LayerMemory] = {}
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """q: (heads, n, D); k, v: (kv_heads, n, D) unrotated. Returns (heads, n, D)."""
+        layer = self.layers.get(layer_idx)
+        if layer is None:
+            layer = self.layers[layer_idx] = LayerMemory(
+                config=self.config, plan=self.plan, rope=self.rope, num_kv_heads=k.shape[0],
+                head_dim=k.shape[-1], device=self.device, dtype=self.dtype,
+                offload_dtype=self.offload_dtype, counts=self.counts)
+        return layer.attend(q, k, v, scaling)

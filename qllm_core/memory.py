@@ -19,7 +19,7 @@ class BlockStore:
     """Memory blocks of one layer: host copies, device LRU cache and representative keys.
 
     Args:
-        num_kv_heads, head_dim, block_size: shape of a block, ``(num_kv_heads, block_size, head_dim)``.
+        num_kv_heads, head_dim, block_size: a block is (num_kv_heads, block_size, head_dim).
         max_cached_blocks: device slots (LRU).
         device, dtype: where and in which dtype blocks are used.
         offload_dtype: dtype of the host copies (``dtype`` when ``None``).
@@ -53,7 +53,8 @@ class BlockStore:
     def append(self, keys: torch.Tensor, values: torch.Tensor, representative: torch.Tensor) -> int:
         """Store a block and return its id.
 
-        keys, values: (num_kv_heads, block_size, head_dim); representative: (num_kv_heads, head_dim).
+        keys, values: (num_kv_heads, block_size, head_dim);
+        representative: (num_kv_heads, head_dim).
         """
         block_id = len(self)
         self._host_keys.append(self._to_host(keys))

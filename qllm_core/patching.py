@@ -47,7 +47,7 @@ class SwitchableRotary(nn.Module):
 def _qllm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                     value: torch.Tensor, attention_mask: torch.Tensor | None,
                     scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers attention function: hands the layer's q, k, v to the request's memory.
+    """Attention function for transformers: hands the layer's q, k, v to the request's memory.
 
     query: (1, heads, q_len, head_dim); key, value: (1, kv_heads, q_len, head_dim), unrotated.
     Returns ``(output (1, q_len, heads, head_dim), None)``.

@@ -42,7 +42,8 @@ class PromptLayout:
         lo, hi = max(token_start, doc_start), min(token_end, doc_end)
         if self.document_offsets is None or lo >= hi:
             return None
-        return self.document_offsets[lo - doc_start][0], self.document_offsets[hi - 1 - doc_start][1]
+        offsets = self.document_offsets
+        return offsets[lo - doc_start][0], offsets[hi - 1 - doc_start][1]
 
 
 def build_prompt(tokenizer: Any, document: str, question: str) -> PromptLayout:

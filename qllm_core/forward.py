@@ -1,0 +1,49 @@
+"""One forward pass of the model over new tokens, through the engine or as shipped."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .layer_memory import RequestMemory
+from .patching import MEMORY_KWARG, AttachedModel
+
+
+class Forward(Protocol):
+    """Feeds new tokens to the model; returns the last position's logits, shape (vocab,)."""
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        """Run the model over ``ids`` (appended to everything fed so far)."""
+
+
+class QLLMForward:
+    """The engine's attention over a request's :class:`RequestMemory` (modes other than full)."""
+
+    def __init__(self, model: PreTrainedModel, attached: AttachedModel,
+                 memory: RequestMemory) -> None:
+        self.model, self.attached, self.memory = model, attached, memory
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        """Run the model over ``ids`` with the engine's attention."""
+        input_ids = torch.tensor([ids], device=self.memory.device)
+        with self.attached.qllm():
+            out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1,
+                             **{MEMORY_KWARG: self.memory})
+        return out.logits[0, -1]
+
+
+class NativeForward:
+    """The model's own attention with transformers' DynamicCache (mode ``full``)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        """Run the model over ``ids`` with its own attention and cache."""
+        input_ids = torch.tensor([ids], device=self.model.device)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[0, -1]

@@ -1,0 +1,23 @@
+"""Shared fixtures (the tiny models themselves are in ``tiny_models.py``)."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded SmolLM2 model's tokenizer (vocab 49152)."""
+    from qllm_core.loading import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture
+def tiny_engine(tokenizer):
+    """A QLLMEngine over a tiny random Llama sharing the embedded model's tokenizer."""
+    from qllm_core import QLLMEngine
+
+    model = make_tiny_model("llama", vocab_size=len(tokenizer))
+    return QLLMEngine(model, tokenizer, config=TINY_ENGINE_CONFIG, progress=False)
