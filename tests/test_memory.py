@@ -1,0 +1,65 @@
+"""The tiered block store: host copies, bounded device cache with LRU eviction."""
+
+from __future__ import annotations
+
+import torch
+
+from qllm_core.memory import BlockStore
+
+
+def _store(**kw) -> BlockStore:
+    args = dict(num_kv_heads=2, head_dim=4, block_size=3, max_cached_blocks=3,
+                device=torch.device("cpu"), dtype=torch.float32)
+    return BlockStore(**(args | kw))
+
+
+def _fill(store: BlockStore, count: int) -> list[torch.Tensor]:
+    blocks = []
+    for i in range(count):
+        keys = torch.full((2, 3, 4), float(i))
+        blocks.append(keys)
+        assert store.append(keys, -keys, keys[:, 0]) == i
+    return blocks
+
+
+def test_fetch_returns_blocks_in_order_flattened():
+    store = _store()
+    blocks = _fill(store, 5)
+    keys, values = store.fetch([4, 1])
+    assert keys.shape == (2, 6, 4)
+    torch.testing.assert_close(keys, torch.cat([blocks[4], blocks[1]], dim=1))
+    torch.testing.assert_close(values, -keys)
+    torch.testing.assert_close(store.representatives[:, 0, 0], torch.arange(5.0))
+
+
+def test_device_cache_is_bounded_and_evicts_least_recently_used():
+    store = _store()
+    _fill(store, 40)  # many more blocks than the 17 representative slots it starts with
+    store.fetch([0, 1, 2])
+    assert store.misses == 3
+    store.fetch([0])            # hit: 0 becomes most recent; 1 is now least recent
+    store.fetch([5])            # miss: evicts 1
+    assert store.resident_block_ids == [2, 0, 5]
+    store.fetch([2, 0])
+    assert store.hits == 3 and store.misses == 4
+    for start in range(0, 40, 3):  # the device set never grows past max_cached_blocks
+        store.fetch(list(range(start, min(start + 3, 40))))
+        assert len(store.resident_block_ids) <= 3
+    keys, _ = store.fetch([39, 7])
+    assert keys[0, 0, 0] == 39 and keys[0, 3, 0] == 7
+
+
+def test_blocks_requested_together_are_never_evicted_by_each_other():
+    store = _store(max_cached_blocks=2)
+    _fill(store, 4)
+    store.fetch([0, 1])
+    keys, _ = store.fetch([2, 3])
+    assert keys[0, :, 0].tolist() == [2, 2, 2, 3, 3, 3]
+
+
+def test_host_copies_in_lower_precision():
+    store = _store(offload_dtype=torch.bfloat16)
+    _fill(store, 2)
+    assert store.host_bytes() == 2 * 2 * (2 * 3 * 4) * 2  # blocks x (k, v) x elements x 2 B
+    keys, _ = store.fetch([1])
+    assert keys.dtype == torch.float32  # computed in the model's dtype
