@@ -44,27 +44,25 @@ def two_stage_attention(q_local: torch.Tensor, local: KeySegment, q_global: torc
         local_probs: (H, m_local) float32: each local key's attention probability summed
             over the group's heads and the queries (feeds the representative keys).
     """
-    logits = [_logits(q_local, local, scaling)]
-    logits += [_logits(q_global, seg, scaling) for seg in global_segments if seg.keys.shape[1]]
-    values = [local.values] + [seg.values for seg in global_segments if seg.keys.shape[1]]
-    row_max = logits[0].amax(dim=-1, keepdim=True)
-    for part in logits[1:]:
-        row_max = torch.maximum(row_max, part.amax(dim=-1, keepdim=True))
-    denom = torch.zeros_like(row_max)
-    out = torch.zeros(*q_local.shape, dtype=torch.float32, device=q_local.device)
-    for part, vals in zip(logits, values, strict=True):
-        probs = part.sub_(row_max).exp_()  # in place: logits[i] now holds probabilities
-        denom += probs.sum(dim=-1, keepdim=True)
-        out += (probs.flatten(1, 2) @ vals.float()).view_as(out)
-    local_probs = (logits[0] / denom).sum(dim=(1, 2))
-    return (out / denom).to(local.values.dtype), local_probs
+    kv_heads, group, n, dim = q_local.shape
+    segments = [seg for seg in global_segments if seg.keys.shape[1]]
+    # Each stage's logits are computed with its own queries; laid side by side they form
+    # the logits over the union of keys, so one softmax merges the stages exactly.
+    logits = torch.cat([_logits(q_local * scaling, local, group)]
+                       + [_logits(q_global * scaling, seg, group) for seg in segments], dim=-1)
+    probs = logits.softmax(dim=-1)  # (H, G*n, m_local + m_global)
+    values = torch.cat([local.values] + [seg.values for seg in segments], dim=1)
+    out = (probs @ values.float()).view(kv_heads, group, n, dim)
+    local_probs = probs[..., : local.keys.shape[1]].sum(dim=1)
+    return out.to(local.values.dtype), local_probs
 
 
-def _logits(q: torch.Tensor, seg: KeySegment, scaling: float) -> torch.Tensor:
-    """(H, G, n, D) x (H, m, D) -> (H, G, n, m) float32, masked keys at -inf."""
-    kv_heads, group, n, _ = q.shape
-    logits = (q.float().flatten(1, 2) @ seg.keys.float().transpose(1, 2)).mul_(scaling)
-    logits = logits.view(kv_heads, group, n, -1)
-    if seg.mask is not None:
-        logits.masked_fill_(~seg.mask, float("-inf"))
-    return logits
+def _logits(q: torch.Tensor, seg: KeySegment, group: int) -> torch.Tensor:
+    """(H, G, n, D) x (H, m, D) -> (H, G*n, m) float32, masked keys at -inf (one pass)."""
+    q = q.flatten(1, 2).float()
+    keys = seg.keys.float().transpose(1, 2)
+    if seg.mask is None:
+        return q @ keys
+    bias = torch.zeros(seg.mask.shape, dtype=torch.float32, device=q.device)
+    bias.masked_fill_(~seg.mask, float("-inf"))
+    return torch.baddbmm(bias.repeat(group, 1), q, keys)

@@ -121,7 +121,7 @@ class LayerMemory:
         n_remainder = max(0, min(last_global + 1, self.recent.end) - self.recent.start)
         if n_remainder:
             mask = k_pos[None, :n_remainder] <= q_pos[:, None] - self.config.n_local
-            keys = rotate(self.recent.keys[:, :n_remainder], *self.rope.at(0))
+            keys = self.rope.rotate_at_zero(self.recent.keys[:, :n_remainder])
             segments.append(KeySegment(keys, self.recent.values[:, :n_remainder], mask))
         return segments
 
@@ -132,14 +132,14 @@ class LayerMemory:
             r0 = recent.start
             if r0 < cfg.n_init:
                 count = min(cfg.n_init, upto) - r0
-                keys = rotate(recent.keys[:, :count], *self.rope.at(0))
+                keys = self.rope.rotate_at_zero(recent.keys[:, :count])
                 self.init_k = torch.cat([self.init_k, keys], dim=1)
                 self.init_v = torch.cat([self.init_v, recent.values[:, :count]], dim=1)
             elif not self._keep_blocks:
                 count = upto - r0
             elif r0 + cfg.block_size <= upto:
                 count = cfg.block_size
-                keys = rotate(recent.keys[:, :count], *self.rope.at(0))
+                keys = self.rope.rotate_at_zero(recent.keys[:, :count])
                 representative = representative_key(keys, recent.scores[:, :count],
                                                     cfg.repr_topk)
                 self.store.append(keys, recent.values[:, :count], representative)

@@ -14,6 +14,9 @@ from collections import OrderedDict
 
 import torch
 
+PAGE_BLOCKS = 32
+"""Blocks per host allocation."""
+
 
 class BlockStore:
     """Memory blocks of one layer: host copies, device LRU cache and representative keys.
@@ -36,14 +39,18 @@ class BlockStore:
         self._slot_keys = torch.empty(shape, device=device, dtype=dtype)
         self._slot_values = torch.empty(shape, device=device, dtype=dtype)
         self._slots: OrderedDict[int, int] = OrderedDict()  # block id -> slot, LRU first
+        # Host copies live in pages of PAGE_BLOCKS blocks: few large allocations rather than
+        # one small one per block, which fragments the host heap on long inputs.
+        self._page_shape = (PAGE_BLOCKS, num_kv_heads, block_size, head_dim)
         self._host_keys: list[torch.Tensor] = []
         self._host_values: list[torch.Tensor] = []
+        self._count = 0
         self._reprs = torch.empty(16, num_kv_heads, head_dim, device=device, dtype=dtype)
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._host_keys)
+        return self._count
 
     @property
     def representatives(self) -> torch.Tensor:
@@ -56,17 +63,25 @@ class BlockStore:
         keys, values: (num_kv_heads, block_size, head_dim);
         representative: (num_kv_heads, head_dim).
         """
-        block_id = len(self)
-        self._host_keys.append(self._to_host(keys))
-        self._host_values.append(self._to_host(values))
+        block_id = self._count
+        page, row = divmod(block_id, PAGE_BLOCKS)
+        if page == len(self._host_keys):
+            self._host_keys.append(self._new_page())
+            self._host_values.append(self._new_page())
+        self._host_keys[page][row].copy_(keys)
+        self._host_values[page][row].copy_(values)
+        self._count += 1
         if block_id == self._reprs.shape[0]:
             self._reprs = torch.cat([self._reprs, torch.empty_like(self._reprs)])
         self._reprs[block_id] = representative
         return block_id
 
-    def _to_host(self, x: torch.Tensor) -> torch.Tensor:
-        host = x.to("cpu", self._offload_dtype, copy=True)
-        return host.pin_memory() if self._pin else host
+    def _new_page(self) -> torch.Tensor:
+        return torch.empty(self._page_shape, dtype=self._offload_dtype, pin_memory=self._pin)
+
+    def _host(self, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        page, row = divmod(block_id, PAGE_BLOCKS)
+        return self._host_keys[page][row], self._host_values[page][row]
 
     def fetch(self, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``block_ids`` in order, resident on the device.
@@ -81,8 +96,9 @@ class BlockStore:
             if slot is None:
                 self.misses += 1
                 slot = self._free_slot(wanted)
-                self._slot_keys[slot].copy_(self._host_keys[block_id], non_blocking=self._pin)
-                self._slot_values[slot].copy_(self._host_values[block_id], non_blocking=self._pin)
+                host_keys, host_values = self._host(block_id)
+                self._slot_keys[slot].copy_(host_keys, non_blocking=self._pin)
+                self._slot_values[slot].copy_(host_values, non_blocking=self._pin)
                 self._slots[block_id] = slot
             else:
                 self.hits += 1
@@ -105,8 +121,9 @@ class BlockStore:
         return list(self._slots)
 
     def host_bytes(self) -> int:
-        """Bytes held by the host copies."""
-        return sum(t.numel() * t.element_size() for t in (*self._host_keys, *self._host_values))
+        """Bytes of host memory that the blocks' keys and values occupy."""
+        page = self._host_keys[0] if self._host_keys else None
+        return 0 if page is None else 2 * self._count * page[0].numel() * page.element_size()
 
 
 def _flatten_blocks(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ class AttachedModel:
         self.model = model
         self._base = _base_model(model)
         self._native_attention: str = model.config._attn_implementation or "sdpa"
-        rotary = self._base.rotary_emb
+        rotary = cast(nn.Module, self._base.rotary_emb)  # checked by _base_model
         self._rotary = rotary if isinstance(rotary, SwitchableRotary) else SwitchableRotary(rotary)
         self._base.rotary_emb = self._rotary
 

@@ -27,6 +27,12 @@ class RotaryTable:
         probe = torch.empty(1, device=self._device, dtype=self._dtype)
         cos, sin = self._rotary(probe, positions)
         self._cos, self._sin = cos[0].to(self._dtype), sin[0].to(self._dtype)
+        self._identity_at_zero = bool((self._cos[0] == 1).all() and (self._sin[0] == 0).all())
+
+    def rotate_at_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` rotated at position 0: (..., n, head_dim); a no-op for unscaled RoPE."""
+        cos, sin = self.at(0)
+        return x if self._identity_at_zero else rotate(x, cos, sin)
 
     def at(self, positions: torch.Tensor | int | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin at ``positions``: each ``(n, rot_dim)`` (``(rot_dim,)`` for an int)."""

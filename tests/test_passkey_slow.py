@@ -1,0 +1,58 @@
+"""The embedded model finds a pass key hidden in twice its trained context (slow)."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from qllm_core import QLLMEngine
+
+logger = logging.getLogger(__name__)
+
+FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
+          "There and back again. ")
+TARGET_TOKENS = 16_384  # SmolLM2-135M was trained on 8K
+
+
+@pytest.fixture(scope="module")
+def engine() -> QLLMEngine:
+    return QLLMEngine.from_pretrained(progress=False)
+
+
+def _passkey_document(engine: QLLMEngine, depth: float, seed: int) -> tuple[str, str]:
+    key = str(random.Random(seed).randint(10_000, 99_999))
+    repeats = TARGET_TOKENS // engine.count_tokens(FILLER)
+    parts = [FILLER] * repeats
+    parts.insert(int(repeats * depth), f"The pass key is {key}. Remember it. {key} is the pass key. ")
+    intro = ("There is an important info hidden inside a lot of irrelevant text. "
+             "Find it and memorize it. ")
+    return intro + "".join(parts), key
+
+
+@pytest.mark.slow
+def test_qllm_finds_a_passkey_in_twice_the_trained_context(engine, record_property):
+    document, key = _passkey_document(engine, depth=0.5, seed=0)
+    answer = engine.answer(document, "What is the pass key?", max_new_tokens=12)
+    stats = answer.stats
+    record_property("qllm_answer", answer.text)
+    logger.warning("qllm: %r, %d tokens read in %.1f s", answer.text, stats.tokens_read,
+                   stats.prefill_seconds)
+    assert stats.tokens_read > 2 * 8192
+    assert key in answer.text
+    # the evidence points at the block holding the key
+    key_at = document.index(key)
+    top = stats.retrieved_blocks[:3]
+    assert any(b.char_start <= key_at < b.char_end for b in top if b.char_start is not None)
+
+
+@pytest.mark.slow
+def test_full_attention_on_the_same_input_is_recorded(engine, record_property):
+    # Not an accuracy claim: this records what the model's own attention does past its
+    # trained context, on the same prompt, so the comparison is visible in the test log.
+    document, key = _passkey_document(engine, depth=0.5, seed=0)
+    answer = engine.answer(document, "What is the pass key?", max_new_tokens=12, mode="full")
+    record_property("full_answer", answer.text)
+    logger.warning("full: %r (key %s found: %s)", answer.text, key, key in answer.text)
+    assert answer.stats.mode == "full" and answer.stats.tokens_read > 2 * 8192
