@@ -27,9 +27,13 @@ class KeySegment:
     mask: torch.Tensor | None = None
 
 
-def two_stage_attention(q_local: torch.Tensor, local: KeySegment, q_global: torch.Tensor,
-                        global_segments: Sequence[KeySegment],
-                        scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+def two_stage_attention(
+    q_local: torch.Tensor,
+    local: KeySegment,
+    q_global: torch.Tensor,
+    global_segments: Sequence[KeySegment],
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attend to the local window and the global segments with one shared softmax.
 
     Args:
@@ -48,8 +52,11 @@ def two_stage_attention(q_local: torch.Tensor, local: KeySegment, q_global: torc
     segments = [seg for seg in global_segments if seg.keys.shape[1]]
     # Each stage's logits are computed with its own queries; laid side by side they form
     # the logits over the union of keys, so one softmax merges the stages exactly.
-    logits = torch.cat([_logits(q_local * scaling, local, group)]
-                       + [_logits(q_global * scaling, seg, group) for seg in segments], dim=-1)
+    logits = torch.cat(
+        [_logits(q_local * scaling, local, group)]
+        + [_logits(q_global * scaling, seg, group) for seg in segments],
+        dim=-1,
+    )
     probs = logits.softmax(dim=-1)  # (H, G*n, m_local + m_global)
     values = torch.cat([local.values] + [seg.values for seg in segments], dim=1)
     out = (probs @ values.float()).view(kv_heads, group, n, dim)

@@ -50,31 +50,62 @@ class QLLMConfig:
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
-        for name in ("n_local", "block_size", "topk", "repr_topk", "exec_block_size",
-                     "max_cached_blocks", "prefill_chunk_size", "max_input_tokens"):
+        for name in (
+            "n_local",
+            "block_size",
+            "topk",
+            "repr_topk",
+            "exec_block_size",
+            "max_cached_blocks",
+            "prefill_chunk_size",
+            "max_input_tokens",
+        ):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, name,
-                   f"must be an integer >= 1, got {value!r}")
-        _check(isinstance(self.n_init, int) and self.n_init >= 0, "n_init",
-               f"must be an integer >= 0, got {self.n_init!r}")
-        _check(self.repr_topk <= self.block_size, "repr_topk",
-               f"({self.repr_topk}) must be <= block_size ({self.block_size}): a block "
-               "has only block_size tokens to pick from")
-        _check(self.exec_block_size <= self.n_local, "exec_block_size",
-               f"({self.exec_block_size}) must be <= n_local ({self.n_local}): the local "
-               "window must cover one execution block; lower exec_block_size or raise n_local")
-        _check(self.prefill_chunk_size % self.exec_block_size == 0, "prefill_chunk_size",
-               f"({self.prefill_chunk_size}) must be a multiple of exec_block_size "
-               f"({self.exec_block_size}), so that chunked prefill groups queries exactly as "
-               "one-shot prefill does")
-        _check(self.max_cached_blocks >= self.topk, "max_cached_blocks",
-               f"({self.max_cached_blocks}) must be >= topk ({self.topk}): all retrieved "
-               "blocks must fit on the device at once")
-        _check(self.question_weight >= 0, "question_weight",
-               f"must be >= 0, got {self.question_weight!r}")
-        _check(self.offload_dtype is None or self.offload_dtype in OFFLOAD_DTYPES,
-               "offload_dtype", f"must be None or one of {OFFLOAD_DTYPES}, "
-               f"got {self.offload_dtype!r}")
+            _check(
+                isinstance(value, int) and value >= 1,
+                name,
+                f"must be an integer >= 1, got {value!r}",
+            )
+        _check(
+            isinstance(self.n_init, int) and self.n_init >= 0,
+            "n_init",
+            f"must be an integer >= 0, got {self.n_init!r}",
+        )
+        _check(
+            self.repr_topk <= self.block_size,
+            "repr_topk",
+            f"({self.repr_topk}) must be <= block_size ({self.block_size}): a block "
+            "has only block_size tokens to pick from",
+        )
+        _check(
+            self.exec_block_size <= self.n_local,
+            "exec_block_size",
+            f"({self.exec_block_size}) must be <= n_local ({self.n_local}): the local "
+            "window must cover one execution block; lower exec_block_size or raise n_local",
+        )
+        _check(
+            self.prefill_chunk_size % self.exec_block_size == 0,
+            "prefill_chunk_size",
+            f"({self.prefill_chunk_size}) must be a multiple of exec_block_size "
+            f"({self.exec_block_size}), so that chunked prefill groups queries exactly as "
+            "one-shot prefill does",
+        )
+        _check(
+            self.max_cached_blocks >= self.topk,
+            "max_cached_blocks",
+            f"({self.max_cached_blocks}) must be >= topk ({self.topk}): all retrieved "
+            "blocks must fit on the device at once",
+        )
+        _check(
+            self.question_weight >= 0,
+            "question_weight",
+            f"must be >= 0, got {self.question_weight!r}",
+        )
+        _check(
+            self.offload_dtype is None or self.offload_dtype in OFFLOAD_DTYPES,
+            "offload_dtype",
+            f"must be None or one of {OFFLOAD_DTYPES}, got {self.offload_dtype!r}",
+        )
 
     @property
     def effective_question_weight(self) -> float:
@@ -98,16 +129,17 @@ def _check(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"QLLMConfig.{field} {message}")
 
 
+_PUBLISHED = QLLMConfig(
+    n_init=128, n_local=1024, block_size=128, topk=8, repr_topk=4, exec_block_size=512
+)
+_SMALL_WINDOW = _PUBLISHED.replace(n_local=512, block_size=64, question_weight=1.0)
+
 PRESETS: dict[str, QLLMConfig] = {
     # The authors' published settings (shared/QLLM_METHOD.md).
-    "llama3": QLLMConfig(n_init=128, n_local=1024, block_size=128, topk=8, repr_topk=4,
-                         exec_block_size=512, question_weight=4.0),
-    "mistral": QLLMConfig(n_init=128, n_local=1024, block_size=128, topk=8, repr_topk=4,
-                          exec_block_size=512, question_weight=1.0),
-    "small-window": QLLMConfig(n_init=128, n_local=512, block_size=64, topk=8, repr_topk=4,
-                               exec_block_size=512, question_weight=1.0),
-    # The embedded SmolLM2-135M model (trained context 8K), chosen by benchmarks/.
-    "smollm2": QLLMConfig(n_init=128, n_local=512, block_size=64, topk=8, repr_topk=4,
-                          exec_block_size=512, question_weight=1.0),
+    "llama3": _PUBLISHED.replace(question_weight=4.0),
+    "mistral": _PUBLISHED.replace(question_weight=1.0),
+    "small-window": _SMALL_WINDOW,
+    # The embedded SmolLM2-135M model (trained context 8K); see BENCHMARKS.md.
+    "smollm2": _SMALL_WINDOW,
 }
 """Named presets; pick one with :meth:`QLLMConfig.preset`."""

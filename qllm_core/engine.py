@@ -56,8 +56,14 @@ class QLLMEngine:
     Requests are serialized by a lock; each one starts from fresh memory.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any, *,
-                 config: QLLMConfig | None = None, progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        *,
+        config: QLLMConfig | None = None,
+        progress: bool | None = None,
+    ) -> None:
         self.config = config or QLLMConfig()
         self._attached = AttachedModel(model)
         self.model = model.eval()
@@ -70,10 +76,15 @@ class QLLMEngine:
         self._eos = _eos_ids(model, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike[str] | None = None, *,
-                        config: QLLMConfig | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None,
-                        progress: bool | None = None) -> QLLMEngine:
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike[str] | None = None,
+        *,
+        config: QLLMConfig | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        progress: bool | None = None,
+    ) -> QLLMEngine:
         """Load a model (``None``: the embedded SmolLM2-135M) and attach the engine."""
         from .loading import load_model
 
@@ -101,8 +112,9 @@ class QLLMEngine:
         """Answer ``question`` about ``document``; see :meth:`stream` for the options."""
         return _drain(self.stream(document, question, **options))
 
-    def stream(self, document: str, question: str, *, mode: str | None = None,
-               **options: Any) -> AnswerStream:
+    def stream(
+        self, document: str, question: str, *, mode: str | None = None, **options: Any
+    ) -> AnswerStream:
         """Stream the answer to ``question`` about ``document``.
 
         Options: ``max_new_tokens`` (256), ``temperature`` (0: greedy), ``top_p`` (1),
@@ -111,31 +123,58 @@ class QLLMEngine:
         document = check_text("document", document)
         question = check_text("question", question)
         layout = build_prompt(self.tokenizer, document, question)
-        return self._stream(layout.input_ids, layout.question_span,
-                            layout.final_question_span[0], layout, mode, options)
+        return self._stream(
+            layout.input_ids,
+            layout.question_span,
+            layout.final_question_span[0],
+            layout,
+            mode,
+            options,
+        )
 
-    def generate(self, input_ids: Sequence[int] | torch.Tensor, *,
-                 question_span: tuple[int, int] | None = None, **options: Any) -> Answer:
+    def generate(
+        self,
+        input_ids: Sequence[int] | torch.Tensor,
+        *,
+        question_span: tuple[int, int] | None = None,
+        **options: Any,
+    ) -> Answer:
         """Answer a prompt given as token ids; ``question_span`` locates the question."""
         return _drain(self.stream_ids(input_ids, question_span=question_span, **options))
 
-    def stream_ids(self, input_ids: Sequence[int] | torch.Tensor, *,
-                   question_span: tuple[int, int] | None = None, mode: str | None = None,
-                   **options: Any) -> AnswerStream:
+    def stream_ids(
+        self,
+        input_ids: Sequence[int] | torch.Tensor,
+        *,
+        question_span: tuple[int, int] | None = None,
+        mode: str | None = None,
+        **options: Any,
+    ) -> AnswerStream:
         """Streaming form of :meth:`generate`."""
-        ids = [int(i) for i in (input_ids.flatten().tolist()
-                                if isinstance(input_ids, torch.Tensor) else input_ids)]
+        ids = [
+            int(i)
+            for i in (
+                input_ids.flatten().tolist() if isinstance(input_ids, torch.Tensor) else input_ids
+            )
+        ]
         if not ids:
             raise ValueError("input_ids is empty; pass at least one token")
         if question_span is not None and not 0 <= question_span[0] < question_span[1] <= len(ids):
-            raise ValueError(f"question_span {question_span} does not lie inside the "
-                             f"{len(ids)} input tokens")
+            raise ValueError(
+                f"question_span {question_span} does not lie inside the {len(ids)} input tokens"
+            )
         record_from = question_span[1] if question_span else len(ids)
         return self._stream(ids, question_span, record_from, None, mode, options)
 
-    def _stream(self, ids: list[int], question_span: tuple[int, int] | None, record_from: int,
-                layout: PromptLayout | None, mode: str | None,
-                options: dict[str, Any]) -> AnswerStream:
+    def _stream(
+        self,
+        ids: list[int],
+        question_span: tuple[int, int] | None,
+        record_from: int,
+        layout: PromptLayout | None,
+        mode: str | None,
+        options: dict[str, Any],
+    ) -> AnswerStream:
         config = self.config if mode is None else self.config.replace(mode=mode)
         stop = options.pop("stop", None) or ()
         opts = GenerationOptions(stop=(stop,) if isinstance(stop, str) else tuple(stop), **options)
@@ -143,15 +182,22 @@ class QLLMEngine:
             raise InputTooLongError(
                 f"the prompt has {len(ids):,} tokens, over max_input_tokens="
                 f"{config.max_input_tokens:,}; shorten the document or raise "
-                "QLLMConfig.max_input_tokens")
+                "QLLMConfig.max_input_tokens"
+            )
         stream = AnswerStream(pieces=iter(()))
         plan = RequestPlan(question_span=question_span, record_from=record_from)
         stream.pieces = self._run(stream, ids, plan, layout, config, opts)
         return stream
 
-    def _run(self, stream: AnswerStream, ids: list[int], plan: RequestPlan,
-             layout: PromptLayout | None, config: QLLMConfig,
-             opts: GenerationOptions) -> Iterator[str]:
+    def _run(
+        self,
+        stream: AnswerStream,
+        ids: list[int],
+        plan: RequestPlan,
+        layout: PromptLayout | None,
+        config: QLLMConfig,
+        opts: GenerationOptions,
+    ) -> Iterator[str]:
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
             step = self.new_forward(config, plan)
@@ -166,8 +212,9 @@ class QLLMEngine:
             generated = 0
             t1 = time.perf_counter()
             while generated < opts.max_new_tokens:
-                token = next_token(logits, temperature=opts.temperature, top_p=opts.top_p,
-                                   generator=generator)
+                token = next_token(
+                    logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
+                )
                 if token in self._eos:
                     finish = "eos"
                     break
@@ -184,14 +231,19 @@ class QLLMEngine:
             if tail:
                 yield tail
             stats = AnswerStats(
-                mode=config.mode, tokens_read=len(ids), tokens_generated=generated,
-                prefill_seconds=prefill_seconds, decode_seconds=time.perf_counter() - t1,
+                mode=config.mode,
+                tokens_read=len(ids),
+                tokens_generated=generated,
+                prefill_seconds=prefill_seconds,
+                decode_seconds=time.perf_counter() - t1,
                 question_found=plan.question_span is not None,
-                retrieved_blocks=_evidence(memory, config, layout))
+                retrieved_blocks=_evidence(memory, config, layout),
+            )
             stream.result = Answer(text=text.text, finish_reason=finish, stats=stats)
 
-    def new_forward(self, config: QLLMConfig | None = None,
-                    plan: RequestPlan | None = None) -> QLLMForward | NativeForward:
+    def new_forward(
+        self, config: QLLMConfig | None = None, plan: RequestPlan | None = None
+    ) -> QLLMForward | NativeForward:
         """A fresh forward pass state (lower level than :meth:`generate`; not locked).
 
         ``NativeForward`` (the model's own attention) in mode ``full``, else
@@ -200,8 +252,13 @@ class QLLMEngine:
         config = config or self.config
         if config.mode == "full":
             return NativeForward(self.model)
-        memory = RequestMemory(config=config, plan=plan or RequestPlan(None, 0), rope=self._rope,
-                               device=self.device, dtype=self.dtype)
+        memory = RequestMemory(
+            config=config,
+            plan=plan or RequestPlan(None, 0),
+            rope=self._rope,
+            device=self.device,
+            dtype=self.dtype,
+        )
         return QLLMForward(self.model, self._attached, memory)
 
     def _prefill(self, step: Forward, ids: list[int], config: QLLMConfig) -> torch.Tensor:
@@ -211,15 +268,16 @@ class QLLMEngine:
         bar = prefill_progress(len(ids), self.progress)
         try:
             for start in range(0, len(ids), chunk):
-                logits = step(ids[start:start + chunk])
+                logits = step(ids[start : start + chunk])
                 bar.update(min(chunk, len(ids) - start))
         finally:
             bar.close()
         return logits
 
 
-def _evidence(memory: RequestMemory | None, config: QLLMConfig,
-              layout: PromptLayout | None) -> tuple[RetrievedBlock, ...]:
+def _evidence(
+    memory: RequestMemory | None, config: QLLMConfig, layout: PromptLayout | None
+) -> tuple[RetrievedBlock, ...]:
     """Blocks retrieved while answering, most chosen first, with document char spans."""
     if memory is None:
         return ()
@@ -228,9 +286,15 @@ def _evidence(memory: RequestMemory | None, config: QLLMConfig,
         start = config.n_init + block_id * config.block_size
         end = start + config.block_size
         chars = layout.char_span(start, end) if layout else None
-        blocks.append(RetrievedBlock(token_start=start, token_end=end, count=count,
-                                     char_start=chars[0] if chars else None,
-                                     char_end=chars[1] if chars else None))
+        blocks.append(
+            RetrievedBlock(
+                token_start=start,
+                token_end=end,
+                count=count,
+                char_start=chars[0] if chars else None,
+                char_end=chars[1] if chars else None,
+            )
+        )
     return tuple(blocks)
 
 

@@ -21,16 +21,21 @@ class Forward(Protocol):
 class QLLMForward:
     """The engine's attention over a request's :class:`RequestMemory` (modes other than full)."""
 
-    def __init__(self, model: PreTrainedModel, attached: AttachedModel,
-                 memory: RequestMemory) -> None:
+    def __init__(
+        self, model: PreTrainedModel, attached: AttachedModel, memory: RequestMemory
+    ) -> None:
         self.model, self.attached, self.memory = model, attached, memory
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with the engine's attention."""
         input_ids = torch.tensor([ids], device=self.memory.device)
         with self.attached.qllm():
-            out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1,
-                             **{MEMORY_KWARG: self.memory})
+            out = self.model(
+                input_ids=input_ids,
+                use_cache=False,
+                logits_to_keep=1,
+                **{MEMORY_KWARG: self.memory},
+            )
         return out.logits[0, -1]
 
 
@@ -44,6 +49,7 @@ class NativeForward:
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with its own attention and cache."""
         input_ids = torch.tensor([ids], device=self.model.device)
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1
+        )
         return out.logits[0, -1]

@@ -47,9 +47,19 @@ class RequestPlan:
 class LayerMemory:
     """Token streams of one layer for one request (batch size 1)."""
 
-    def __init__(self, *, config: QLLMConfig, plan: RequestPlan, rope: RotaryTable,
-                 num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype,
-                 offload_dtype: torch.dtype | None, counts: Counter[int]) -> None:
+    def __init__(
+        self,
+        *,
+        config: QLLMConfig,
+        plan: RequestPlan,
+        rope: RotaryTable,
+        num_kv_heads: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload_dtype: torch.dtype | None,
+        counts: Counter[int],
+    ) -> None:
         self.config = config
         self.plan = plan
         self.rope = rope
@@ -59,28 +69,43 @@ class LayerMemory:
         self.init_k = torch.empty(num_kv_heads, 0, head_dim, device=device, dtype=dtype)
         self.init_v = self.init_k
         capacity = config.n_local + config.block_size + config.exec_block_size
-        self.recent = RecentTokens(capacity=capacity, num_kv_heads=num_kv_heads,
-                                   head_dim=head_dim, device=device, dtype=dtype, rope=rope)
-        self.store = BlockStore(num_kv_heads=num_kv_heads, head_dim=head_dim,
-                                block_size=config.block_size,
-                                max_cached_blocks=config.max_cached_blocks, device=device,
-                                dtype=dtype, offload_dtype=offload_dtype)
+        self.recent = RecentTokens(
+            capacity=capacity,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            device=device,
+            dtype=dtype,
+            rope=rope,
+        )
+        self.store = BlockStore(
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            block_size=config.block_size,
+            max_cached_blocks=config.max_cached_blocks,
+            device=device,
+            dtype=dtype,
+            offload_dtype=offload_dtype,
+        )
         self.question: torch.Tensor | None = None
         self._question_queries: list[torch.Tensor] = []
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scaling: float) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
         """Attention for the next ``n`` tokens, in execution blocks.
 
         q: (heads, n, D); k, v: (kv_heads, n, D), all unrotated. Returns (heads, n, D).
         """
         step = self.config.exec_block_size
-        outputs = [self._attend_block(q[:, s:s + step], k[:, s:s + step], v[:, s:s + step],
-                                      scaling) for s in range(0, q.shape[1], step)]
+        outputs = [
+            self._attend_block(q[:, s : s + step], k[:, s : s + step], v[:, s : s + step], scaling)
+            for s in range(0, q.shape[1], step)
+        ]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
-    def _attend_block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      scaling: float) -> torch.Tensor:
+    def _attend_block(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
         heads, n, dim = q.shape
         kv_heads = k.shape[0]
         start, n_local, recent = self.position, self.config.n_local, self.recent
@@ -96,24 +121,29 @@ class LayerMemory:
         local = KeySegment(recent.keys_local, recent.values, local_mask)
 
         q_global = rotate(q, *self.rope.at(n_local - 1))
-        out, local_probs = two_stage_attention(q_local, local, q_global,
-                                               self._global_segments(q_global, q_pos, k_pos),
-                                               scaling)
+        out, local_probs = two_stage_attention(
+            q_local, local, q_global, self._global_segments(q_global, q_pos, k_pos), scaling
+        )
         recent.scores.add_(local_probs)
         self._track_question(q_global, start, n)
         self.position += n
         return out.reshape(heads, n, dim)
 
-    def _global_segments(self, q_global: torch.Tensor, q_pos: torch.Tensor,
-                         k_pos: torch.Tensor) -> list[KeySegment]:
+    def _global_segments(
+        self, q_global: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+    ) -> list[KeySegment]:
         """Init tokens, retrieved blocks and remainder tokens (masked) for the global stage."""
         segments = [KeySegment(self.init_k, self.init_v)]
         if not self._keep_blocks:
             return segments
         if len(self.store):
-            ids = select_blocks(self.store.representatives, current_vector(q_global),
-                                self.question, self.config.effective_question_weight,
-                                self.config.topk)
+            ids = select_blocks(
+                self.store.representatives,
+                current_vector(q_global),
+                self.question,
+                self.config.effective_question_weight,
+                self.config.topk,
+            )
             segments.append(KeySegment(*self.store.fetch(ids)))
             if int(q_pos[-1]) >= self.plan.record_from:
                 self.counts.update(ids)
@@ -140,8 +170,7 @@ class LayerMemory:
             elif r0 + cfg.block_size <= upto:
                 count = cfg.block_size
                 keys = self.rope.rotate_at_zero(recent.keys[:, :count])
-                representative = representative_key(keys, recent.scores[:, :count],
-                                                    cfg.repr_topk)
+                representative = representative_key(keys, recent.scores[:, :count], cfg.repr_topk)
                 self.store.append(keys, recent.values[:, :count], representative)
             else:
                 return
@@ -154,7 +183,7 @@ class LayerMemory:
             return
         lo, hi = max(span[0], start), min(span[1], start + n)
         if lo < hi:
-            self._question_queries.append(q_global[:, :, lo - start:hi - start])
+            self._question_queries.append(q_global[:, :, lo - start : hi - start])
         if span[1] <= start + n and self._question_queries:
             queries = torch.cat(self._question_queries, dim=2)
             positions = torch.arange(span[0], span[1], device=queries.device) - self.recent.start
@@ -168,21 +197,36 @@ class LayerMemory:
 class RequestMemory:
     """All layers' Q-LLM state for one request; handed to the attention via ``model(...)``."""
 
-    def __init__(self, *, config: QLLMConfig, plan: RequestPlan, rope: RotaryTable,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        *,
+        config: QLLMConfig,
+        plan: RequestPlan,
+        rope: RotaryTable,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         self.config, self.plan, self.rope = config, plan, rope
         self.device, self.dtype = device, dtype
         self.offload_dtype = getattr(torch, config.offload_dtype) if config.offload_dtype else None
         self.counts: Counter[int] = Counter()
         self.layers: dict[int, LayerMemory] = {}
 
-    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scaling: float) -> torch.Tensor:
+    def attend(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
         """q: (heads, n, D); k, v: (kv_heads, n, D) unrotated. Returns (heads, n, D)."""
         layer = self.layers.get(layer_idx)
         if layer is None:
             layer = self.layers[layer_idx] = LayerMemory(
-                config=self.config, plan=self.plan, rope=self.rope, num_kv_heads=k.shape[0],
-                head_dim=k.shape[-1], device=self.device, dtype=self.dtype,
-                offload_dtype=self.offload_dtype, counts=self.counts)
+                config=self.config,
+                plan=self.plan,
+                rope=self.rope,
+                num_kv_heads=k.shape[0],
+                head_dim=k.shape[-1],
+                device=self.device,
+                dtype=self.dtype,
+                offload_dtype=self.offload_dtype,
+                counts=self.counts,
+            )
         return layer.attend(q, k, v, scaling)

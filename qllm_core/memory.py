@@ -28,9 +28,17 @@ class BlockStore:
         offload_dtype: dtype of the host copies (``dtype`` when ``None``).
     """
 
-    def __init__(self, *, num_kv_heads: int, head_dim: int, block_size: int,
-                 max_cached_blocks: int, device: torch.device, dtype: torch.dtype,
-                 offload_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_kv_heads: int,
+        head_dim: int,
+        block_size: int,
+        max_cached_blocks: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload_dtype: torch.dtype | None = None,
+    ) -> None:
         self.block_size = block_size
         self._device = device
         self._offload_dtype = offload_dtype or dtype

@@ -35,8 +35,9 @@ class SwitchableRotary(nn.Module):
         self.rotary = rotary
         self.identity = False
 
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any,
-                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``(batch, seq, rot_dim)``, like the wrapped module."""
         cos, sin = self.rotary(x, position_ids, *args, **kwargs)
         if self.identity:
@@ -44,9 +45,15 @@ class SwitchableRotary(nn.Module):
         return cos, sin
 
 
-def _qllm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
-                    value: torch.Tensor, attention_mask: torch.Tensor | None,
-                    scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def _qllm_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """Attention function for transformers: hands the layer's q, k, v to the request's memory.
 
     query: (1, heads, q_len, head_dim); key, value: (1, kv_heads, q_len, head_dim), unrotated.
@@ -56,7 +63,8 @@ def _qllm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if memory is None:
         raise RuntimeError(
             f"the {ATTENTION_NAME!r} attention was called without a Q-LLM memory; run the model "
-            "through QLLMEngine, or call AttachedModel.detach() to restore the model")
+            "through QLLMEngine, or call AttachedModel.detach() to restore the model"
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     out = memory.attend(module.layer_idx, query[0], key[0], value[0], scaling)
@@ -68,7 +76,8 @@ def _base_model(model: PreTrainedModel) -> nn.Module:
     if base is None or not isinstance(getattr(base, "rotary_emb", None), nn.Module):
         raise UnsupportedModelError(
             f"{type(model).__name__} has no `{model.base_model_prefix}.rotary_emb` module: the "
-            "engine drives RoPE decoder models (Llama, Mistral, Qwen2/3, Phi-3, ...) only")
+            "engine drives RoPE decoder models (Llama, Mistral, Qwen2/3, Phi-3, ...) only"
+        )
     return base
 
 
@@ -78,18 +87,23 @@ def check_model(model: PreTrainedModel) -> None:
     if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_decoder", True):
         raise UnsupportedModelError(
             f"{type(model).__name__} is not a decoder-only causal LM; load one with "
-            "AutoModelForCausalLM")
-    if not callable(getattr(model, "get_output_embeddings", None)) or \
-            model.get_output_embeddings() is None:
+            "AutoModelForCausalLM"
+        )
+    if (
+        not callable(getattr(model, "get_output_embeddings", None))
+        or model.get_output_embeddings() is None
+    ):
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no language-model head; load it with "
-            "AutoModelForCausalLM")
+            f"{type(model).__name__} has no language-model head; load it with AutoModelForCausalLM"
+        )
     _base_model(model)
-    if getattr(config, "layer_types", None) and \
-            any(t != "full_attention" for t in config.layer_types):
+    if getattr(config, "layer_types", None) and any(
+        t != "full_attention" for t in config.layer_types
+    ):
         raise UnsupportedModelError(
             f"{type(model).__name__} mixes attention types {sorted(set(config.layer_types))}; "
-            "the engine supports models whose layers all use full attention")
+            "the engine supports models whose layers all use full attention"
+        )
 
 
 class AttachedModel:

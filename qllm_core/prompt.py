@@ -58,16 +58,24 @@ def build_prompt(tokenizer: Any, document: str, question: str) -> PromptLayout:
             break
         part = question if i != 1 else document
         if i == 1:
-            encoded = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True) \
-                if getattr(tokenizer, "is_fast", False) else None
+            encoded = (
+                tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+                if getattr(tokenizer, "is_fast", False)
+                else None
+            )
             part_ids = encoded["input_ids"] if encoded else _encode(tokenizer, part)
             offsets = [tuple(o) for o in encoded["offset_mapping"]] if encoded else None
         else:
             part_ids = _encode(tokenizer, part)
         spans.append((len(ids), len(ids) + len(part_ids)))
         ids += part_ids
-    return PromptLayout(input_ids=ids, question_span=spans[0], document_span=spans[1],
-                        final_question_span=spans[2], document_offsets=offsets)
+    return PromptLayout(
+        input_ids=ids,
+        question_span=spans[0],
+        document_span=spans[1],
+        final_question_span=spans[2],
+        document_offsets=offsets,
+    )
 
 
 def _template_pieces(tokenizer: Any) -> list[str]:
@@ -75,15 +83,17 @@ def _template_pieces(tokenizer: Any) -> list[str]:
     message = USER_MESSAGE.format(question=_QUESTION, document=_DOCUMENT)
     if getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+        )
     else:
         bos = tokenizer.bos_token or ""
         rendered = bos + _PLAIN.format(message=message)
     pieces = re.split(f"({re.escape(_QUESTION)}|{re.escape(_DOCUMENT)})", rendered)
     slots, texts = pieces[1::2], pieces[0::2]
     if slots != [_QUESTION, _DOCUMENT, _QUESTION]:
-        raise ValueError("the chat template changed the order of the question and document "
-                         f"slots: {slots!r}")
+        raise ValueError(
+            f"the chat template changed the order of the question and document slots: {slots!r}"
+        )
     return texts
 
 

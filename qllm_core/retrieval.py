@@ -38,8 +38,13 @@ def current_vector(queries: torch.Tensor) -> torch.Tensor:
     return queries.mean(dim=(1, 2))
 
 
-def select_blocks(representatives: torch.Tensor, current: torch.Tensor,
-                  question: torch.Tensor | None, question_weight: float, topk: int) -> list[int]:
+def select_blocks(
+    representatives: torch.Tensor,
+    current: torch.Tensor,
+    question: torch.Tensor | None,
+    question_weight: float,
+    topk: int,
+) -> list[int]:
     """Ids of the ``topk`` blocks with the highest ``current.repr + beta * question.repr``.
 
     representatives: (num_blocks, H, D); current, question: (H, D).

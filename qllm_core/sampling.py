@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 
-def next_token(logits: torch.Tensor, *, temperature: float, top_p: float,
-               generator: torch.Generator | None) -> int:
+def next_token(
+    logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
     """Greedy when ``temperature == 0``; else nucleus sampling. logits: (vocab,)."""
     if temperature <= 0:
         return int(logits.argmax())
@@ -59,5 +60,5 @@ class TextAccumulator:
     def _emit(self, end: int) -> str:
         if end <= self._emitted:
             return ""
-        delta, self._emitted = self.text[self._emitted:end], end
+        delta, self._emitted = self.text[self._emitted : end], end
         return delta

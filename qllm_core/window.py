@@ -23,8 +23,16 @@ class RecentTokens:
         rope: the model's rotary table, for the local-stage rotation.
     """
 
-    def __init__(self, *, capacity: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype, rope: RotaryTable) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        num_kv_heads: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        rope: RotaryTable,
+    ) -> None:
         self._rope = rope
         self._capacity = capacity
         size = 2 * capacity  # room to append without compacting every time
@@ -48,22 +56,22 @@ class RecentTokens:
     @property
     def keys(self) -> torch.Tensor:
         """(H, len, D) unrotated keys."""
-        return self._keys[:, self._lo:self._hi]
+        return self._keys[:, self._lo : self._hi]
 
     @property
     def keys_local(self) -> torch.Tensor:
         """(H, len, D) keys rotated at ``position - base``."""
-        return self._keys_local[:, self._lo:self._hi]
+        return self._keys_local[:, self._lo : self._hi]
 
     @property
     def values(self) -> torch.Tensor:
         """(H, len, D) values."""
-        return self._values[:, self._lo:self._hi]
+        return self._values[:, self._lo : self._hi]
 
     @property
     def scores(self) -> torch.Tensor:
         """(H, len) attention each token received while in the local window (float32)."""
-        return self._scores[:, self._lo:self._hi]
+        return self._scores[:, self._lo : self._hi]
 
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Add the next ``n`` positions. keys, values: (H, n, D), unrotated."""
@@ -91,10 +99,10 @@ class RecentTokens:
     def _compact(self) -> None:
         n = len(self)
         for buf in (self._keys, self._keys_local, self._values, self._scores):
-            buf[:, :n] = buf[:, self._lo:self._hi].clone()
+            buf[:, :n] = buf[:, self._lo : self._hi].clone()
         self._lo, self._hi = 0, n
 
     def _rebase(self) -> None:
         self.base = self.start
         cos, sin = self._rope.at(slice(0, len(self)))
-        self._keys_local[:, self._lo:self._hi] = rotate(self.keys, cos, sin)
+        self._keys_local[:, self._lo : self._hi] = rotate(self.keys, cos, sin)

@@ -23,8 +23,10 @@ def _union_reference(q_local, local, q_global, segments, scaling):
     return out, local_probs
 
 
-@pytest.mark.parametrize("n, m_local, m_blocks, m_rem", [(1, 27, 0, 0), (27, 61, 48, 13),
-                                                        (61, 113, 32, 0), (16, 16, 0, 5)])
+@pytest.mark.parametrize(
+    "n, m_local, m_blocks, m_rem",
+    [(1, 27, 0, 0), (27, 61, 48, 13), (61, 113, 32, 0), (16, 16, 0, 5)],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_merge_equals_union_softmax(n, m_local, m_blocks, m_rem, dtype):
     gen = torch.Generator().manual_seed(n * 1000 + m_local)
@@ -37,12 +39,18 @@ def test_merge_equals_union_softmax(n, m_local, m_blocks, m_rem, dtype):
     # a causal band as local mask (each query sees at least itself: the diagonal at the end)
     rows = torch.arange(n)[:, None] + (m_local - n)
     cols = torch.arange(m_local)[None]
-    local = KeySegment(rand(heads, m_local, dim), rand(heads, m_local, dim),
-                       (cols <= rows) & (cols > rows - 20))
-    segments = [KeySegment(rand(heads, 4, dim), rand(heads, 4, dim)),
-                KeySegment(rand(heads, m_blocks, dim), rand(heads, m_blocks, dim)),
-                KeySegment(rand(heads, m_rem, dim), rand(heads, m_rem, dim),
-                           torch.rand(n, m_rem, generator=gen) > 0.5)]
+    local = KeySegment(
+        rand(heads, m_local, dim), rand(heads, m_local, dim), (cols <= rows) & (cols > rows - 20)
+    )
+    segments = [
+        KeySegment(rand(heads, 4, dim), rand(heads, 4, dim)),
+        KeySegment(rand(heads, m_blocks, dim), rand(heads, m_blocks, dim)),
+        KeySegment(
+            rand(heads, m_rem, dim),
+            rand(heads, m_rem, dim),
+            torch.rand(n, m_rem, generator=gen) > 0.5,
+        ),
+    ]
     out, local_probs = two_stage_attention(q_local, local, q_global, segments, 0.25)
     ref_out, ref_probs = _union_reference(q_local, local, q_global, segments, 0.25)
 
@@ -57,8 +65,11 @@ def test_merge_equals_union_softmax(n, m_local, m_blocks, m_rem, dtype):
 def test_global_keys_change_the_output():
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 1, 2, 8, generator=gen)
-    local = KeySegment(torch.randn(1, 2, 8, generator=gen), torch.randn(1, 2, 8, generator=gen),
-                       torch.tensor([[True, False], [True, True]]))
+    local = KeySegment(
+        torch.randn(1, 2, 8, generator=gen),
+        torch.randn(1, 2, 8, generator=gen),
+        torch.tensor([[True, False], [True, True]]),
+    )
     glob = KeySegment(q[0, 0][None] * 3, torch.full((1, 2, 8), 100.0))
     alone, probs_alone = two_stage_attention(q, local, q, [], 1.0)
     merged, probs_merged = two_stage_attention(q, local, q, [glob], 1.0)

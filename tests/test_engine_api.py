@@ -24,7 +24,8 @@ QUESTION = "Which topic does sentence 42 talk about?"
 def test_answer_returns_text_and_stats(tiny_engine):
     answer = tiny_engine.answer(DOC, QUESTION, max_new_tokens=5)
     stats = answer.stats
-    assert stats.tokens_read > tiny_engine.count_tokens(DOC) + 2 * tiny_engine.count_tokens(QUESTION)
+    prompt_parts = tiny_engine.count_tokens(DOC) + 2 * tiny_engine.count_tokens(QUESTION)
+    assert stats.tokens_read > prompt_parts
     assert stats.question_found and stats.mode == "qllm"
     assert answer.finish_reason in {"length", "eos"}
     assert stats.tokens_generated <= 5 and stats.prefill_seconds > 0
@@ -47,8 +48,10 @@ def test_stream_pieces_add_up_to_the_answer(tiny_engine):
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_engine):
-    runs = [tiny_engine.answer(DOC, QUESTION, max_new_tokens=6, temperature=1.0, seed=s).text
-            for s in (1, 1, 2)]
+    runs = [
+        tiny_engine.answer(DOC, QUESTION, max_new_tokens=6, temperature=1.0, seed=s).text
+        for s in (1, 1, 2)
+    ]
     assert runs[0] == runs[1]
 
 
@@ -95,20 +98,26 @@ def test_concurrent_requests_match_sequential_ones(tiny_engine):
     assert [results[i] for i in range(3)] == alone
 
 
-@pytest.mark.parametrize("document, question, error", [
-    ("", QUESTION, EmptyInputError),
-    ("   \n\t", QUESTION, EmptyInputError),
-    (DOC, "", EmptyInputError),
-    (b"bytes are not text", QUESTION, InvalidDocumentError),
-])
+@pytest.mark.parametrize(
+    "document, question, error",
+    [
+        ("", QUESTION, EmptyInputError),
+        ("   \n\t", QUESTION, EmptyInputError),
+        (DOC, "", EmptyInputError),
+        (b"bytes are not text", QUESTION, InvalidDocumentError),
+    ],
+)
 def test_bad_input_raises_named_errors(tiny_engine, document, question, error):
     with pytest.raises(error):
         tiny_engine.answer(document, question)
 
 
 def test_input_over_the_limit_is_refused_not_truncated(tiny_engine):
-    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer,
-                        config=tiny_engine.config.replace(max_input_tokens=100))
+    engine = QLLMEngine(
+        tiny_engine.model,
+        tiny_engine.tokenizer,
+        config=tiny_engine.config.replace(max_input_tokens=100),
+    )
     with pytest.raises(InputTooLongError, match="max_input_tokens=100"):
         engine.answer(DOC, QUESTION)
     assert engine.max_input_tokens == 100
@@ -120,12 +129,19 @@ def test_impossible_override_raises_config_error(tiny_engine):
 
 
 def test_models_without_rotary_embedding_are_refused(tokenizer):
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
+    )
     with pytest.raises(UnsupportedModelError, match="rotary"):
         QLLMEngine(gpt2, tokenizer)
-    bert = transformers.BertModel(transformers.BertConfig(
-        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-        vocab_size=64))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            num_hidden_layers=1,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=64,
+        )
+    )
     with pytest.raises(UnsupportedModelError):
         QLLMEngine(bert, tokenizer)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import ARCHITECTURES, TINY_ENGINE_CONFIG, make_tiny_model
 
 from qllm_core import QLLMConfig, QLLMEngine
 from qllm_core.layer_memory import RequestPlan
-from tiny_models import ARCHITECTURES, make_tiny_model
 
 ARCHS = sorted(ARCHITECTURES)
 
@@ -24,7 +24,7 @@ def _feed(forward, ids: list[int], chunks: list[int]) -> torch.Tensor:
     """Feed ``ids`` in pieces; return each piece's last logits stacked."""
     out, start = [], 0
     for size in chunks:
-        out.append(forward(ids[start:start + size]))
+        out.append(forward(ids[start : start + size]))
         start += size
     return torch.stack(out)
 
@@ -33,8 +33,15 @@ def _feed(forward, ids: list[int], chunks: list[int]) -> torch.Tensor:
 def test_window_covering_input_equals_model_attention_prefill_and_decode(arch):
     # n_local >= input length: every key is local at its true position, so the engine
     # must reproduce the model's own attention exactly, in prefill and in decoding.
-    engine = _engine(arch, n_init=4, n_local=256, block_size=16, topk=2, exec_block_size=32,
-                     prefill_chunk_size=64)
+    engine = _engine(
+        arch,
+        n_init=4,
+        n_local=256,
+        block_size=16,
+        topk=2,
+        exec_block_size=32,
+        prefill_chunk_size=64,
+    )
     ids = torch.randint(0, 256, (157,), generator=torch.Generator().manual_seed(1)).tolist()
     chunks = [64, 64, 23, 1, 1, 1, 1, 1, 1]  # chunked prefill, then decoding
     with torch.no_grad():
@@ -56,9 +63,7 @@ def test_model_outside_engine_is_unchanged(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_chunked_prefill_equals_one_shot(arch):
-    config = dict(n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2,
-                  exec_block_size=32, max_cached_blocks=4)
-    engine = _engine(arch, **config)
+    engine = QLLMEngine(make_tiny_model(arch), _NoTokenizer(), config=TINY_ENGINE_CONFIG)
     ids = torch.randint(0, 256, (301,), generator=torch.Generator().manual_seed(2)).tolist()
     plan = RequestPlan(question_span=(5, 12), record_from=0)
     with torch.no_grad():
@@ -66,7 +71,7 @@ def test_chunked_prefill_equals_one_shot(arch):
         one_shot = one(ids)
         chunked = engine.new_forward(plan=plan)
         for start in (0, 96, 160):
-            last = chunked(ids[start:{0: 96, 96: 160, 160: 301}[start]])
+            last = chunked(ids[start : {0: 96, 96: 160, 160: 301}[start]])
     torch.testing.assert_close(last, one_shot, atol=1e-6, rtol=1e-5)
     assert one.memory.counts == chunked.memory.counts
     # the last execution block starts at 288; tokens before 288 - 64 + 1 have left the window
@@ -75,8 +80,16 @@ def test_chunked_prefill_equals_one_shot(arch):
 
 def test_small_window_differs_from_full_attention():
     # guards the test above: with memory in play the result is not the model's own
-    engine = _engine("llama", n_init=4, n_local=32, block_size=8, topk=1, exec_block_size=16,
-                     prefill_chunk_size=64, max_cached_blocks=2)
+    engine = _engine(
+        "llama",
+        n_init=4,
+        n_local=32,
+        block_size=8,
+        topk=1,
+        exec_block_size=16,
+        prefill_chunk_size=64,
+        max_cached_blocks=2,
+    )
     ids = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(3)).tolist()
     with torch.no_grad():
         ours = engine.new_forward()(ids)
@@ -86,13 +99,22 @@ def test_small_window_differs_from_full_attention():
 
 @pytest.mark.parametrize("mode", ["qllm", "infllm", "streaming"])
 def test_modes_run_past_the_trained_context(mode):
-    engine = _engine("llama", n_init=4, n_local=32, block_size=8, topk=2, exec_block_size=16,
-                     prefill_chunk_size=64, max_cached_blocks=4)
+    engine = _engine(
+        "llama",
+        n_init=4,
+        n_local=32,
+        block_size=8,
+        topk=2,
+        exec_block_size=16,
+        prefill_chunk_size=64,
+        max_cached_blocks=4,
+    )
     engine.model.config.max_position_embeddings = 64
     ids = (torch.arange(999) % 251).tolist()
     with torch.no_grad():
-        forward = engine.new_forward(engine.config.replace(mode=mode),
-                                     RequestPlan(question_span=(2, 9), record_from=900))
+        forward = engine.new_forward(
+            engine.config.replace(mode=mode), RequestPlan(question_span=(2, 9), record_from=900)
+        )
         logits = forward(ids)
     assert torch.isfinite(logits).all()
     layer = forward.memory.layers[0]

@@ -8,8 +8,14 @@ from qllm_core.memory import BlockStore
 
 
 def _store(**kw) -> BlockStore:
-    args = dict(num_kv_heads=2, head_dim=4, block_size=3, max_cached_blocks=3,
-                device=torch.device("cpu"), dtype=torch.float32)
+    args = dict(
+        num_kv_heads=2,
+        head_dim=4,
+        block_size=3,
+        max_cached_blocks=3,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     return BlockStore(**(args | kw))
 
 
@@ -37,8 +43,8 @@ def test_device_cache_is_bounded_and_evicts_least_recently_used():
     _fill(store, 40)  # many more blocks than the 17 representative slots it starts with
     store.fetch([0, 1, 2])
     assert store.misses == 3
-    store.fetch([0])            # hit: 0 becomes most recent; 1 is now least recent
-    store.fetch([5])            # miss: evicts 1
+    store.fetch([0])  # hit: 0 becomes most recent; 1 is now least recent
+    store.fetch([5])  # miss: evicts 1
     assert store.resident_block_ids == [2, 0, 5]
     store.fetch([2, 0])
     assert store.hits == 3 and store.misses == 4

@@ -11,8 +11,9 @@ from qllm_core import QLLMEngine
 
 logger = logging.getLogger(__name__)
 
-FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-          "There and back again. ")
+FILLER = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+)
 TARGET_TOKENS = 16_384  # SmolLM2-135M was trained on 8K
 
 
@@ -25,9 +26,12 @@ def _passkey_document(engine: QLLMEngine, depth: float, seed: int) -> tuple[str,
     key = str(random.Random(seed).randint(10_000, 99_999))
     repeats = TARGET_TOKENS // engine.count_tokens(FILLER)
     parts = [FILLER] * repeats
-    parts.insert(int(repeats * depth), f"The pass key is {key}. Remember it. {key} is the pass key. ")
-    intro = ("There is an important info hidden inside a lot of irrelevant text. "
-             "Find it and memorize it. ")
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    parts.insert(int(repeats * depth), needle)
+    intro = (
+        "There is an important info hidden inside a lot of irrelevant text. "
+        "Find it and memorize it. "
+    )
     return intro + "".join(parts), key
 
 
@@ -37,8 +41,9 @@ def test_qllm_finds_a_passkey_in_twice_the_trained_context(engine, record_proper
     answer = engine.answer(document, "What is the pass key?", max_new_tokens=12)
     stats = answer.stats
     record_property("qllm_answer", answer.text)
-    logger.warning("qllm: %r, %d tokens read in %.1f s", answer.text, stats.tokens_read,
-                   stats.prefill_seconds)
+    logger.warning(
+        "qllm: %r, %d tokens read in %.1f s", answer.text, stats.tokens_read, stats.prefill_seconds
+    )
     assert stats.tokens_read > 2 * 8192
     assert key in answer.text
     # the evidence points at the block holding the key

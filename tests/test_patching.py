@@ -36,7 +36,7 @@ def test_attention_receives_unrotated_unrepeated_keys_and_our_kwargs(arch):
     _, q, k, v, scaling = spy.calls[0]
     layer = model.model.layers[0]
     attn = layer.self_attn
-    assert q.shape == (4, 11, attn.head_dim)   # (heads, q_len, head_dim), batch stripped
+    assert q.shape == (4, 11, attn.head_dim)  # (heads, q_len, head_dim), batch stripped
     assert k.shape == v.shape == (2, 11, attn.head_dim)  # kv heads, not repeated
     assert scaling == attn.scaling
     with torch.no_grad():

@@ -12,7 +12,7 @@ def test_spans_hold_exactly_the_question_and_document(tokenizer):
     layout = build_prompt(tokenizer, DOC, QUESTION)
     ids = layout.input_ids
     for span in (layout.question_span, layout.final_question_span):
-        assert tokenizer.decode(ids[span[0]:span[1]]) == QUESTION
+        assert tokenizer.decode(ids[span[0] : span[1]]) == QUESTION
     assert layout.question_span[1] <= layout.document_span[0]
     assert layout.document_span[1] <= layout.final_question_span[0]
     assert tokenizer.decode(ids[slice(*layout.document_span)]) == DOC
@@ -26,5 +26,7 @@ def test_char_span_maps_tokens_back_to_the_document(tokenizer):
     for lo, hi in [(0, 3), (2, 9), (5, len(layout.document_offsets))]:
         chars = layout.char_span(start + lo, start + hi)
         assert chars is not None
-        assert DOC[chars[0]:chars[1]] == tokenizer.decode(layout.input_ids[start + lo:start + hi])
+        assert DOC[chars[0] : chars[1]] == tokenizer.decode(
+            layout.input_ids[start + lo : start + hi]
+        )
     assert layout.char_span(0, 2) is None  # template tokens are not document text

@@ -43,12 +43,12 @@ def test_question_vector_keeps_best_scored_queries_per_head_and_averages_groups(
 
 def test_question_weight_steers_selection():
     reprs = torch.zeros(3, 1, 2)
-    reprs[0, 0] = torch.tensor([1.0, 0.0])   # matches the current tokens
-    reprs[2, 0] = torch.tensor([0.0, 1.0])   # matches the question
+    reprs[0, 0] = torch.tensor([1.0, 0.0])  # matches the current tokens
+    reprs[2, 0] = torch.tensor([0.0, 1.0])  # matches the question
     current, question = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-    assert select_blocks(reprs, current, question, 0.0, topk=1) == [0]   # InfLLM
-    assert select_blocks(reprs, current, question, 4.0, topk=1) == [2]   # Q-LLM
-    assert select_blocks(reprs, current, None, 4.0, topk=1) == [0]       # no question
+    assert select_blocks(reprs, current, question, 0.0, topk=1) == [0]  # InfLLM
+    assert select_blocks(reprs, current, question, 4.0, topk=1) == [2]  # Q-LLM
+    assert select_blocks(reprs, current, None, 4.0, topk=1) == [0]  # no question
     assert select_blocks(reprs, current, question, 4.0, topk=5) == [0, 1, 2]
 
 
@@ -58,13 +58,29 @@ def _unit(seed: int) -> torch.Tensor:
 
 
 def _layer(mode: str, question_span, *, repr_topk=2) -> LayerMemory:
-    config = QLLMConfig(mode=mode, n_init=4, n_local=32, block_size=8, topk=1,
-                        repr_topk=repr_topk, exec_block_size=16, max_cached_blocks=2,
-                        question_weight=8.0)
+    config = QLLMConfig(
+        mode=mode,
+        n_init=4,
+        n_local=32,
+        block_size=8,
+        topk=1,
+        repr_topk=repr_topk,
+        exec_block_size=16,
+        max_cached_blocks=2,
+        question_weight=8.0,
+    )
     rope = RotaryTable(_IdentityRotary(), device=torch.device("cpu"), dtype=torch.float32)
-    return LayerMemory(config=config, plan=RequestPlan(question_span, record_from=96),
-                       rope=rope, num_kv_heads=1, head_dim=DIM, device=torch.device("cpu"),
-                       dtype=torch.float32, offload_dtype=None, counts=Counter())
+    return LayerMemory(
+        config=config,
+        plan=RequestPlan(question_span, record_from=96),
+        rope=rope,
+        num_kv_heads=1,
+        head_dim=DIM,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        offload_dtype=None,
+        counts=Counter(),
+    )
 
 
 def _planted_stream(length=128):
@@ -88,7 +104,7 @@ def _planted_stream(length=128):
 def _retrieved(mode: str) -> Counter:
     layer = _layer(mode, question_span=(1, 4))
     q, k, v = _planted_stream()
-    layer.attend(q, k, v, scaling=DIM ** -0.5)
+    layer.attend(q, k, v, scaling=DIM**-0.5)
     return layer.counts
 
 
@@ -103,10 +119,10 @@ def test_representatives_pick_the_most_attended_tokens():
     probe = _unit(5)
     keys = 0.05 * torch.randn(1, 112, DIM, generator=gen)
     queries = 0.05 * torch.randn(2, 112, DIM, generator=gen)
-    keys[0, 46] += 4 * probe      # block 5 covers positions 44..51
+    keys[0, 46] += 4 * probe  # block 5 covers positions 44..51
     keys[0, 49] += 2 * probe
     queries[:, 50:80] += 4 * probe  # later queries attend to tokens 46 and 49 most
     layer = _layer("qllm", question_span=None)
-    layer.attend(queries, keys, torch.randn(1, 112, DIM, generator=gen), scaling=DIM ** -0.5)
+    layer.attend(queries, keys, torch.randn(1, 112, DIM, generator=gen), scaling=DIM**-0.5)
     assert len(layer.store) >= 6
     torch.testing.assert_close(layer.store.representatives[5, 0], (keys[0, 46] + keys[0, 49]) / 2)

