@@ -139,7 +139,8 @@ PRESETS: dict[str, QLLMConfig] = {
     "llama3": _PUBLISHED.replace(question_weight=4.0),
     "mistral": _PUBLISHED.replace(question_weight=1.0),
     "small-window": _SMALL_WINDOW,
-    # The embedded SmolLM2-135M model (trained context 8K); see BENCHMARKS.md.
-    "smollm2": _SMALL_WINDOW,
+    # The embedded SmolLM2-135M model (trained context 8K). Smaller execution blocks and
+    # prefill chunks read faster on a 2-core CPU (measured side by side; see BENCHMARKS.md).
+    "smollm2": _SMALL_WINDOW.replace(exec_block_size=256, prefill_chunk_size=2048),
 }
 """Named presets; pick one with :meth:`QLLMConfig.preset`."""

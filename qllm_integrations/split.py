@@ -122,7 +122,9 @@ def split_chat(
     The last user message is the question, and everything before it (system messages,
     earlier turns) is the document, with each earlier message on its own paragraph. With
     no earlier messages, the last user message is split like a plain prompt
-    (:func:`split_text`). Messages after the last user message are kept in the document.
+    (:func:`split_text`); when it ends in a "Question:"/"Query:" line (chat templates that
+    put the context in the user turn), only that line is the question and the text before
+    it joins the document. Messages after the last user message stay in the document.
 
     Raises:
         EmptyInputError: when the document or the question would be empty.
@@ -149,6 +151,11 @@ def split_chat(
         return split_text(asked)
     if not asked.strip():
         raise EmptyInputError("the last user message is empty; it should hold the question")
+    found = split_pattern(asked)  # e.g. LlamaIndex's "Context ... Query: ...\nAnswer:" turn
+    if found is not None:
+        return PromptSplit(
+            document=_join([context, found.document]), question=found.question, route="chat"
+        )
     return PromptSplit(document=context, question=asked.strip(), route="chat")
 
 

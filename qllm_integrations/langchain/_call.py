@@ -8,17 +8,16 @@ engine in a worker thread and hands its pieces to the event loop through a queue
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages.ai import UsageMetadata
 
 from qllm_core.results import Answer, AnswerStream
+from qllm_integrations._async import iterate_in_thread
 from qllm_integrations.split import PromptSplit
 
 logger = logging.getLogger(__name__)
@@ -117,46 +116,16 @@ def json_instruction(response_format: dict[str, Any] | None) -> str:
 async def astream_in_thread(start: Callable[[], AnswerStream]) -> AsyncIterator[str | Answer]:
     """Run ``start()`` and its iteration in a worker thread; yield its pieces, then the Answer.
 
-    The event loop never blocks on the engine: pieces travel through an ``asyncio.Queue``.
-    When the consumer stops early, the worker stops after the current piece and closes the
-    engine's generator, which releases the engine for the next request.
+    The event loop never blocks on the engine (see
+    :func:`~qllm_integrations._async.iterate_in_thread`); when the consumer stops early, the
+    engine's generator is closed and the engine released.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
 
-    def send(kind: str, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-        except RuntimeError:  # the loop closed while the engine was still working
-            logger.debug("event loop closed; dropping a %s message", kind)
+    def pieces_then_answer() -> Iterator[str | Answer]:
+        stream = start()
+        yield from stream
+        assert stream.result is not None
+        yield stream.result
 
-    def produce() -> None:
-        try:
-            stream = start()
-            try:
-                for piece in stream:
-                    if stop.is_set():
-                        return
-                    send("piece", piece)
-            finally:
-                close = getattr(stream.pieces, "close", None)
-                if close is not None:
-                    close()
-            send("done", stream.result)
-        except BaseException as error:  # handed to the consumer, raised there
-            send("error", error)
-
-    worker = asyncio.ensure_future(asyncio.to_thread(produce))
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "error":
-                raise value
-            yield value
-            if kind == "done":
-                return
-    finally:
-        stop.set()
-        if not worker.done():
-            worker.add_done_callback(lambda task: task.cancelled() or task.exception())
+    async for item in iterate_in_thread(pieces_then_answer):
+        yield item

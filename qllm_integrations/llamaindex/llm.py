@@ -30,7 +30,7 @@ from llama_index.core.prompts.base import BasePromptTemplate
 
 from qllm_integrations.split import PromptSplit
 
-from ._async import iterate_in_thread, run_in_thread
+from .._async import iterate_in_thread, run_in_thread
 from .guards import GuardPolicy, check_call
 from .messages import add_template_hint, split_messages, split_prompt
 

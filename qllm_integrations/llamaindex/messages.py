@@ -27,7 +27,7 @@ from llama_index.core.base.llms.types import (
 
 from qllm_core.documents import decode_document
 from qllm_core.errors import InvalidDocumentError
-from qllm_integrations.split import PromptSplit, split_chat, split_pattern, split_text
+from qllm_integrations.split import PromptSplit, split_chat, split_text
 
 HINT_KEY = "quickllama_split"
 """``ChatMessage.additional_kwargs`` key under which a template's split is passed along."""
@@ -116,9 +116,8 @@ def split_messages(
     """Divide chat messages into the engine's document and question.
 
     Order: explicit ``question``/``document``; the template hint; the shared
-    :func:`split_chat`. A last user message that itself holds "context ... Query: ...
-    Answer:" (LlamaIndex's chat templates) is split by its pattern, so the context it
-    carries is read as document, not taken as the question.
+    :func:`split_chat` (which also splits LlamaIndex's "context ... Query: ... Answer:"
+    user turns by their pattern).
     """
     if question is None and document is None:
         hint = template_hint(messages)
@@ -127,14 +126,7 @@ def split_messages(
             return hinted
         if hint is not None:
             question = hint["question"]
-    pairs = flatten_messages(messages)
-    if question is None and document is None:
-        last_user = max((i for i, (role, _) in enumerate(pairs) if role == "user"), default=None)
-        found = split_pattern(pairs[last_user][1]) if last_user is not None else None
-        if last_user is not None and found is not None and len(pairs) > 1:
-            pairs[last_user] = ("user", found.document)
-            question = found.question
-    return split_chat(pairs, question=question, document=document)
+    return split_chat(flatten_messages(messages), question=question, document=document)
 
 
 def split_prompt(

@@ -26,7 +26,7 @@ from pydantic import SkipValidation
 from qllm_core import Answer, AnswerStream
 from qllm_integrations.split import PromptSplit
 
-from ._async import iterate_in_thread, run_in_thread
+from .._async import iterate_in_thread, run_in_thread
 from .documents import JoinedDocument, join_documents
 from .evidence import evidence_nodes
 from .llm import QLLM, usage

@@ -10,6 +10,7 @@ It follows docs/ENGINE_API.md: ``answer``/``stream`` (document + question), ``ge
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import importlib.util
@@ -96,6 +97,10 @@ class FakeEngine:
         max_cached_blocks=4))
     delay: float = 0.0
     """Seconds to sleep per generated piece (for async / concurrency tests)."""
+    loop_gate: threading.Event | None = None
+    """If set: before each piece the engine clears it and waits until the event loop sets it
+    again (see :func:`keep_gate_open`), so a call that blocks the loop fails instead of
+    passing slowly."""
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     calls: list[Call] = field(default_factory=list)
     max_active: int = 0
@@ -168,6 +173,10 @@ class FakeEngine:
                         break
                     if self.delay:
                         time.sleep(self.delay)
+                    if self.loop_gate is not None:
+                        self.loop_gate.clear()
+                        if not self.loop_gate.wait(timeout=10):
+                            raise RuntimeError("the event loop did not run while the engine worked")
                     out += piece
                     yield piece
                 stats = AnswerStats(
@@ -259,3 +268,10 @@ def tiny_model_dir(seed: int = 1) -> str:
     tiny_model(seed).save_pretrained(path)
     _tokenizer().save_pretrained(path)
     return path
+
+
+async def keep_gate_open(gate: threading.Event) -> None:
+    """Set ``gate`` on every turn of the event loop: the loop's proof that it is running."""
+    while True:
+        gate.set()
+        await asyncio.sleep(0.001)

@@ -216,3 +216,15 @@ def test_chat_errors() -> None:
         split_chat([("system", DOC)])
     with pytest.raises(EmptyInputError, match="last user message is empty"):
         split_chat([("system", DOC), ("user", " ")])
+
+
+def test_chat_turn_holding_context_and_query_line_splits_on_the_query():
+    # LlamaIndex's chat templates put the retrieved context in the user turn itself
+    turn = (
+        "Context information is below.\nThe vault code is 7431.\n"
+        "Query: What is the code?\nAnswer:"
+    )
+    split = split_chat([("system", "You are helpful."), ("user", turn)])
+    assert split.route == "chat"
+    assert split.question == "What is the code?"
+    assert "The vault code is 7431." in split.document and "You are helpful." in split.document

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 from typing import Any
 
 import pytest
-from fakes import FakeEngine
+from fakes import FakeEngine, keep_gate_open
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 
@@ -223,21 +224,13 @@ def test_streaming_flag_streams_inside_invoke(fake_engine: FakeEngine) -> None:
 
 
 async def test_astream_does_not_block_the_event_loop() -> None:
-    engine = FakeEngine(delay=0.02)
+    gate = threading.Event()
+    engine = FakeEngine(loop_gate=gate)  # waits for the loop before each piece
     chat = ChatQLLM(engine=engine)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
+    task = asyncio.create_task(keep_gate_open(gate))
     pieces = [c.content async for c in chat.astream("Hello")]
     task.cancel()
     assert "".join(str(p) for p in pieces) == engine.direct_reply
-    assert ticks >= 10  # the loop kept running while the engine worked (7 pieces x 20 ms)
 
 
 async def test_ainvoke_and_concurrent_abatch() -> None:

@@ -57,7 +57,7 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncGe
 
     context = contextvars.copy_context()
     thread = threading.Thread(target=context.run, args=(produce,), daemon=True,
-                              name="quickllama-llamaindex-stream")
+                              name="quickllama-stream")
     thread.start()
     try:
         while True:
