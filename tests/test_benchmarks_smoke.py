@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import make_tiny_model
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
@@ -33,28 +34,8 @@ TINY_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from qllm_core.loading import load_tokenizer
-
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=49152,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-        )
-    )
+    model = make_tiny_model("llama", vocab_size=len(tokenizer))
     directory = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from langchain_core.language_models.base import LangSmithParams
 from pydantic import BaseModel, PrivateAttr
 
 from qllm_core.config import QLLMConfig
 from qllm_core.loading import EMBEDDED_MODEL_NAME
 from qllm_integrations.engines import get_engine
-from qllm_integrations.langchain._call import CALL_KWARGS, DIRECT_ROUTE, EngineCall
+from qllm_integrations.langchain._call import CALL_KWARGS, DIRECT_ROUTE, PROVIDER, EngineCall
 from qllm_integrations.split import PromptSplit
 
 _SHORT_CHARS_PER_TOKEN = 16
@@ -99,6 +100,20 @@ class QLLMParams(BaseModel):
             "seed": self.seed,
             "stop": self.stop,
         }
+
+    def _ls_params(self, model_type: Literal["chat", "llm"], stop: Sequence[str] | None,
+                   kwargs: dict[str, Any]) -> LangSmithParams:
+        """LangSmith's tracing parameters of a call."""
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=kwargs.get("model") or self._model_label(),
+            ls_model_type=model_type,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
 
     def _split_call_kwargs(self, stop: Sequence[str] | None, kwargs: dict[str, Any]
                            ) -> tuple[dict[str, Any], dict[str, Any]]:

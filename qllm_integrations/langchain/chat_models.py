@@ -22,7 +22,6 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from qllm_core.results import Answer
 from qllm_integrations.langchain._call import (
-    PROVIDER,
     EngineCall,
     astream_in_thread,
     json_instruction,
@@ -74,16 +73,7 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         return self._identifying_params_dict()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider=PROVIDER,
-            ls_model_name=kwargs.get("model") or self._model_label(),
-            ls_model_type="chat",
-            ls_temperature=kwargs.get("temperature", self.temperature),
-            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
-        )
-        if stop or self.stop:
-            params["ls_stop"] = list(stop or self.stop or [])
-        return params
+        return self._ls_params("chat", stop, kwargs)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         return ModelProfile(

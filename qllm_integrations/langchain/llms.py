@@ -16,7 +16,6 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from qllm_core.results import Answer
 from qllm_integrations.langchain._call import (
-    PROVIDER,
     EngineCall,
     astream_in_thread,
     usage_metadata,
@@ -60,16 +59,7 @@ class QLLM(BaseLLM, QLLMParams):
         return self._identifying_params_dict()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider=PROVIDER,
-            ls_model_name=kwargs.get("model") or self._model_label(),
-            ls_model_type="llm",
-            ls_temperature=kwargs.get("temperature", self.temperature),
-            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
-        )
-        if stop or self.stop:
-            params["ls_stop"] = list(stop or self.stop or [])
-        return params
+        return self._ls_params("llm", stop, kwargs)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
