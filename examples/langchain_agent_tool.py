@@ -30,11 +30,16 @@ def main(argv: list[str]) -> int:
             path, question = argv
         else:
             path = str(Path(scratch) / "chronicle.txt")
-            Path(path).write_text(synthetic_document(30_000, fact=FACT, at=0.6),
-                                  encoding="utf-8")
+            Path(path).write_text(synthetic_document(30_000, fact=FACT, at=0.6), encoding="utf-8")
             question = "What is the pass key to the harbour archive?"
-        message = tool.invoke({"type": "tool_call", "id": "call-1", "name": tool.name,
-                               "args": {"question": question, "path": path}})
+        message = tool.invoke(
+            {
+                "type": "tool_call",
+                "id": "call-1",
+                "name": tool.name,
+                "args": {"question": question, "path": path},
+            }
+        )
     print(message.content)  # what the agent reads: the answer, then the evidence
     return 0
 

@@ -29,10 +29,12 @@ def main(argv: list[str]) -> int:
         document = synthetic_document(40_000, fact=FACT, at=0.3)
         question = "What is the pass key to the harbour archive?"
     chat = ChatQLLM(max_tokens=64)
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer from this document.\n\n{document}"),  # the document
-        ("human", "{question}"),                                 # the question
-    ])
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", "Answer from this document.\n\n{document}"),  # the document
+            ("human", "{question}"),  # the question
+        ]
+    )
     chain = prompt | chat | StrOutputParser()
     try:
         for piece in chain.stream({"document": document, "question": question}):
@@ -45,11 +47,14 @@ def main(argv: list[str]) -> int:
     # The same model without a template: bind the document, ask, and read the metadata.
     reply = chat.bind(document=document).invoke(question)
     stats = reply.response_metadata["qllm"]
-    print(f"route {reply.response_metadata['split_route']}: {stats['tokens_read']} tokens read "
-          f"in {stats['seconds']:.1f} s", file=sys.stderr)
+    print(
+        f"route {reply.response_metadata['split_route']}: {stats['tokens_read']} tokens read "
+        f"in {stats['seconds']:.1f} s",
+        file=sys.stderr,
+    )
     for block in stats["retrieved_blocks"][:3]:
         if block["char_start"] is not None:
-            quote = document[block["char_start"]:block["char_end"]]
+            quote = document[block["char_start"] : block["char_end"]]
             print(f"  evidence: {quote!r}", file=sys.stderr)
     return 0
 

@@ -23,7 +23,8 @@ QUESTION = "Who repaired the old bridge, according to the town log?"
 LOG = "\n\n".join(
     ["The weather in the valley was mild that spring. Farmers came to the market."] * 60
     + ["In May the old bridge was repaired by the carpenter Ilse Marrow and her two sons."]
-    + ["Children played near the river after school. The library opened late."] * 60)
+    + ["Children played near the river after school. The library opened late."] * 60
+)
 
 
 class ScriptedAgentLLM(CustomLLM):
@@ -38,11 +39,14 @@ class ScriptedAgentLLM(CustomLLM):
         observations = prompt.split("Observation:")[2:]  # the first is the format example
         if not observations:
             action = json.dumps({"input": QUESTION})
-            return CompletionResponse(text="Thought: I should read the log.\n"
-                                      f"Action: read_town_log\nAction Input: {action}")
+            return CompletionResponse(
+                text="Thought: I should read the log.\n"
+                f"Action: read_town_log\nAction Input: {action}"
+            )
         said = observations[-1].strip().splitlines()[0]
-        return CompletionResponse(text="Thought: I can answer without using any more tools."
-                                  f"\nAnswer: {said}")
+        return CompletionResponse(
+            text=f"Thought: I can answer without using any more tools.\nAnswer: {said}"
+        )
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs):
@@ -52,8 +56,9 @@ class ScriptedAgentLLM(CustomLLM):
 
 async def main() -> None:
     reader = QLLM(max_new_tokens=40)
-    tool = document_tool([Document(text=LOG, metadata={"title": "Town log 1923"})],
-                         llm=reader, name="read_town_log")
+    tool = document_tool(
+        [Document(text=LOG, metadata={"title": "Town log 1923"})], llm=reader, name="read_town_log"
+    )
     agent = ReActAgent(tools=[tool], llm=ScriptedAgentLLM())
     handler = agent.run(user_msg=QUESTION)
     async for event in handler.stream_events():

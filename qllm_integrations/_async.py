@@ -56,8 +56,9 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncGe
                 close()
 
     context = contextvars.copy_context()
-    thread = threading.Thread(target=context.run, args=(produce,), daemon=True,
-                              name="quickllama-stream")
+    thread = threading.Thread(
+        target=context.run, args=(produce,), daemon=True, name="quickllama-stream"
+    )
     thread.start()
     try:
         while True:

@@ -78,8 +78,9 @@ def clear_engines() -> None:
         _key_locks.clear()
 
 
-def _key(source: str | None, config: QLLMConfig | None, device: str | None,
-         dtype: str | None) -> EngineKey:
+def _key(
+    source: str | None, config: QLLMConfig | None, device: str | None, dtype: str | None
+) -> EngineKey:
     """Normalize the key so that equivalent spellings share one engine."""
     if source is not None:
         source = os.fspath(source)
@@ -95,10 +96,15 @@ def _load(key: EngineKey) -> QLLMEngine:
     from qllm_core.engine import QLLMEngine
 
     source, config, device, dtype = key
-    logger.info("loading engine for %s (device=%s, dtype=%s)",
-                source or "the embedded model", device or "auto", dtype or "auto")
-    return QLLMEngine.from_pretrained(source, config=config, device=device,
-                                      dtype=_torch_dtype(dtype))
+    logger.info(
+        "loading engine for %s (device=%s, dtype=%s)",
+        source or "the embedded model",
+        device or "auto",
+        dtype or "auto",
+    )
+    return QLLMEngine.from_pretrained(
+        source, config=config, device=device, dtype=_torch_dtype(dtype)
+    )
 
 
 def _torch_dtype(name: str | None) -> Any:
@@ -111,6 +117,8 @@ def _torch_dtype(name: str | None) -> Any:
 
     value = getattr(torch, name, None)
     if not isinstance(value, torch.dtype):
-        raise ConfigError(f"dtype {name!r} is not a torch dtype; use e.g. 'float32' or "
-                          "'bfloat16', or None for the engine's default")
+        raise ConfigError(
+            f"dtype {name!r} is not a torch dtype; use e.g. 'float32' or "
+            "'bfloat16', or None for the engine's default"
+        )
     return value

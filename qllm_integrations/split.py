@@ -173,7 +173,7 @@ def split_pattern(prompt: str) -> PromptSplit | None:
     if not labels:
         return None
     label = labels[-1]
-    asked = body[label.end():].strip()
+    asked = body[label.end() :].strip()
     if not asked or len(asked) > MAX_PATTERN_QUESTION_CHARS:
         return None
     document = body[: label.start()].rstrip()
@@ -226,8 +226,9 @@ def _tail_starts(text: str, max_chars: int) -> list[int]:
     return starts
 
 
-def _explicit(prompt: str, *, question: str | None = None, document: str | None = None
-              ) -> PromptSplit:
+def _explicit(
+    prompt: str, *, question: str | None = None, document: str | None = None
+) -> PromptSplit:
     """Resolve explicit arguments; the prompt fills whichever of the two is missing."""
     if question is None:
         question = prompt

@@ -29,10 +29,20 @@ DIRECT_ROUTE = "direct"
 """Route of prompts short enough to fit the local window: no split is needed, since
 Q-LLM then attends to every token exactly like the model's own attention."""
 
-CALL_KWARGS = frozenset({
-    "question", "document", "model", "max_tokens", "max_new_tokens", "temperature",
-    "top_p", "seed", "mode", "response_format",
-})
+CALL_KWARGS = frozenset(
+    {
+        "question",
+        "document",
+        "model",
+        "max_tokens",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "mode",
+        "response_format",
+    }
+)
 """Keyword arguments accepted by ``invoke``/``stream``/``bind`` besides ``stop``."""
 
 
@@ -56,8 +66,12 @@ class EngineCall:
     def start(self) -> AnswerStream:
         """Start the request; iterating the result generates the answer."""
         if self.split is not None:
-            logger.debug("route %s: %d document chars, question %r", self.route,
-                         len(self.split.document), self.split.question[:80])
+            logger.debug(
+                "route %s: %d document chars, question %r",
+                self.route,
+                len(self.split.document),
+                self.split.question[:80],
+            )
             return self.engine.stream(self.split.document, self.split.question, **self.options)
         assert self.input_ids is not None
         return self.engine.stream_ids(self.input_ids, **self.options)
@@ -87,8 +101,13 @@ class EngineCall:
                 "seconds": stats.prefill_seconds + stats.decode_seconds,
                 "question_found": stats.question_found,
                 "retrieved_blocks": [
-                    {"token_start": b.token_start, "token_end": b.token_end, "count": b.count,
-                     "char_start": b.char_start, "char_end": b.char_end}
+                    {
+                        "token_start": b.token_start,
+                        "token_end": b.token_end,
+                        "count": b.count,
+                        "char_start": b.char_start,
+                        "char_end": b.char_end,
+                    }
                     for b in stats.retrieved_blocks
                 ],
             },
@@ -98,8 +117,7 @@ class EngineCall:
 def usage_metadata(answer: Answer) -> UsageMetadata:
     """Prompt tokens read and tokens generated, as LangChain's ``UsageMetadata``."""
     read, generated = answer.stats.tokens_read, answer.stats.tokens_generated
-    return UsageMetadata(input_tokens=read, output_tokens=generated,
-                         total_tokens=read + generated)
+    return UsageMetadata(input_tokens=read, output_tokens=generated, total_tokens=read + generated)
 
 
 def json_instruction(response_format: dict[str, Any] | None) -> str:
@@ -109,8 +127,10 @@ def json_instruction(response_format: dict[str, Any] | None) -> str:
     schema = response_format.get("schema")
     if schema is None:
         return "Reply with a single valid JSON object and nothing else."
-    return ("Reply with a single JSON object and nothing else. It must conform to this "
-            f"JSON schema:\n{json.dumps(schema, ensure_ascii=False)}")
+    return (
+        "Reply with a single JSON object and nothing else. It must conform to this "
+        f"JSON schema:\n{json.dumps(schema, ensure_ascii=False)}"
+    )
 
 
 async def astream_in_thread(start: Callable[[], AnswerStream]) -> AsyncIterator[str | Answer]:

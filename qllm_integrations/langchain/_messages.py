@@ -16,8 +16,9 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-_SKIPPED_BLOCKS = frozenset({"reasoning", "thinking", "tool_call", "tool_call_chunk",
-                             "invalid_tool_call", "tool_use"})
+_SKIPPED_BLOCKS = frozenset(
+    {"reasoning", "thinking", "tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use"}
+)
 """Blocks of assistant turns that are not text the model should re-read."""
 
 
@@ -49,8 +50,11 @@ def _role(message: BaseMessage) -> str:
         return "user"
     if isinstance(message, ChatMessage):
         role = message.role.lower()
-        return {"human": "user", "ai": "assistant", "developer": "system"}.get(role, role) \
-            if role in ("human", "ai", "developer", "system", "user", "assistant") else "user"
+        return (
+            {"human": "user", "ai": "assistant", "developer": "system"}.get(role, role)
+            if role in ("human", "ai", "developer", "system", "user", "assistant")
+            else "user"
+        )
     return "user"
 
 
@@ -74,7 +78,8 @@ def _texts(content: str | list[Any]) -> tuple[list[str], str]:
         else:
             raise ValueError(
                 f"quickllama models read text only; got a {kind!r} content block. Pass "
-                "documents as text (a 'text-plain' block or a plain string)")
+                "documents as text (a 'text-plain' block or a plain string)"
+            )
     return attached, "".join(own)
 
 
@@ -86,10 +91,10 @@ def _plain_text(block: dict[str, Any]) -> str:
         try:
             return base64.b64decode(data).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as error:
-            raise ValueError(f"a 'text-plain' block's base64 data is not UTF-8 text: {error}"
-                             ) from error
-    raise ValueError("a 'text-plain' block needs 'text' (or 'base64'); got keys "
-                     f"{sorted(block)}")
+            raise ValueError(
+                f"a 'text-plain' block's base64 data is not UTF-8 text: {error}"
+            ) from error
+    raise ValueError(f"a 'text-plain' block needs 'text' (or 'base64'); got keys {sorted(block)}")
 
 
 def chat_prompt_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[int]:
@@ -120,7 +125,8 @@ def chat_prompt_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[in
 
 
 def _templated(tokenizer: Any, turns: list[dict[str, str]]) -> list[int]:
-    out = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)
+    out = tokenizer.apply_chat_template(
+        turns, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     ids = out["input_ids"] if not isinstance(out, list) else out
     return [int(i) for i in ids]

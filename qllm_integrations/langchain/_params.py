@@ -60,11 +60,13 @@ class QLLMParams(BaseModel):
         ``source`` (a per-call ``model=`` override) picks another engine from the registry.
         """
         if source is not None and source != self.model:
-            return get_engine(source, config=self._resolved_config(), device=self.device,
-                              dtype=self.dtype)
+            return get_engine(
+                source, config=self._resolved_config(), device=self.device, dtype=self.dtype
+            )
         if self._engine is None:
-            self._engine = get_engine(self.model, config=self._resolved_config(),
-                                      device=self.device, dtype=self.dtype)
+            self._engine = get_engine(
+                self.model, config=self._resolved_config(), device=self.device, dtype=self.dtype
+            )
         return self._engine
 
     def _model_label(self, source: str | None = None) -> str:
@@ -101,8 +103,9 @@ class QLLMParams(BaseModel):
             "stop": self.stop,
         }
 
-    def _ls_params(self, model_type: Literal["chat", "llm"], stop: Sequence[str] | None,
-                   kwargs: dict[str, Any]) -> LangSmithParams:
+    def _ls_params(
+        self, model_type: Literal["chat", "llm"], stop: Sequence[str] | None, kwargs: dict[str, Any]
+    ) -> LangSmithParams:
         """LangSmith's tracing parameters of a call."""
         params = LangSmithParams(
             ls_provider=PROVIDER,
@@ -115,8 +118,9 @@ class QLLMParams(BaseModel):
             params["ls_stop"] = list(stop or self.stop or [])
         return params
 
-    def _split_call_kwargs(self, stop: Sequence[str] | None, kwargs: dict[str, Any]
-                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _split_call_kwargs(
+        self, stop: Sequence[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Engine options, and the rest (question, document, model, response_format).
 
         Raises:
@@ -124,12 +128,15 @@ class QLLMParams(BaseModel):
         """
         unknown = set(kwargs) - CALL_KWARGS
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments "
-                            f"{sorted(unknown)}; it accepts {sorted(CALL_KWARGS | {'stop'})}")
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword arguments "
+                f"{sorted(unknown)}; it accepts {sorted(CALL_KWARGS | {'stop'})}"
+            )
         stops = list(stop) if stop is not None else (self.stop or [])
         options = {
-            "max_new_tokens": kwargs.get("max_tokens", kwargs.get("max_new_tokens",
-                                                                  self.max_tokens)),
+            "max_new_tokens": kwargs.get(
+                "max_tokens", kwargs.get("max_new_tokens", self.max_tokens)
+            ),
             "temperature": kwargs.get("temperature", self.temperature),
             "top_p": kwargs.get("top_p", self.top_p),
             "seed": kwargs.get("seed", self.seed),
@@ -144,11 +151,23 @@ class QLLMParams(BaseModel):
         window = int(engine.config.n_local)
         return len(text) <= window * _SHORT_CHARS_PER_TOKEN and engine.count_tokens(text) <= window
 
-    def _make_call(self, engine: Any, source: str | None, split: PromptSplit | None,
-                   input_ids: list[int] | None, options: dict[str, Any]) -> EngineCall:
+    def _make_call(
+        self,
+        engine: Any,
+        source: str | None,
+        split: PromptSplit | None,
+        input_ids: list[int] | None,
+        options: dict[str, Any],
+    ) -> EngineCall:
         route = split.route if split is not None else DIRECT_ROUTE
-        return EngineCall(engine=engine, model_name=self._model_label(source), route=route,
-                          split=split, input_ids=input_ids, options=options)
+        return EngineCall(
+            engine=engine,
+            model_name=self._model_label(source),
+            route=route,
+            split=split,
+            input_ids=input_ids,
+            options=options,
+        )
 
 
 def _config_dict(config: QLLMConfig) -> dict[str, Any]:

@@ -45,20 +45,26 @@ def create_document_qa_chain(
     """
     chat = model if model is not None else ChatQLLM()
 
-    def prepare(inputs: Mapping[str, Any]) -> tuple[str, str, list[tuple[int, int]] | None,
-                                                   list[dict[str, Any]] | None]:
+    def prepare(
+        inputs: Mapping[str, Any],
+    ) -> tuple[str, str, list[tuple[int, int]] | None, list[dict[str, Any]] | None]:
         if "question" not in inputs or "document" not in inputs:
-            raise KeyError("the chain's input needs 'document' and 'question' keys, got "
-                           f"{sorted(inputs)}")
+            raise KeyError(
+                f"the chain's input needs 'document' and 'question' keys, got {sorted(inputs)}"
+            )
         text, spans, metadata = _document_text(inputs["document"], separator)
         return text, str(inputs["question"]), spans, metadata
 
     def finish(message: AIMessage, text: str, spans: Any, metadata: Any) -> dict[str, Any]:
         blocks = message.response_metadata.get("qllm", {}).get("retrieved_blocks", [])
-        evidence = collect_evidence(blocks, text, spans=spans, metadata=metadata,
-                                    limit=max_evidence)
-        return {"answer": message.text, "evidence": [e.as_dict() for e in evidence],
-                "message": message}
+        evidence = collect_evidence(
+            blocks, text, spans=spans, metadata=metadata, limit=max_evidence
+        )
+        return {
+            "answer": message.text,
+            "evidence": [e.as_dict() for e in evidence],
+            "message": message,
+        }
 
     def run(inputs: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
         text, question, spans, metadata = prepare(inputs)
@@ -73,8 +79,9 @@ def create_document_qa_chain(
     return RunnableLambda(run, afunc=arun, name="qllm_document_qa")
 
 
-def _document_text(document: DocumentInput, separator: str) -> tuple[
-        str, list[tuple[int, int]] | None, list[dict[str, Any]] | None]:
+def _document_text(
+    document: DocumentInput, separator: str
+) -> tuple[str, list[tuple[int, int]] | None, list[dict[str, Any]] | None]:
     """The text to read, and per joined document its span and metadata."""
     if isinstance(document, str):
         return document, None, None
@@ -84,7 +91,9 @@ def _document_text(document: DocumentInput, separator: str) -> tuple[
         return document.page_content, [(0, len(document.page_content))], [document.metadata]
     docs = list(document)
     if not all(isinstance(d, Document) for d in docs):
-        raise TypeError("document must be a str, a Document, a list of Document objects or a "
-                        f"BaseLoader; got a list holding {type(docs[0]).__name__ if docs else '?'}")
+        raise TypeError(
+            "document must be a str, a Document, a list of Document objects or a "
+            f"BaseLoader; got a list holding {type(docs[0]).__name__ if docs else '?'}"
+        )
     text, spans = join_texts([d.page_content for d in docs], separator)
     return text, spans, [d.metadata for d in docs]

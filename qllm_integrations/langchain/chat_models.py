@@ -102,8 +102,9 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         ids = self._get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
         return [int(i) for i in ids]
 
-    def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None,
-                 kwargs: dict[str, Any]) -> EngineCall:
+    def _prepare(
+        self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> EngineCall:
         """Resolve engine, route and options of one request."""
         options, rest = self._split_call_kwargs(stop, kwargs)
         engine = self._get_engine(rest["model"])
@@ -129,12 +130,18 @@ class ChatQLLM(BaseChatModel, QLLMParams):
     ) -> ChatResult:
         call = self._prepare(messages, stop, kwargs)
         answer = call.run()
-        message = AIMessage(content=answer.text, response_metadata=call.response_metadata(answer),
-                            usage_metadata=usage_metadata(answer))
-        generation = ChatGeneration(message=message,
-                                    generation_info={"finish_reason": answer.finish_reason})
-        return ChatResult(generations=[generation], llm_output={
-            "model_name": call.model_name, "token_usage": dict(usage_metadata(answer))})
+        message = AIMessage(
+            content=answer.text,
+            response_metadata=call.response_metadata(answer),
+            usage_metadata=usage_metadata(answer),
+        )
+        generation = ChatGeneration(
+            message=message, generation_info={"finish_reason": answer.finish_reason}
+        )
+        return ChatResult(
+            generations=[generation],
+            llm_output={"model_name": call.model_name, "token_usage": dict(usage_metadata(answer))},
+        )
 
     async def _agenerate(
         self,
@@ -216,33 +223,45 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         if kwargs:
             raise ValueError(f"with_structured_output got unsupported arguments {kwargs}")
         if method not in ("json_schema", "json_mode", "function_calling"):
-            raise ValueError(f"method must be 'json_schema', 'json_mode' or "
-                             f"'function_calling', got {method!r}")
+            raise ValueError(
+                f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}"
+            )
         if schema is None and method != "json_mode":
             raise ValueError("schema is required unless method='json_mode'")
         json_schema = convert_to_json_schema(schema) if schema is not None else None
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        parser = JsonSchemaOutputParser(json_schema=json_schema,
-                                        pydantic_class=schema if is_pydantic else None)
-        bound: dict[str, Any] = {"response_format": {
-            "type": "json_object" if method == "json_mode" else "json_schema",
-            "schema": json_schema if method != "json_mode" else None}}
+        parser = JsonSchemaOutputParser(
+            json_schema=json_schema, pydantic_class=schema if is_pydantic else None
+        )
+        bound: dict[str, Any] = {
+            "response_format": {
+                "type": "json_object" if method == "json_mode" else "json_schema",
+                "schema": json_schema if method != "json_mode" else None,
+            }
+        }
         if schema is not None:
             bound["ls_structured_output_format"] = {
-                "kwargs": {"method": method, "strict": strict}, "schema": schema}
+                "kwargs": {"method": method, "strict": strict},
+                "schema": schema,
+            }
         llm = self.bind(**bound)
         if not include_raw:
             return llm | parser
-        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser,
-                                            parsing_error=lambda _: None)
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
         failed = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed],
-                                                            exception_key="parsing_error")
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
 
 
 def _last_chunk(call: EngineCall, answer: Answer) -> ChatGenerationChunk:
     """The closing chunk: no text, the usage and the response metadata."""
-    message = AIMessageChunk(content="", response_metadata=call.response_metadata(answer),
-                             usage_metadata=usage_metadata(answer), chunk_position="last")
-    return ChatGenerationChunk(message=message,
-                               generation_info={"finish_reason": answer.finish_reason})
+    message = AIMessageChunk(
+        content="",
+        response_metadata=call.response_metadata(answer),
+        usage_metadata=usage_metadata(answer),
+        chunk_position="last",
+    )
+    return ChatGenerationChunk(
+        message=message, generation_info={"finish_reason": answer.finish_reason}
+    )

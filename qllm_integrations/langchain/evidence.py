@@ -32,8 +32,14 @@ class Evidence:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, for tool artifacts and chain outputs."""
-        return {"char_start": self.char_start, "char_end": self.char_end, "count": self.count,
-                "text": self.text, "source": self.source, "metadata": dict(self.metadata)}
+        return {
+            "char_start": self.char_start,
+            "char_end": self.char_end,
+            "count": self.count,
+            "text": self.text,
+            "source": self.source,
+            "metadata": dict(self.metadata),
+        }
 
 
 def join_texts(texts: Sequence[str], separator: str = "\n\n") -> tuple[str, list[tuple[int, int]]]:
@@ -66,7 +72,7 @@ def collect_evidence(
         metadata: per joined document, its metadata.
         limit: most blocks to keep.
     """
-    chosen = [b for b in blocks if b.get("char_start") is not None][:max(limit, 0)]
+    chosen = [b for b in blocks if b.get("char_start") is not None][: max(limit, 0)]
     merged: list[list[int]] = []
     for b in sorted(chosen, key=lambda b: b["char_start"]):
         if merged and b["char_start"] <= merged[-1][1]:
@@ -78,8 +84,16 @@ def collect_evidence(
     for start, end, count in merged:
         source = _source_of(start, spans) if spans is not None else None
         meta = metadata[source] if metadata is not None and source is not None else {}
-        evidence.append(Evidence(char_start=start, char_end=end, count=count,
-                                 text=document[start:end], source=source, metadata=meta))
+        evidence.append(
+            Evidence(
+                char_start=start,
+                char_end=end,
+                count=count,
+                text=document[start:end],
+                source=source,
+                metadata=meta,
+            )
+        )
     return evidence
 
 
@@ -97,7 +111,7 @@ def format_evidence(evidence: Sequence[Evidence], *, max_chars: int = 300) -> st
         quote = " ".join(item.text.split())
         if len(quote) > max_chars:
             quote = quote[: max_chars - 3] + "..."
-        lines.append(f"[{i}] {where}: \"{quote}\"")
+        lines.append(f'[{i}] {where}: "{quote}"')
     return "\n".join(lines)
 
 

@@ -66,13 +66,13 @@ class QLLM(BaseLLM, QLLMParams):
         ids = self._get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
         return [int(i) for i in ids]
 
-    def _prepare(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]
-                 ) -> EngineCall:
+    def _prepare(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> EngineCall:
         """Resolve engine, route and options of one prompt."""
         options, rest = self._split_call_kwargs(stop, kwargs)
         if rest["response_format"] is not None:
-            raise TypeError("QLLM does not take response_format; use "
-                            "ChatQLLM.with_structured_output")
+            raise TypeError(
+                "QLLM does not take response_format; use ChatQLLM.with_structured_output"
+            )
         engine = self._get_engine(rest["model"])
         explicit = rest["question"] is not None or rest["document"] is not None
         if not explicit and self._is_short(engine, prompt):
@@ -107,8 +107,9 @@ class QLLM(BaseLLM, QLLMParams):
                 answer_usage = info["usage_metadata"]
             for key in usage:
                 usage[key] += answer_usage.get(key, 0)
-        return LLMResult(generations=generations,
-                         llm_output={"model_name": model_name, "token_usage": usage})
+        return LLMResult(
+            generations=generations, llm_output={"model_name": model_name, "token_usage": usage}
+        )
 
     async def _agenerate(
         self,

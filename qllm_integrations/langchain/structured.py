@@ -20,11 +20,18 @@ from qllm_integrations.langchain._call import json_instruction
 from qllm_integrations.langchain.errors import StructuredOutputError
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
-_HINT = ("small models often cannot follow a JSON schema; try a larger model, a simpler "
-         "schema, or include_raw=True to inspect the reply")
+_HINT = (
+    "small models often cannot follow a JSON schema; try a larger model, a simpler "
+    "schema, or include_raw=True to inspect the reply"
+)
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "object": dict, "array": list, "string": str, "boolean": bool,
-    "integer": int, "number": (int, float), "null": type(None),
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": (int, float),
+    "null": type(None),
 }
 
 
@@ -46,7 +53,9 @@ class JsonSchemaOutputParser(BaseOutputParser[Any]):
         if value is None:
             raise StructuredOutputError(
                 f"the model's reply holds no JSON object ({_HINT}). The reply began: "
-                f"{text[:200]!r}", llm_output=text)
+                f"{text[:200]!r}",
+                llm_output=text,
+            )
         if self.pydantic_class is not None:
             try:
                 if issubclass(self.pydantic_class, pydantic_v1.BaseModel):
@@ -55,13 +64,17 @@ class JsonSchemaOutputParser(BaseOutputParser[Any]):
             except (ValidationError, pydantic_v1.ValidationError) as error:
                 raise StructuredOutputError(
                     f"the model's JSON does not match {self.pydantic_class.__name__} ({_HINT}):"
-                    f" {error}", llm_output=text) from error
+                    f" {error}",
+                    llm_output=text,
+                ) from error
         if self.json_schema is not None:
             problems = schema_errors(value, self.json_schema)
             if problems:
                 raise StructuredOutputError(
                     f"the model's JSON does not match the schema ({_HINT}): "
-                    + "; ".join(problems[:5]), llm_output=text)
+                    + "; ".join(problems[:5]),
+                    llm_output=text,
+                )
         return value
 
     def get_format_instructions(self) -> str:
@@ -83,8 +96,9 @@ def extract_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def schema_errors(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None,
-                  path: str = "$") -> list[str]:
+def schema_errors(
+    value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None, path: str = "$"
+) -> list[str]:
     """Where ``value`` breaks ``schema``: the common JSON-schema keywords only.
 
     Checked: ``type``, ``properties``, ``required``, ``items``, ``enum``, ``anyOf``/
@@ -105,8 +119,11 @@ def schema_errors(value: Any, schema: dict[str, Any], root: dict[str, Any] | Non
     if kinds is not None and not any(_is_type(value, k) for k in _as_list(kinds)):
         return [*problems, f"{path} should be {kinds}, got {type(value).__name__}"]
     if isinstance(value, dict):
-        problems += [f"{path} lacks required key {key!r}"
-                     for key in schema.get("required", []) if key not in value]
+        problems += [
+            f"{path} lacks required key {key!r}"
+            for key in schema.get("required", [])
+            if key not in value
+        ]
         for key, sub in schema.get("properties", {}).items():
             if key in value:
                 problems += schema_errors(value[key], sub, root, f"{path}.{key}")

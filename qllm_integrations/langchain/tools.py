@@ -23,9 +23,11 @@ class ReadDocumentInput(BaseModel):
 
     question: str = Field(description="What to find out from the document.")
     document: str | None = Field(
-        default=None, description="The full text of the document (use this or path).")
+        default=None, description="The full text of the document (use this or path)."
+    )
     path: str | None = Field(
-        default=None, description="Path of a UTF-8 text file to read (use this or document).")
+        default=None, description="Path of a UTF-8 text file to read (use this or document)."
+    )
 
     @model_validator(mode="after")
     def _one_document(self) -> ReadDocumentInput:
@@ -64,11 +66,15 @@ def create_document_reader_tool(
         blocks = message.response_metadata.get("qllm", {}).get("retrieved_blocks", [])
         evidence = collect_evidence(blocks, text, limit=max_evidence)
         content = f"{message.text.strip()}\n\n{format_evidence(evidence, max_chars=quote_chars)}"
-        return content, {"answer": message.text, "evidence": [e.as_dict() for e in evidence],
-                         "response_metadata": message.response_metadata}
+        return content, {
+            "answer": message.text,
+            "evidence": [e.as_dict() for e in evidence],
+            "response_metadata": message.response_metadata,
+        }
 
-    def read(question: str, document: str | None = None, path: str | None = None
-             ) -> tuple[str, dict[str, Any]]:
+    def read(
+        question: str, document: str | None = None, path: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         text = _load(document, path)
         try:
             message = chat.invoke(question, document=text)
@@ -76,8 +82,9 @@ def create_document_reader_tool(
             raise ToolException(str(error)) from error
         return finish(message, text)
 
-    async def aread(question: str, document: str | None = None, path: str | None = None
-                    ) -> tuple[str, dict[str, Any]]:
+    async def aread(
+        question: str, document: str | None = None, path: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         text = _load(document, path)
         try:
             message = await chat.ainvoke(question, document=text)
@@ -86,9 +93,14 @@ def create_document_reader_tool(
         return finish(message, text)
 
     return StructuredTool.from_function(
-        func=read, coroutine=aread, name=name, description=description,
-        args_schema=ReadDocumentInput, response_format="content_and_artifact",
-        handle_tool_error=True)
+        func=read,
+        coroutine=aread,
+        name=name,
+        description=description,
+        args_schema=ReadDocumentInput,
+        response_format="content_and_artifact",
+        handle_tool_error=True,
+    )
 
 
 def _load(document: str | None, path: str | None) -> str:

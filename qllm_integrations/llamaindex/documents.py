@@ -115,8 +115,12 @@ def join_documents(nodes: Sequence[BaseNode], *, headers: bool = True) -> Joined
 def _source(doc_id: str, node: BaseNode) -> Source:
     metadata = dict(node.metadata)
     title = next((str(metadata[k]) for k in TITLE_KEYS if metadata.get(k)), doc_id)
-    return Source(doc_id=doc_id, title=title, metadata=metadata,
-                  excluded_llm_metadata_keys=tuple(node.excluded_llm_metadata_keys))
+    return Source(
+        doc_id=doc_id,
+        title=title,
+        metadata=metadata,
+        excluded_llm_metadata_keys=tuple(node.excluded_llm_metadata_keys),
+    )
 
 
 def _header(source: Source) -> str:
@@ -172,7 +176,7 @@ def _stitch_by_position(chunks: list[tuple[str, BaseNode]]) -> list[tuple[str, i
             continue
         if runs and start <= covered:
             previous, previous_start = runs[-1]
-            runs[-1] = (previous + text[covered - start:], previous_start)
+            runs[-1] = (previous + text[covered - start :], previous_start)
         else:
             runs.append((text, start))
         covered = end

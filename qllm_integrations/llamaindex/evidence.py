@@ -31,8 +31,9 @@ class _Passage:
     count: float
 
 
-def evidence_nodes(joined: JoinedDocument, blocks: Sequence[RetrievedBlock], *,
-                   max_sources: int = 4) -> list[NodeWithScore]:
+def evidence_nodes(
+    joined: JoinedDocument, blocks: Sequence[RetrievedBlock], *, max_sources: int = 4
+) -> list[NodeWithScore]:
     """Source nodes for the passages retrieved most, best first.
 
     Args:
@@ -62,8 +63,11 @@ def _merge(blocks: Sequence[RetrievedBlock], limit: int) -> list[_Passage]:
     Selecting before merging keeps passages short: a run of blocks that were each
     retrieved a little does not grow into one long passage.
     """
-    in_document = [b for b in blocks if b.char_start is not None and b.char_end is not None
-                   and b.char_end > b.char_start]
+    in_document = [
+        b
+        for b in blocks
+        if b.char_start is not None and b.char_end is not None and b.char_end > b.char_start
+    ]
     top = sorted(in_document, key=lambda b: -b.count)[:limit]
     passages: list[_Passage] = []
     for block in sorted(top, key=lambda b: b.char_start or 0):
@@ -93,10 +97,15 @@ def _node(joined: JoinedDocument, piece: Piece, passage: _Passage, total: int) -
     char_end = char_start + passage.end - passage.start
     node = TextNode(
         id_=f"{source.doc_id}:{char_start}-{char_end}",
-        text=joined.text[passage.start:passage.end],
-        metadata={**source.metadata, "char_start": char_start, "char_end": char_end,
-                  "retrieval_count": round(passage.count, 3), "doc_id": source.doc_id,
-                  "title": source.title},
+        text=joined.text[passage.start : passage.end],
+        metadata={
+            **source.metadata,
+            "char_start": char_start,
+            "char_end": char_end,
+            "retrieval_count": round(passage.count, 3),
+            "doc_id": source.doc_id,
+            "title": source.title,
+        },
         excluded_llm_metadata_keys=[*source.excluded_llm_metadata_keys, *EVIDENCE_KEYS],
         excluded_embed_metadata_keys=list(EVIDENCE_KEYS),
         start_char_idx=char_start,

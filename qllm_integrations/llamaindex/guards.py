@@ -87,13 +87,16 @@ def response_mode(synthesizer: object) -> str | None:
     return None
 
 
-def prompt_helper_problem(helper: PromptHelper | None, context_window: int,
-                          where: str) -> str | None:
+def prompt_helper_problem(
+    helper: PromptHelper | None, context_window: int, where: str
+) -> str | None:
     """A message when ``helper`` packs text into fewer tokens than ``context_window``."""
     if helper is None or helper.context_window >= context_window:
         return None
-    return (f"{where} has context_window={helper.context_window} tokens but QLLM reads up "
-            f"to {context_window} tokens in one call")
+    return (
+        f"{where} has context_window={helper.context_window} tokens but QLLM reads up "
+        f"to {context_window} tokens in one call"
+    )
 
 
 def synthesizer_problems(synthesizer: object, context_window: int) -> list[str]:
@@ -103,11 +106,14 @@ def synthesizer_problems(synthesizer: object, context_window: int) -> list[str]:
         return [f"response_mode={mode!r} {_PER_CHUNK[mode]}, so no call sees the whole text"]
     if mode in _WINDOWED:
         helper = getattr(synthesizer, "_prompt_helper", None)
-        problem = prompt_helper_problem(helper, context_window,
-                                        f"the {mode!r} synthesizer's PromptHelper")
+        problem = prompt_helper_problem(
+            helper, context_window, f"the {mode!r} synthesizer's PromptHelper"
+        )
         if problem is not None:
-            return [f"{problem}: the retrieved text would be {_WINDOWED[mode]} (a stale "
-                    "Settings.prompt_helper or a small Settings.context_window)"]
+            return [
+                f"{problem}: the retrieved text would be {_WINDOWED[mode]} (a stale "
+                "Settings.prompt_helper or a small Settings.context_window)"
+            ]
     return []
 
 
@@ -134,8 +140,10 @@ def check_call(llm: Any, prompt_type: str | None, policy: GuardPolicy) -> list[s
     synthesizer = find_synthesizer(llm)
     problems = synthesizer_problems(synthesizer, window) if synthesizer is not None else []
     if not problems and prompt_type == "refine":
-        problems = ["a refine prompt reached QLLM: the text was split into chunks that are "
-                    "read one call at a time"]
+        problems = [
+            "a refine prompt reached QLLM: the text was split into chunks that are "
+            "read one call at a time"
+        ]
     enforce(problems, policy, stacklevel=4)
     return problems
 
@@ -149,7 +157,8 @@ def check_query_engine(query_engine: Any, *, policy: GuardPolicy = "raise") -> l
     from .llm import QLLM
 
     synthesizer = getattr(query_engine, "_response_synthesizer", None) or getattr(
-        query_engine, "response_synthesizer", None)
+        query_engine, "response_synthesizer", None
+    )
     llm = getattr(synthesizer, "_llm", None)
     problems = []
     if isinstance(llm, QLLM):
@@ -168,8 +177,9 @@ def check_settings(llm: Any = None, *, policy: GuardPolicy = "warn") -> list[str
     llm = llm if llm is not None else Settings._llm
     problems = []
     if isinstance(llm, QLLM):
-        problem = prompt_helper_problem(Settings._prompt_helper, llm.metadata.context_window,
-                                        "Settings.prompt_helper")
+        problem = prompt_helper_problem(
+            Settings._prompt_helper, llm.metadata.context_window, "Settings.prompt_helper"
+        )
         problems = [problem] if problem else []
     enforce(problems, policy, stacklevel=3)
     return problems

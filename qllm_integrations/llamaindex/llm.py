@@ -96,17 +96,21 @@ class QLLM(CustomLLM):
         if self._engine is None:
             from qllm_integrations.engines import get_engine
 
-            self._engine = get_engine(self.source, config=self.config, device=self.device,
-                                      dtype=self.dtype)
+            self._engine = get_engine(
+                self.source, config=self.config, device=self.device, dtype=self.dtype
+            )
         return self._engine
 
     @property
     def metadata(self) -> LLMMetadata:
         """The engine's real input limit as ``context_window`` (never the trained context)."""
         engine = self.engine
-        return LLMMetadata(context_window=engine.max_input_tokens,
-                           num_output=self.max_new_tokens, is_chat_model=True,
-                           model_name=engine.model_name)
+        return LLMMetadata(
+            context_window=engine.max_input_tokens,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            model_name=engine.model_name,
+        )
 
     def to_payload(self) -> dict[str, Any]:
         """What LlamaIndex's events report about this LLM; never loads the engine.
@@ -114,11 +118,16 @@ class QLLM(CustomLLM):
         (The default reads ``metadata``, which would load the model on the event loop the
         first time an async method is called.)
         """
-        payload: dict[str, Any] = {"class_name": self.class_name(), "source": self.source,
-                                   "num_output": self.max_new_tokens, "is_chat_model": True}
+        payload: dict[str, Any] = {
+            "class_name": self.class_name(),
+            "source": self.source,
+            "num_output": self.max_new_tokens,
+            "is_chat_model": True,
+        }
         if self._engine is not None:
-            payload.update(context_window=self._engine.max_input_tokens,
-                           model_name=self._engine.model_name)
+            payload.update(
+                context_window=self._engine.max_input_tokens, model_name=self._engine.model_name
+            )
         return payload
 
     @llm_completion_callback()
@@ -128,8 +137,9 @@ class QLLM(CustomLLM):
         return _completion(self._answer(split, kwargs), split)
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False,
-                        **kwargs: Any) -> CompletionResponseGen:
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
         """Like :meth:`complete`, yielding the answer piece by piece."""
         split = split_prompt(prompt, **_split_args(kwargs))
         return self._stream_completions(split, kwargs)
@@ -147,15 +157,17 @@ class QLLM(CustomLLM):
         return (_chat(r) for r in self._stream_completions(split, kwargs))
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False,
-                        **kwargs: Any) -> CompletionResponse:
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
         """:meth:`complete` with the engine in a worker thread."""
         split = split_prompt(prompt, **_split_args(kwargs))
         return _completion(await run_in_thread(self._answer, split, kwargs), split)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False,
-                               **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         """:meth:`stream_complete` with the engine in a worker thread."""
         split = split_prompt(prompt, **_split_args(kwargs))
         return iterate_in_thread(lambda: self._stream_completions(split, kwargs))
@@ -167,14 +179,16 @@ class QLLM(CustomLLM):
         return _chat(_completion(await run_in_thread(self._answer, split, kwargs), split))
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage],
-                           **kwargs: Any) -> ChatResponseAsyncGen:
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` with the engine in a worker thread."""
         split = split_messages(messages, **_split_args(kwargs))
 
         async def chats() -> ChatResponseAsyncGen:
             async for response in iterate_in_thread(
-                    lambda: self._stream_completions(split, kwargs)):
+                lambda: self._stream_completions(split, kwargs)
+            ):
                 yield _chat(response)
 
         return chats()
@@ -200,14 +214,15 @@ class QLLM(CustomLLM):
         return options
 
     def _answer(self, split: PromptSplit, kwargs: dict[str, Any]) -> Answer:
-        return self.engine.answer(split.document, split.question,
-                                  **self.generation_options(kwargs))
+        return self.engine.answer(split.document, split.question, **self.generation_options(kwargs))
 
-    def _stream_completions(self, split: PromptSplit,
-                            kwargs: dict[str, Any]) -> Generator[CompletionResponse, None, None]:
+    def _stream_completions(
+        self, split: PromptSplit, kwargs: dict[str, Any]
+    ) -> Generator[CompletionResponse, None, None]:
         """Start the engine's stream now (so bad input raises here) and wrap its pieces."""
-        stream = self.engine.stream(split.document, split.question,
-                                    **self.generation_options(kwargs))
+        stream = self.engine.stream(
+            split.document, split.question, **self.generation_options(kwargs)
+        )
         return _completion_chunks(stream, split)
 
 
@@ -219,17 +234,20 @@ def usage(answer: Answer, split: PromptSplit) -> dict[str, Any]:
     """
     stats = answer.stats
     return {
-        "usage": {"prompt_tokens": stats.tokens_read,
-                  "completion_tokens": stats.tokens_generated,
-                  "total_tokens": stats.tokens_read + stats.tokens_generated},
+        "usage": {
+            "prompt_tokens": stats.tokens_read,
+            "completion_tokens": stats.tokens_generated,
+            "total_tokens": stats.tokens_read + stats.tokens_generated,
+        },
         "finish_reason": answer.finish_reason,
         "split_route": split.route,
         "stats": dataclasses.asdict(stats),
     }
 
 
-def _completion_chunks(stream: AnswerStream, split: PromptSplit
-                       ) -> Generator[CompletionResponse, None, None]:
+def _completion_chunks(
+    stream: AnswerStream, split: PromptSplit
+) -> Generator[CompletionResponse, None, None]:
     """Completion chunks; the last one carries the usage (one piece is held back for it)."""
     text, held = "", None
     try:
@@ -254,8 +272,11 @@ def _completion(answer: Answer, split: PromptSplit) -> CompletionResponse:
 
 
 def _chat(response: CompletionResponse) -> ChatResponse:
-    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
-                        delta=response.delta, raw=response.raw)
+    return ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+        delta=response.delta,
+        raw=response.raw,
+    )
 
 
 def _split_args(kwargs: dict[str, Any]) -> dict[str, Any]:

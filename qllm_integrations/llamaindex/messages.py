@@ -62,11 +62,19 @@ def add_template_hint(
     question = prompt_args.get("query_str")
     if not messages or not isinstance(question, str) or not question.strip():
         return messages
-    document = next((text for text in map(_text, (prompt_args.get(k) for k in _DOCUMENT_KEYS))
-                     if text is not None and text.strip()), None)
+    document = next(
+        (
+            text
+            for text in map(_text, (prompt_args.get(k) for k in _DOCUMENT_KEYS))
+            if text is not None and text.strip()
+        ),
+        None,
+    )
     last = messages[-1].model_copy(deep=False)
-    last.additional_kwargs = {**last.additional_kwargs, HINT_KEY: {
-        "question": question, "document": document, "prompt_type": prompt_type}}
+    last.additional_kwargs = {
+        **last.additional_kwargs,
+        HINT_KEY: {"question": question, "document": document, "prompt_type": prompt_type},
+    }
     return [*messages[:-1], last]
 
 
@@ -110,7 +118,9 @@ def flatten_messages(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
 
 
 def split_messages(
-    messages: Sequence[ChatMessage], *, question: str | None = None,
+    messages: Sequence[ChatMessage],
+    *,
+    question: str | None = None,
     document: str | None = None,
 ) -> PromptSplit:
     """Divide chat messages into the engine's document and question.

@@ -50,8 +50,14 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
     """Most evidence passages returned as ``source_nodes``."""
 
     @classmethod
-    def from_documents(cls, documents: Sequence[BaseNode], *, llm: QLLM | None = None,
-                       headers: bool = True, **kwargs: Any) -> WholeDocumentQueryEngine:
+    def from_documents(
+        cls,
+        documents: Sequence[BaseNode],
+        *,
+        llm: QLLM | None = None,
+        headers: bool = True,
+        **kwargs: Any,
+    ) -> WholeDocumentQueryEngine:
         """Join ``documents`` (or chunked nodes of them) and build the engine.
 
         Args:
@@ -68,8 +74,9 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         return cls(llm=llm or _default_llm(), joined=joined, **kwargs)
 
     @classmethod
-    def from_reader(cls, reader: BaseReader, *, load_kwargs: dict[str, Any] | None = None,
-                    **kwargs: Any) -> WholeDocumentQueryEngine:
+    def from_reader(
+        cls, reader: BaseReader, *, load_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> WholeDocumentQueryEngine:
         """Load documents with any LlamaIndex reader (e.g. ``SimpleDirectoryReader``)."""
         return cls.from_documents(reader.load_data(**(load_kwargs or {})), **kwargs)
 
@@ -91,12 +98,10 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         return self._response(await run_in_thread(self._answer, query_str), query_str)
 
     def _answer(self, query_str: str) -> Answer:
-        return self.llm.engine.answer(self.joined.text, query_str,
-                                      **self.llm.generation_options())
+        return self.llm.engine.answer(self.joined.text, query_str, **self.llm.generation_options())
 
     def _start(self, query_str: str) -> AnswerStream:
-        return self.llm.engine.stream(self.joined.text, query_str,
-                                      **self.llm.generation_options())
+        return self.llm.engine.stream(self.joined.text, query_str, **self.llm.generation_options())
 
     def _stream(self, query_str: str) -> StreamingResponse:
         stream = self._start(query_str)
@@ -123,11 +128,15 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
                 yield piece
             self._fill(started[0], query_str, nodes, metadata)
 
-        return AsyncStreamingResponse(response_gen=pieces(), source_nodes=nodes,
-                                      metadata=metadata)
+        return AsyncStreamingResponse(response_gen=pieces(), source_nodes=nodes, metadata=metadata)
 
-    def _fill(self, stream: AnswerStream, query_str: str, nodes: list[NodeWithScore],
-              metadata: dict[str, Any]) -> None:
+    def _fill(
+        self,
+        stream: AnswerStream,
+        query_str: str,
+        nodes: list[NodeWithScore],
+        metadata: dict[str, Any],
+    ) -> None:
         """Put the finished stream's evidence and usage into the response's containers."""
         assert stream.result is not None, "the engine's stream ended without a result"
         response = self._response(stream.result, query_str)
@@ -135,11 +144,11 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         metadata.update(response.metadata or {})
 
     def _response(self, answer: Answer, query_str: str) -> Response:
-        nodes = evidence_nodes(self.joined, answer.stats.retrieved_blocks,
-                               max_sources=self.max_sources)
+        nodes = evidence_nodes(
+            self.joined, answer.stats.retrieved_blocks, max_sources=self.max_sources
+        )
         split = PromptSplit(document=self.joined.text, question=query_str, route="explicit")
-        return Response(response=answer.text, source_nodes=nodes,
-                        metadata=usage(answer, split))
+        return Response(response=answer.text, source_nodes=nodes, metadata=usage(answer, split))
 
 
 def _default_llm() -> QLLM:

@@ -21,9 +21,14 @@ DEFAULT_NAME = "read_documents"
 _MAX_TITLES = 5
 
 
-def document_tool(documents: Sequence[BaseNode] | WholeDocumentQueryEngine, *,
-                  name: str = DEFAULT_NAME, description: str | None = None,
-                  llm: QLLM | None = None, return_direct: bool = False) -> QueryEngineTool:
+def document_tool(
+    documents: Sequence[BaseNode] | WholeDocumentQueryEngine,
+    *,
+    name: str = DEFAULT_NAME,
+    description: str | None = None,
+    llm: QLLM | None = None,
+    return_direct: bool = False,
+) -> QueryEngineTool:
     """A ``QueryEngineTool`` over a :class:`WholeDocumentQueryEngine`.
 
     Args:
@@ -36,14 +41,21 @@ def document_tool(documents: Sequence[BaseNode] | WholeDocumentQueryEngine, *,
     """
     engine = _engine(documents, llm)
     return QueryEngineTool.from_defaults(
-        query_engine=engine, name=name, description=description or describe(engine),
-        return_direct=return_direct)
+        query_engine=engine,
+        name=name,
+        description=description or describe(engine),
+        return_direct=return_direct,
+    )
 
 
-def document_function_tool(documents: Sequence[BaseNode] | WholeDocumentQueryEngine, *,
-                           name: str = DEFAULT_NAME, description: str | None = None,
-                           llm: QLLM | None = None,
-                           return_direct: bool = False) -> FunctionTool:
+def document_function_tool(
+    documents: Sequence[BaseNode] | WholeDocumentQueryEngine,
+    *,
+    name: str = DEFAULT_NAME,
+    description: str | None = None,
+    llm: QLLM | None = None,
+    return_direct: bool = False,
+) -> FunctionTool:
     """A ``FunctionTool`` taking ``question: str``, with sync and async versions.
 
     Arguments as for :func:`document_tool`. The tool output's ``content`` is the answer and
@@ -57,26 +69,35 @@ def document_function_tool(documents: Sequence[BaseNode] | WholeDocumentQueryEng
     async def aread(question: str) -> Response:
         return cast(Response, await engine.aquery(question))
 
-    return FunctionTool.from_defaults(fn=read, async_fn=aread, name=name,
-                                      description=description or describe(engine),
-                                      return_direct=return_direct)
+    return FunctionTool.from_defaults(
+        fn=read,
+        async_fn=aread,
+        name=name,
+        description=description or describe(engine),
+        return_direct=return_direct,
+    )
 
 
 def describe(engine: WholeDocumentQueryEngine) -> str:
     """A tool description naming the documents ``engine`` reads."""
     titles = [source.title for source in engine.joined.sources]
     named = ", ".join(titles[:_MAX_TITLES]) + (
-        f" and {len(titles) - _MAX_TITLES} more" if len(titles) > _MAX_TITLES else "")
+        f" and {len(titles) - _MAX_TITLES} more" if len(titles) > _MAX_TITLES else ""
+    )
     size = len(engine.document)
-    return (f"Reads the whole text of {named} ({size:,} characters) and answers one question "
-            "about it, citing the passages it used. Input: a complete, self-contained "
-            "question in natural language.")
+    return (
+        f"Reads the whole text of {named} ({size:,} characters) and answers one question "
+        "about it, citing the passages it used. Input: a complete, self-contained "
+        "question in natural language."
+    )
 
 
-def _engine(documents: Sequence[BaseNode] | WholeDocumentQueryEngine,
-            llm: QLLM | None) -> WholeDocumentQueryEngine:
+def _engine(
+    documents: Sequence[BaseNode] | WholeDocumentQueryEngine, llm: QLLM | None
+) -> WholeDocumentQueryEngine:
     """A non-streaming query engine (tools return whole answers)."""
     if isinstance(documents, WholeDocumentQueryEngine):
-        return documents.model_copy(update={"streaming": False}) if documents.streaming \
-            else documents
+        return (
+            documents.model_copy(update={"streaming": False}) if documents.streaming else documents
+        )
     return WholeDocumentQueryEngine.from_documents(documents, llm=llm)

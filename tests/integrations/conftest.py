@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import FakeEngine, engine_available, tiny_engine
+from fakes import FakeEngine, tiny_engine
 
 
 @pytest.fixture
@@ -16,7 +16,5 @@ def fake_engine() -> FakeEngine:
 
 @pytest.fixture(scope="session")
 def real_tiny_engine() -> Any:
-    """The tiny real engine; skips when the engine cannot be imported yet."""
-    if not engine_available():
-        pytest.skip("qllm_core.engine.QLLMEngine is not importable")
+    """The tiny real engine."""
     return tiny_engine()

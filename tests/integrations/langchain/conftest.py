@@ -20,6 +20,9 @@ def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> Generat
     result = outcome.get_result()
     items = result if isinstance(result, list) else [result] if result is not None else []
     for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj) \
-                and item.get_closest_marker("asyncio") is None:
+        if (
+            isinstance(item, pytest.Function)
+            and inspect.iscoroutinefunction(item.obj)
+            and item.get_closest_marker("asyncio") is None
+        ):
             item.add_marker(pytest.mark.asyncio)

@@ -37,7 +37,8 @@ def chat(fake_engine: FakeEngine) -> ChatQLLM:
 
 def test_chain_over_a_string(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
     out = create_document_qa_chain(chat).invoke(
-        {"document": FILLER + FACT, "question": "What is the pass key?"})
+        {"document": FILLER + FACT, "question": "What is the pass key?"}
+    )
     assert out["answer"] == fake_engine.reply
     assert fake_engine.calls[-1].document == FILLER + FACT
     assert [e["source"] for e in out["evidence"]] == [None]
@@ -46,11 +47,14 @@ def test_chain_over_a_string(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
 
 @pytest.mark.parametrize("as_loader", [False, True])
 def test_chain_over_documents_cites_the_right_one(chat: ChatQLLM, as_loader: bool) -> None:
-    docs = [Document(FILLER, metadata={"source": "a.txt"}),
-            Document(FILLER + FACT, metadata={"source": "b.txt", "page": 4})]
+    docs = [
+        Document(FILLER, metadata={"source": "a.txt"}),
+        Document(FILLER + FACT, metadata={"source": "b.txt", "page": 4}),
+    ]
     chain = create_document_qa_chain(chat)
-    out = chain.invoke({"document": ListLoader(docs) if as_loader else docs,
-                        "question": "What is the pass key?"})
+    out = chain.invoke(
+        {"document": ListLoader(docs) if as_loader else docs, "question": "What is the pass key?"}
+    )
     [evidence] = out["evidence"]
     assert evidence["source"] == 1
     assert evidence["metadata"] == {"source": "b.txt", "page": 4}
@@ -59,7 +63,8 @@ def test_chain_over_documents_cites_the_right_one(chat: ChatQLLM, as_loader: boo
 
 async def test_chain_async(chat: ChatQLLM) -> None:
     out = await create_document_qa_chain(chat).ainvoke(
-        {"document": Document(FILLER + FACT), "question": "pass key?"})
+        {"document": Document(FILLER + FACT), "question": "pass key?"}
+    )
     assert out["evidence"][0]["source"] == 0
 
 
@@ -73,9 +78,12 @@ def test_chain_input_errors(chat: ChatQLLM) -> None:
 
 def test_tool_reads_text_and_cites_characters(chat: ChatQLLM) -> None:
     tool = create_document_reader_tool(chat)
-    call = {"name": "read_document", "args": {"question": "What is the pass key?",
-                                              "document": FILLER + FACT},
-            "id": "call-1", "type": "tool_call"}
+    call = {
+        "name": "read_document",
+        "args": {"question": "What is the pass key?", "document": FILLER + FACT},
+        "id": "call-1",
+        "type": "tool_call",
+    }
     message = tool.invoke(call)
     assert isinstance(message, ToolMessage)
     assert message.content.startswith("The answer is forty two")
@@ -88,7 +96,8 @@ def test_tool_reads_a_path(chat: ChatQLLM, fake_engine: FakeEngine, tmp_path: Pa
     path = tmp_path / "doc.txt"
     path.write_text(FILLER + FACT, encoding="utf-8")
     text = create_document_reader_tool(chat).invoke(
-        {"question": "What is the pass key?", "path": str(path)})
+        {"question": "What is the pass key?", "path": str(path)}
+    )
     assert "71432" in text
     assert fake_engine.calls[-1].document == FILLER + FACT
 
@@ -106,7 +115,8 @@ def test_tool_errors_go_back_to_the_agent(chat: ChatQLLM, tmp_path: Path) -> Non
 
 async def test_tool_async(chat: ChatQLLM) -> None:
     text = await create_document_reader_tool(chat).ainvoke(
-        {"question": "pass key?", "document": FILLER + FACT})
+        {"question": "pass key?", "document": FILLER + FACT}
+    )
     assert "Evidence" in text
 
 
@@ -114,12 +124,16 @@ def test_evidence_helpers() -> None:
     text, spans = join_texts(["abc", "", "defg"], "--")
     assert text == "abc----defg"
     assert spans == [(0, 3), (5, 5), (7, 11)]
-    blocks = [{"char_start": 8, "char_end": 10, "count": 5},
-              {"char_start": None, "char_end": None, "count": 9},
-              {"char_start": 0, "char_end": 2, "count": 2},
-              {"char_start": 1, "char_end": 3, "count": 1}]
+    blocks = [
+        {"char_start": 8, "char_end": 10, "count": 5},
+        {"char_start": None, "char_end": None, "count": 9},
+        {"char_start": 0, "char_end": 2, "count": 2},
+        {"char_start": 1, "char_end": 3, "count": 1},
+    ]
     evidence = collect_evidence(blocks, text, spans=spans, metadata=[{}, {}, {"page": 2}])
     assert [(e.char_start, e.char_end, e.count, e.source) for e in evidence] == [
-        (0, 3, 3, 0), (8, 10, 5, 2)]
+        (0, 3, 3, 0),
+        (8, 10, 5, 2),
+    ]
     assert "page 2" in format_evidence(evidence)
     assert "no part" in format_evidence([])

@@ -18,9 +18,13 @@ from qllm_integrations.langchain import ChatQLLM
 from qllm_integrations.langchain import _params as params_module
 from qllm_integrations.split import QuestionNotFoundWarning
 
-DOC = "\n\n".join(
-    f"Paragraph {i}. The harbour office kept a ledger of every ship that year." for i in range(40)
-) + "\n\nThe pass key is 71432."
+DOC = (
+    "\n\n".join(
+        f"Paragraph {i}. The harbour office kept a ledger of every ship that year."
+        for i in range(40)
+    )
+    + "\n\nThe pass key is 71432."
+)
 
 
 class TokenRecorder(BaseCallbackHandler):
@@ -40,15 +44,18 @@ def chat(fake_engine: FakeEngine) -> ChatQLLM:
 
 # --- routes -----------------------------------------------------------------------------
 
-def test_short_chat_goes_direct_in_the_chat_template(chat: ChatQLLM,
-                                                     fake_engine: FakeEngine) -> None:
+
+def test_short_chat_goes_direct_in_the_chat_template(
+    chat: ChatQLLM, fake_engine: FakeEngine
+) -> None:
     reply = chat.invoke([SystemMessage("Be brief."), HumanMessage("Hello")])
     assert reply.content == fake_engine.direct_reply
     assert reply.response_metadata["split_route"] == "direct"
     call = fake_engine.calls[-1]
     assert call.method == "stream_ids"
     assert fake_engine.tokenizer.decode(call.input_ids or []) == (
-        "<|system|>\nBe brief.\n<|user|>\nHello\n<|assistant|>\n")
+        "<|system|>\nBe brief.\n<|user|>\nHello\n<|assistant|>\n"
+    )
 
 
 def test_system_document_and_user_question(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
@@ -58,12 +65,15 @@ def test_system_document_and_user_question(chat: ChatQLLM, fake_engine: FakeEngi
     assert (call.method, call.document, call.question) == ("stream", DOC, "What is the pass key?")
 
 
-def test_bound_document_makes_the_input_the_question(chat: ChatQLLM,
-                                                     fake_engine: FakeEngine) -> None:
+def test_bound_document_makes_the_input_the_question(
+    chat: ChatQLLM, fake_engine: FakeEngine
+) -> None:
     reply = chat.bind(document=DOC).invoke("What is the pass key?")
     assert reply.response_metadata["split_route"] == "explicit"
     assert (fake_engine.calls[-1].document, fake_engine.calls[-1].question) == (
-        DOC, "What is the pass key?")
+        DOC,
+        "What is the pass key?",
+    )
 
 
 def test_explicit_question_in_invoke(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
@@ -72,18 +82,19 @@ def test_explicit_question_in_invoke(chat: ChatQLLM, fake_engine: FakeEngine) ->
 
 
 def test_text_plain_block_is_the_document(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
-    message = HumanMessage(content_blocks=[
-        {"type": "text-plain", "text": DOC, "mime_type": "text/plain"},
-        {"type": "text", "text": "What is the pass key?"},
-    ])
+    message = HumanMessage(
+        content_blocks=[
+            {"type": "text-plain", "text": DOC, "mime_type": "text/plain"},
+            {"type": "text", "text": "What is the pass key?"},
+        ]
+    )
     reply = chat.invoke([message])
     assert reply.response_metadata["split_route"] == "chat"
     assert fake_engine.calls[-1].document == DOC
     assert fake_engine.calls[-1].question == "What is the pass key?"
 
 
-def test_question_pattern_inside_one_user_message(chat: ChatQLLM,
-                                                  fake_engine: FakeEngine) -> None:
+def test_question_pattern_inside_one_user_message(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
     reply = chat.invoke(f"{DOC}\n\nQuestion: What is the pass key?\nAnswer:")
     assert reply.response_metadata["split_route"] == "pattern"
     assert fake_engine.calls[-1].question == "What is the pass key?"
@@ -114,17 +125,35 @@ def test_empty_question_is_an_empty_input_error(chat: ChatQLLM) -> None:
 
 # --- options ----------------------------------------------------------------------------
 
+
 def test_options_reach_the_engine(fake_engine: FakeEngine) -> None:
-    chat = ChatQLLM(engine=fake_engine, max_tokens=7, temperature=0.5, top_p=0.9, seed=3,
-                    mode="infllm", stop=["END"])
+    chat = ChatQLLM(
+        engine=fake_engine,
+        max_tokens=7,
+        temperature=0.5,
+        top_p=0.9,
+        seed=3,
+        mode="infllm",
+        stop=["END"],
+    )
     chat.invoke("Hello")
-    assert fake_engine.calls[-1].options == {"max_new_tokens": 7, "temperature": 0.5,
-                                             "top_p": 0.9, "seed": 3, "stop": ["END"],
-                                             "mode": "infllm"}
+    assert fake_engine.calls[-1].options == {
+        "max_new_tokens": 7,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "seed": 3,
+        "stop": ["END"],
+        "mode": "infllm",
+    }
     chat.invoke("Hello", stop=["x"], max_tokens=2, temperature=0.0, seed=None, mode="full")
-    assert fake_engine.calls[-1].options == {"max_new_tokens": 2, "temperature": 0.0,
-                                             "top_p": 0.9, "seed": None, "stop": ["x"],
-                                             "mode": "full"}
+    assert fake_engine.calls[-1].options == {
+        "max_new_tokens": 2,
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "seed": None,
+        "stop": ["x"],
+        "mode": "full",
+    }
 
 
 def test_stop_and_max_tokens_cut_the_answer(chat: ChatQLLM) -> None:
@@ -143,6 +172,7 @@ def test_unknown_keyword_is_refused(chat: ChatQLLM) -> None:
 
 # --- metadata ---------------------------------------------------------------------------
 
+
 def test_usage_and_response_metadata(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
     reply = chat.invoke([SystemMessage(DOC), HumanMessage("What is the pass key?")])
     assert isinstance(reply, AIMessage)
@@ -158,18 +188,18 @@ def test_usage_and_response_metadata(chat: ChatQLLM, fake_engine: FakeEngine) ->
     assert stats["tokens_read"] == usage["input_tokens"]
     assert stats["seconds"] == pytest.approx(stats["prefill_seconds"] + stats["decode_seconds"])
     block = stats["retrieved_blocks"][0]
-    assert "pass key" in DOC[block["char_start"]:block["char_end"]]
+    assert "pass key" in DOC[block["char_start"] : block["char_end"]]
 
 
-def test_profile_reports_the_engine_limit_without_loading(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_profile_reports_the_engine_limit_without_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(params_module, "get_engine", _refuse)
     lazy = ChatQLLM(config=QLLMConfig(max_input_tokens=5000))
     assert lazy.profile is not None
     assert lazy.profile["max_input_tokens"] == 5000
     assert lazy.profile["tool_calling"] is False
     assert ChatQLLM(config="llama3").profile["max_input_tokens"] == (  # type: ignore[index]
-        QLLMConfig.preset("llama3").max_input_tokens)
+        QLLMConfig.preset("llama3").max_input_tokens
+    )
     engine = FakeEngine(config=QLLMConfig(max_input_tokens=123_456))
     assert ChatQLLM(engine=engine).profile["max_input_tokens"] == 123_456  # type: ignore[index]
 
@@ -193,10 +223,14 @@ def test_token_ids_use_the_model_tokenizer(chat: ChatQLLM, fake_engine: FakeEngi
 
 # --- streaming and async ----------------------------------------------------------------
 
+
 def test_stream_pieces_callbacks_and_final_chunk(chat: ChatQLLM) -> None:
     recorder = TokenRecorder()
-    chunks = list(chat.stream([SystemMessage(DOC), HumanMessage("the pass key?")],
-                              config={"callbacks": [recorder]}))
+    chunks = list(
+        chat.stream(
+            [SystemMessage(DOC), HumanMessage("the pass key?")], config={"callbacks": [recorder]}
+        )
+    )
     assert all(isinstance(c, AIMessageChunk) for c in chunks)
     assert "".join(recorder.tokens) == "The answer is forty two, as the document says."
     last = chunks[-1]
@@ -251,13 +285,17 @@ async def test_astream_propagates_engine_errors(chat: ChatQLLM) -> None:
 
 async def test_async_callbacks_see_tokens(chat: ChatQLLM) -> None:
     recorder = TokenRecorder()
-    reply = await chat.ainvoke("Hello", config={"callbacks": [recorder]}, )
+    reply = await chat.ainvoke(
+        "Hello",
+        config={"callbacks": [recorder]},
+    )
     chunks = [c async for c in chat.astream("Hello", config={"callbacks": [recorder]})]
     assert chunks[-1].chunk_position == "last"
     assert "".join(recorder.tokens) == reply.content
 
 
 # --- engine lifecycle -------------------------------------------------------------------
+
 
 def _refuse(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("the engine was loaded")

@@ -9,7 +9,6 @@ import logging
 from typing import Any
 
 import pytest
-from fakes import engine_available
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -18,10 +17,7 @@ from qllm_integrations.langchain import ChatQLLM
 
 logger = logging.getLogger(__name__)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not engine_available(), reason="the engine is not importable"),
-]
+pytestmark = pytest.mark.slow
 
 FACT = "The pass key to the harbour archive is 71432."
 
@@ -40,16 +36,19 @@ def test_lcel_chain_over_a_long_document() -> None:
     from qllm_core.documents import synthetic_document
 
     document = synthetic_document(10_000, seed=3, fact=FACT, at=0.4)
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Read this document.\n\n{document}"),
-        ("human", "{question}"),
-    ])
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", "Read this document.\n\n{document}"),
+            ("human", "{question}"),
+        ]
+    )
     chat = ChatQLLM(max_tokens=24)
     chain = prompt | chat | StrOutputParser()
     recorder = MetadataRecorder()
     answer = chain.invoke(
         {"document": document, "question": "What is the pass key to the harbour archive?"},
-        config={"callbacks": [recorder]})
+        config={"callbacks": [recorder]},
+    )
     logger.info("answer: %r", answer)
     assert isinstance(answer, str) and answer.strip()
     [meta] = recorder.metadata
@@ -59,8 +58,10 @@ def test_lcel_chain_over_a_long_document() -> None:
     assert stats["tokens_read"] > chat._get_engine().config.n_local
     assert stats["retrieved_blocks"]
     fact_at = document.index(FACT)
-    recalled = any(b["char_start"] is not None and b["char_start"] <= fact_at < b["char_end"]
-                   for b in stats["retrieved_blocks"])
+    recalled = any(
+        b["char_start"] is not None and b["char_start"] <= fact_at < b["char_end"]
+        for b in stats["retrieved_blocks"]
+    )
     logger.info("fact recalled: %s; answer has the key: %s", recalled, "71432" in answer)
     assert chat.profile is not None
     assert chat.profile["max_input_tokens"] == chat._get_engine().max_input_tokens

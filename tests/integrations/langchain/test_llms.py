@@ -36,7 +36,8 @@ def test_long_prompt_is_split_and_answered(llm: QLLM, fake_engine: FakeEngine) -
 def test_short_prompt_is_completed_as_is(llm: QLLM, fake_engine: FakeEngine) -> None:
     assert llm.invoke("Once upon a time") == fake_engine.direct_reply
     assert fake_engine.tokenizer.decode(fake_engine.calls[-1].input_ids or []) == (
-        "Once upon a time")
+        "Once upon a time"
+    )
 
 
 def test_generation_info_and_llm_output(llm: QLLM) -> None:
@@ -47,8 +48,10 @@ def test_generation_info_and_llm_output(llm: QLLM) -> None:
     assert second.generation_info["split_route"] == "direct"
     assert first.generation_info["qllm"]["retrieved_blocks"]
     usage = result.llm_output["token_usage"]  # type: ignore[index]
-    assert usage["input_tokens"] == (first.generation_info["usage_metadata"]["input_tokens"]
-                                     + second.generation_info["usage_metadata"]["input_tokens"])
+    assert usage["input_tokens"] == (
+        first.generation_info["usage_metadata"]["input_tokens"]
+        + second.generation_info["usage_metadata"]["input_tokens"]
+    )
 
 
 def test_stream_fires_on_llm_new_token(llm: QLLM) -> None:

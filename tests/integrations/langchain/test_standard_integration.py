@@ -8,18 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from fakes import FakeEngine, engine_available, tiny_engine, tiny_model_dir
+from fakes import FakeEngine, tiny_engine, tiny_model_dir
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from qllm_integrations.langchain import ChatQLLM
 
-needs_engine = pytest.mark.skipif(not engine_available(), reason="the engine is not importable")
-
 JOKE = '{"setup": "Why do cats sit on keyboards?", "punchline": "To keep an eye on the mouse."}'
 
 
-@needs_engine
 class TestChatQLLMIntegration(ChatModelIntegrationTests):
     """Runs every standard test whose capability ChatQLLM has."""
 

@@ -44,8 +44,7 @@ def test_valid_json_is_parsed(schema: Any) -> None:
     chat, engine = _chat(f"Sure! ```json\n{JOKE_JSON}\n```")
     result = chat.with_structured_output(schema).invoke("Tell me a joke about cats.")
     if schema is Joke:
-        assert result == Joke(setup="Why did the cat sit on the ledger?",
-                              punchline="To keep tabs.")
+        assert result == Joke(setup="Why did the cat sit on the ledger?", punchline="To keep tabs.")
     else:
         assert result == json.loads(JOKE_JSON)
     asked = engine.tokenizer.decode(engine.calls[-1].input_ids or [])
@@ -71,11 +70,14 @@ async def test_async() -> None:
     assert await chat.with_structured_output(JokeDict).ainvoke("joke") == json.loads(JOKE_JSON)
 
 
-@pytest.mark.parametrize(("reply", "match"), [
-    ("I cannot do JSON, sorry.", "no JSON object"),
-    ('{"setup": "only a setup"}', "punchline"),
-    ('{"setup": 3, "punchline": "x"}', "setup"),
-])
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        ("I cannot do JSON, sorry.", "no JSON object"),
+        ('{"setup": "only a setup"}', "punchline"),
+        ('{"setup": 3, "punchline": "x"}', "setup"),
+    ],
+)
 @pytest.mark.parametrize("schema", [Joke, Joke.model_json_schema()])
 def test_non_compliant_replies_raise_a_named_error(reply: str, match: str, schema: Any) -> None:
     chat, _ = _chat(reply)
@@ -98,8 +100,7 @@ def test_include_raw_reports_the_parsing_error() -> None:
 
 def test_json_mode_without_schema() -> None:
     chat, engine = _chat('{"anything": [1, 2]}')
-    assert chat.with_structured_output(None, method="json_mode").invoke("x") == {
-        "anything": [1, 2]}
+    assert chat.with_structured_output(None, method="json_mode").invoke("x") == {"anything": [1, 2]}
     assert "JSON schema" not in engine.tokenizer.decode(engine.calls[-1].input_ids or [])
 
 
@@ -116,9 +117,16 @@ def test_bad_arguments() -> None:
 def test_extract_and_validate_helpers() -> None:
     assert extract_json_object('x {"a": 1} y {"b": 2}') == {"a": 1}
     assert extract_json_object("[1, 2] {bad") is None
-    schema = {"type": "object", "required": ["n"], "properties": {
-        "n": {"type": "integer"}, "tags": {"type": "array", "items": {"enum": ["a", "b"]}},
-        "ref": {"$ref": "#/$defs/R"}}, "$defs": {"R": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "required": ["n"],
+        "properties": {
+            "n": {"type": "integer"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}},
+            "ref": {"$ref": "#/$defs/R"},
+        },
+        "$defs": {"R": {"type": "string"}},
+    }
     assert schema_errors({"n": 1, "tags": ["a"], "ref": "x"}, schema) == []
     problems = schema_errors({"n": True, "tags": ["c"], "ref": 2}, schema)
     assert len(problems) == 3

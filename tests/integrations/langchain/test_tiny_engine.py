@@ -10,12 +10,10 @@ import threading
 from typing import Any
 
 import pytest
-from fakes import engine_available, tiny_engine, tiny_model_dir
+from fakes import tiny_engine, tiny_model_dir
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from qllm_integrations.langchain import QLLM, ChatQLLM, create_document_reader_tool
-
-pytestmark = pytest.mark.skipif(not engine_available(), reason="the engine is not importable")
 
 DOC = " ".join(f"Entry {i}: the ship Nr. {i * 7} left the harbour at dawn." for i in range(16))
 """About 270 tokens: several memory blocks of the tiny config (n_local=64, block 16)."""
@@ -64,8 +62,10 @@ def test_concurrent_invokes_match_the_same_calls_alone(chat: ChatQLLM) -> None:
 
 def test_token_ids_and_profile(chat: ChatQLLM) -> None:
     engine = tiny_engine()
-    assert chat.get_token_ids("Hello world") == engine.tokenizer(
-        "Hello world", add_special_tokens=False)["input_ids"]
+    assert (
+        chat.get_token_ids("Hello world")
+        == engine.tokenizer("Hello world", add_special_tokens=False)["input_ids"]
+    )
     assert chat.profile is not None
     assert chat.profile["max_input_tokens"] == engine.max_input_tokens
 
@@ -88,10 +88,14 @@ def test_tool_on_the_engine() -> None:
 def test_model_from_a_directory_through_the_registry() -> None:
     from qllm_core.config import QLLMConfig
 
-    chat = ChatQLLM(model=tiny_model_dir(), config=QLLMConfig(n_local=64, exec_block_size=32,
-                                                              block_size=16, topk=2,
-                                                              max_cached_blocks=4),
-                    device="cpu", max_tokens=3)
+    chat = ChatQLLM(
+        model=tiny_model_dir(),
+        config=QLLMConfig(
+            n_local=64, exec_block_size=32, block_size=16, topk=2, max_cached_blocks=4
+        ),
+        device="cpu",
+        max_tokens=3,
+    )
     reply = chat.invoke([SystemMessage(DOC), HumanMessage("When did ship Nr. 70 leave?")])
     assert reply.response_metadata["model_name"] == tiny_model_dir()
     assert reply.response_metadata["qllm"]["tokens_read"] > 200

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from fakes import FakeEngine, engine_available  # noqa: E402  (tests/integrations/fakes.py)
+from fakes import FakeEngine  # noqa: E402  (tests/integrations/fakes.py)
 from fakes import tiny_engine as shared_tiny_engine  # noqa: E402
 from llama_index.core import Settings  # noqa: E402
 
@@ -45,6 +45,4 @@ def tiny_engine():
     The shared one from ``fakes.tiny_engine`` (n_init=4, n_local=64, block_size=16, topk=2,
     repr_topk=2, exec_block_size=32, max_cached_blocks=4), built once per process.
     """
-    if not engine_available():
-        pytest.skip("qllm_core.engine.QLLMEngine is not importable yet")
     return shared_tiny_engine()

@@ -22,8 +22,14 @@ from qllm_integrations.llamaindex import document_function_tool, document_tool
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 QUESTION = "What is the lighthouse keeper's password?"
-DOCS = [Document(text="Notes. " * 50 + "The lighthouse keeper's password is TANGERINE. "
-                 + "More notes. " * 50, metadata={"title": "Keeper's log"})]
+DOCS = [
+    Document(
+        text="Notes. " * 50
+        + "The lighthouse keeper's password is TANGERINE. "
+        + "More notes. " * 50,
+        metadata={"title": "Keeper's log"},
+    )
+]
 
 
 class ScriptedLLM(CustomLLM):
@@ -42,8 +48,9 @@ class ScriptedLLM(CustomLLM):
         return CompletionResponse(text=self.script[len(self.prompts) - 1])
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False,
-                        **kwargs) -> CompletionResponseGen:
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs
+    ) -> CompletionResponseGen:
         text = self.complete(prompt, formatted=formatted).text
         yield CompletionResponse(text=text, delta=text)
 
@@ -52,13 +59,13 @@ def _script(argument: str) -> list[str]:
     return [
         "Thought: The answer is in the log; I need to use a tool to read it.\n"
         f"Action: read_log\nAction Input: {json.dumps({argument: QUESTION})}",
-        "Thought: I can answer without using any more tools.\n"
-        "Answer: The password is TANGERINE.",
+        "Thought: I can answer without using any more tools.\nAnswer: The password is TANGERINE.",
     ]
 
 
-@pytest.mark.parametrize(("factory", "argument"),
-                         [(document_tool, "input"), (document_function_tool, "question")])
+@pytest.mark.parametrize(
+    ("factory", "argument"), [(document_tool, "input"), (document_function_tool, "question")]
+)
 def test_react_agent_calls_the_document_tool(llm, fake_engine, factory, argument):
     tool = factory(DOCS, llm=llm, name="read_log")
     assert "Keeper's log" in tool.metadata.description
@@ -67,8 +74,9 @@ def test_react_agent_calls_the_document_tool(llm, fake_engine, factory, argument
 
     async def run():
         handler = agent.run(user_msg=QUESTION)
-        results = [event async for event in handler.stream_events()
-                   if isinstance(event, ToolCallResult)]
+        results = [
+            event async for event in handler.stream_events() if isinstance(event, ToolCallResult)
+        ]
         return await handler, results
 
     final, results = asyncio.run(run())

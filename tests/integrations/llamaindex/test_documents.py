@@ -14,8 +14,10 @@ TEXT_B = " ".join(f"Beta sentence number {i} talks about bridges." for i in rang
 
 
 def _docs():
-    return [Document(text=TEXT_A, id_="a", metadata={"file_name": "a.txt", "author": "Ann"}),
-            Document(text=TEXT_B, id_="b", metadata={"title": "Bridges"})]
+    return [
+        Document(text=TEXT_A, id_="a", metadata={"file_name": "a.txt", "author": "Ann"}),
+        Document(text=TEXT_B, id_="b", metadata={"title": "Bridges"}),
+    ]
 
 
 def test_join_puts_headers_and_keeps_offsets():
@@ -25,7 +27,7 @@ def test_join_puts_headers_and_keeps_offsets():
     assert [s.doc_id for s in joined.sources] == ["a", "b"]
     for piece in joined.pieces:
         source_text = TEXT_A if piece.source == 0 else TEXT_B
-        assert joined.text[piece.start:piece.end] == source_text
+        assert joined.text[piece.start : piece.end] == source_text
 
 
 def test_join_without_headers_is_plain_text():
@@ -44,8 +46,15 @@ def test_overlapping_chunks_are_stitched_by_position():
 
 def test_chunks_without_positions_are_stitched_by_overlap():
     chunks = [TEXT_A[:1000], TEXT_A[900:2000], TEXT_A[1950:3000]]
-    nodes = [TextNode(text=c, relationships={NodeRelationship.SOURCE: Document(
-        text="", id_="a").as_related_node_info()}) for c in chunks]
+    nodes = [
+        TextNode(
+            text=c,
+            relationships={
+                NodeRelationship.SOURCE: Document(text="", id_="a").as_related_node_info()
+            },
+        )
+        for c in chunks
+    ]
     joined = join_documents(nodes, headers=False)
     assert joined.text == TEXT_A[:3000]
 
@@ -55,8 +64,9 @@ def test_evidence_maps_blocks_back_to_their_document():
     at = joined.text.index("Beta sentence number 117")
     blocks = (
         RetrievedBlock(token_start=900, token_end=916, count=6, char_start=at, char_end=at + 50),
-        RetrievedBlock(token_start=916, token_end=932, count=2, char_start=at + 50,
-                       char_end=at + 90),
+        RetrievedBlock(
+            token_start=916, token_end=932, count=2, char_start=at + 50, char_end=at + 90
+        ),
         RetrievedBlock(token_start=10, token_end=26, count=1, char_start=30, char_end=80),
         RetrievedBlock(token_start=0, token_end=4, count=1),
     )
@@ -67,11 +77,13 @@ def test_evidence_maps_blocks_back_to_their_document():
     assert "Beta sentence number 117" in best.node.get_content()
     meta = best.node.metadata
     assert meta["doc_id"] == "b" and meta["title"] == "Bridges"
-    assert TEXT_B[meta["char_start"]:meta["char_end"]] == best.node.get_content()
+    assert TEXT_B[meta["char_start"] : meta["char_end"]] == best.node.get_content()
     assert best.node.ref_doc_id == "b"
     assert nodes[1].node.metadata["file_name"] == "a.txt"
-    assert TEXT_A[nodes[1].node.start_char_idx:nodes[1].node.end_char_idx] == \
-        nodes[1].node.get_content()
+    assert (
+        TEXT_A[nodes[1].node.start_char_idx : nodes[1].node.end_char_idx]
+        == nodes[1].node.get_content()
+    )
     assert "char_start" not in best.node.get_content(metadata_mode="llm")
 
 
@@ -79,6 +91,10 @@ def test_evidence_in_a_header_gives_no_node_and_limits_apply():
     joined = join_documents(_docs())
     header = RetrievedBlock(token_start=0, token_end=4, count=5, char_start=0, char_end=8)
     assert evidence_nodes(joined, (header,)) == []
-    many = tuple(RetrievedBlock(token_start=i, token_end=i + 1, count=1, char_start=100 * i,
-                                char_end=100 * i + 20) for i in range(1, 20))
+    many = tuple(
+        RetrievedBlock(
+            token_start=i, token_end=i + 1, count=1, char_start=100 * i, char_end=100 * i + 20
+        )
+        for i in range(1, 20)
+    )
     assert len(evidence_nodes(joined, many, max_sources=3)) == 3

@@ -66,8 +66,10 @@ def test_stream_complete_puts_usage_on_the_last_chunk(llm, fake_engine):
 
 
 def test_chat_uses_system_message_as_document(llm, fake_engine):
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content=DOC),
-                ChatMessage(role=MessageRole.USER, content="What is the vault code?")]
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content=DOC),
+        ChatMessage(role=MessageRole.USER, content="What is the vault code?"),
+    ]
     response = llm.chat(messages)
     assert response.message.role == MessageRole.ASSISTANT
     assert response.message.content == fake_engine.reply
@@ -77,8 +79,10 @@ def test_chat_uses_system_message_as_document(llm, fake_engine):
 
 
 def test_chat_with_context_inside_the_user_message(llm, fake_engine):
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content="You are an expert Q&A system."),
-                ChatMessage(role=MessageRole.USER, content=PROMPT)]
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="You are an expert Q&A system."),
+        ChatMessage(role=MessageRole.USER, content=PROMPT),
+    ]
     llm.chat(messages)
     call = fake_engine.calls[-1]
     assert call.question == "What is the vault code?"
@@ -116,8 +120,10 @@ def test_async_calls_do_not_block_the_event_loop(make_engine):
     gate = threading.Event()
     engine = make_engine(loop_gate=gate)
     llm = QLLM(engine=engine)
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content=DOC),
-                ChatMessage(role=MessageRole.USER, content="What is the vault code?")]
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content=DOC),
+        ChatMessage(role=MessageRole.USER, content="What is the vault code?"),
+    ]
 
     async def main():
         # the engine waits for the loop before each piece: a blocking call would fail

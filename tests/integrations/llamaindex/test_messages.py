@@ -19,14 +19,21 @@ DOC = "Minutes of the meeting. The budget was approved at 14:05. " * 5
 def test_flatten_roles_and_text_document_blocks():
     messages = [
         ChatMessage(role=MessageRole.DEVELOPER, content="Be brief."),
-        ChatMessage(role=MessageRole.USER, blocks=[
-            DocumentBlock(data=DOC.encode(), document_mimetype="text/plain", title="minutes"),
-            TextBlock(text="When was the budget approved?")]),
+        ChatMessage(
+            role=MessageRole.USER,
+            blocks=[
+                DocumentBlock(data=DOC.encode(), document_mimetype="text/plain", title="minutes"),
+                TextBlock(text="When was the budget approved?"),
+            ],
+        ),
         ChatMessage(role=MessageRole.TOOL, content="tool said something"),
     ]
     assert flatten_messages(messages) == [
-        ("system", "Be brief."), ("user", DOC), ("user", "When was the budget approved?"),
-        ("assistant", "tool said something")]
+        ("system", "Be brief."),
+        ("user", DOC),
+        ("user", "When was the budget approved?"),
+        ("assistant", "tool said something"),
+    ]
 
 
 def test_non_text_blocks_are_refused_with_a_hint():
@@ -36,8 +43,12 @@ def test_non_text_blocks_are_refused_with_a_hint():
 
 
 def test_last_user_message_is_the_question():
-    split = split_messages([ChatMessage(role=MessageRole.SYSTEM, content=DOC),
-                            ChatMessage(role=MessageRole.USER, content="When?")])
+    split = split_messages(
+        [
+            ChatMessage(role=MessageRole.SYSTEM, content=DOC),
+            ChatMessage(role=MessageRole.USER, content="When?"),
+        ]
+    )
     assert (split.question, split.route) == ("When?", "chat")
 
 
@@ -47,13 +58,15 @@ def test_template_hint_wins_and_refine_falls_back():
     split = split_messages(hinted)
     assert (split.document, split.question, split.route) == (DOC, "When?", "explicit")
     assert rendered[0].additional_kwargs == {}  # the caller's message is not modified
-    refine = add_template_hint(rendered, {"context_msg": DOC, "query_str": "When?",
-                                          "existing_answer": "At two."}, "refine")
+    refine = add_template_hint(
+        rendered, {"context_msg": DOC, "query_str": "When?", "existing_answer": "At two."}, "refine"
+    )
     split = split_messages(refine)
     assert split.question == "When?" and DOC in split.document
 
 
 def test_explicit_arguments_override_everything():
-    split = split_messages([ChatMessage(role=MessageRole.USER, content=DOC)],
-                           question="When was it approved?")
+    split = split_messages(
+        [ChatMessage(role=MessageRole.USER, content=DOC)], question="When was it approved?"
+    )
     assert split.question == "When was it approved?" and split.document.strip() == DOC.strip()

@@ -18,8 +18,10 @@ FACT = "The lighthouse keeper's password is TANGERINE."
 
 
 def _docs():
-    return [Document(text=FILLER, id_="intro", metadata={"title": "Intro"}),
-            Document(text=FILLER + FACT + " " + FILLER, id_="log", metadata={"title": "Log"})]
+    return [
+        Document(text=FILLER, id_="intro", metadata={"title": "Intro"}),
+        Document(text=FILLER + FACT + " " + FILLER, id_="log", metadata={"title": "Log"}),
+    ]
 
 
 def _check_evidence(response, fake_engine):
@@ -30,8 +32,9 @@ def _check_evidence(response, fake_engine):
     assert best.node.metadata["doc_id"] == "log"
     assert "lighthouse" in best.node.get_content()
     start = best.node.metadata["char_start"]
-    assert (FILLER + FACT + " " + FILLER)[start:best.node.metadata["char_end"]] == \
-        best.node.get_content()
+    assert (FILLER + FACT + " " + FILLER)[
+        start : best.node.metadata["char_end"]
+    ] == best.node.get_content()
     assert response.metadata["usage"]["prompt_tokens"] > 0
 
 

@@ -10,9 +10,14 @@ from llama_index.core.llms import ChatMessage, MessageRole
 from qllm_integrations.llamaindex import QLLM, WholeDocumentQueryEngine
 
 PARAGRAPH = "Ships enter the harbour at dawn and leave before the evening tide turns. "
-DOCS = [Document(text=PARAGRAPH * 12, id_="one", metadata={"title": "One"}),
-        Document(text=PARAGRAPH * 9 + "The harbour code is 7731. " + PARAGRAPH * 6, id_="two",
-                 metadata={"title": "Two"})]
+DOCS = [
+    Document(text=PARAGRAPH * 12, id_="one", metadata={"title": "One"}),
+    Document(
+        text=PARAGRAPH * 9 + "The harbour code is 7731. " + PARAGRAPH * 6,
+        id_="two",
+        metadata={"title": "Two"},
+    ),
+]
 
 
 def test_llm_calls_with_the_real_engine(tiny_engine):
@@ -24,8 +29,10 @@ def test_llm_calls_with_the_real_engine(tiny_engine):
     assert usage["prompt_tokens"] > 150 and 1 <= usage["completion_tokens"] <= 4
     chunks = list(llm.stream_complete(prompt))
     assert "".join(c.delta for c in chunks) == chunks[-1].text == response.text
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content=PARAGRAPH * 10),
-                ChatMessage(role=MessageRole.USER, content="When do ships leave?")]
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content=PARAGRAPH * 10),
+        ChatMessage(role=MessageRole.USER, content="When do ships leave?"),
+    ]
     chatted = asyncio.run(llm.achat(messages))
     assert chatted.raw["stats"]["question_found"]
 
@@ -39,7 +46,9 @@ def test_query_engine_evidence_maps_to_sources(tiny_engine):
     texts = {d.id_: d.text for d in DOCS}
     for source in response.source_nodes:
         meta = source.node.metadata
-        assert texts[meta["doc_id"]][meta["char_start"]:meta["char_end"]] == \
-            source.node.get_content()
+        assert (
+            texts[meta["doc_id"]][meta["char_start"] : meta["char_end"]]
+            == source.node.get_content()
+        )
         assert 0 < source.score <= 1
     assert sum(s.score for s in response.source_nodes) <= 1 + 1e-9

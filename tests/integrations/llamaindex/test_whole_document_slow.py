@@ -9,37 +9,38 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fakes import engine_available
 from llama_index.core import SimpleDirectoryReader
 
 from qllm_integrations.llamaindex import QLLM, WholeDocumentQueryEngine
 
 logger = logging.getLogger(__name__)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not engine_available(), reason="the engine is not importable"),
-]
+pytestmark = pytest.mark.slow
 
-FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-          "There and back again. ")
+FILLER = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+)
 KEY = "71432"
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. "
-         "Find it and memorize it. ")
+INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+)
 
 
 def test_reader_to_whole_document_answer_with_evidence(tmp_path):
     (tmp_path / "a_preface.txt").write_text(INTRO + FILLER * 20)
-    log = FILLER * 60 + f"The pass key is {KEY}. Remember it. {KEY} is the pass key. " \
-        + FILLER * 60
+    log = FILLER * 60 + f"The pass key is {KEY}. Remember it. {KEY} is the pass key. " + FILLER * 60
     (tmp_path / "b_log.txt").write_text(log)
 
     llm = QLLM(max_new_tokens=12)
     engine = WholeDocumentQueryEngine.from_reader(SimpleDirectoryReader(str(tmp_path)), llm=llm)
     response = engine.query("What is the pass key?")
     stats = response.metadata["stats"]
-    logger.warning("answer %r; %d tokens read in %.1f s", response.response,
-                   stats["tokens_read"], stats["prefill_seconds"])
+    logger.warning(
+        "answer %r; %d tokens read in %.1f s",
+        response.response,
+        stats["tokens_read"],
+        stats["prefill_seconds"],
+    )
 
     assert stats["tokens_read"] > 3 * llm.engine.config.n_local
     assert KEY in response.response
@@ -47,4 +48,4 @@ def test_reader_to_whole_document_answer_with_evidence(tmp_path):
     assert evidence, [s.node.get_content()[:80] for s in response.source_nodes]
     node = evidence[0].node
     assert node.metadata["file_name"] == "b_log.txt"
-    assert log[node.metadata["char_start"]:node.metadata["char_end"]] == node.get_content()
+    assert log[node.metadata["char_start"] : node.metadata["char_end"]] == node.get_content()
