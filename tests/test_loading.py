@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import make_tiny_model
 
 from qllm_core import loading
 from qllm_core.errors import ModelLoadError
@@ -151,17 +152,9 @@ def test_embedded_tokenizer_from_gguf_then_from_cache(cache: Path) -> None:
 def _save_tiny_model(directory: Path) -> None:
     """A tiny random Llama and a word-level tokenizer, as a plain transformers directory."""
     from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    make_tiny_model("llama", vocab_size=64).save_pretrained(directory)
     vocab = {f"t{i}": i for i in range(64)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, "t0")))
     tokenizer.save_pretrained(directory)

@@ -100,17 +100,7 @@ class FakeEngine:
     direct_reply: str = "Hello! I am a small fake model."
     """What ``generate``/``stream_ids`` say."""
     model_name: str = "fake-model"
-    config: QLLMConfig = field(
-        default_factory=lambda: QLLMConfig(
-            n_init=4,
-            n_local=64,
-            block_size=16,
-            topk=2,
-            repr_topk=2,
-            exec_block_size=32,
-            max_cached_blocks=4,
-        )
-    )
+    config: QLLMConfig = TINY_ENGINE_CONFIG
     delay: float = 0.0
     """Seconds to sleep per generated piece (for async / concurrency tests)."""
     loop_gate: threading.Event | None = None
