@@ -1,35 +1,74 @@
 """Two-stage attention merged exactly: one softmax over the union of local and global keys.
 
-This is the torch reference path; it runs on CPU and GPU. Shapes use ``kv_heads`` (H),
-``group`` (G = query heads per key head), ``n`` queries, ``m`` keys and ``head_dim`` (D).
-Each stage may have several key segments (init tokens, retrieved blocks, remainder);
-they are never concatenated: every segment's logits join one shared log-sum-exp.
+This is the torch path; it runs on CPU and GPU. Shapes use ``kv_heads`` (H), ``group``
+(G = query heads per key head), ``n`` queries, ``m`` keys and ``head_dim`` (D). A key
+head's group of query heads is stacked along the query axis, so keys are never repeated.
+
+Each stage returns its output with the log-sum-exp of its logits; the two are merged
+exactly, as one softmax over the union of keys weighs them:
+``out = sum_s exp(lse_s - lse) * out_s`` with ``lse = logaddexp(lse_s)``.
+
+- Local stage: dense, because the probability each local key receives is needed anyway
+  (it feeds the representative keys). Queries go in chunks of :data:`LOCAL_CHUNK`, each
+  against only the ``window + chunk - 1`` keys its band can reach, so few masked logits
+  are computed.
+- Global stage: on the CPU, PyTorch's fused flash-attention kernel (it returns the
+  log-sum-exp); elsewhere dense, until the Triton path.
+
+Masks are never passed as tensors: a segment says which keys each query sees with one
+integer (:attr:`KeySegment.causal_offset`), and mask tensors are built once per shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+LOCAL_CHUNK = 64
+"""Queries per chunk of the local stage (when it divides the execution block)."""
+
+_MIN_EXPONENT = -80.0
+"""Exponents are clamped here: exp(-80) ~ 2e-35 is negligible next to a row's maximum, 1,
+and smaller arguments (underflow) take the exponential's slow path on the CPU."""
+
+_FLASH_CPU: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = getattr(
+    torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None
+)
+"""PyTorch's fused CPU attention returning ``(out, logsumexp)``; ``None`` if absent."""
+
 
 @dataclass(frozen=True)
 class KeySegment:
-    """Keys (rotated for their stage) and values, with an optional mask.
+    """Keys (rotated for their stage) and values of one global segment.
 
-    keys, values: (H, m, D); mask: (n, m) bool, True where a query may attend, or
-    ``None`` when every query attends every key.
+    keys, values: (H, m, D). ``causal_offset``: ``None`` when every query sees every key;
+    otherwise query ``i`` sees key ``j`` only when ``j <= i + causal_offset``.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
-    mask: torch.Tensor | None = None
+    causal_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class LocalWindow:
+    """Keys and values of the latest ``m`` positions, the last ``n`` being the queries' own.
+
+    keys, values: (H, m, D), with ``m >= n``. Query ``i`` (at key index ``i + m - n``)
+    sees the ``window`` keys up to and including its own: relative positions, causal.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    window: int
 
 
 def two_stage_attention(
     q_local: torch.Tensor,
-    local: KeySegment,
+    local: LocalWindow,
     q_global: torch.Tensor,
     global_segments: Sequence[KeySegment],
     scaling: float,
@@ -38,38 +77,192 @@ def two_stage_attention(
 
     Args:
         q_local: (H, G, n, D) queries rotated for the local stage.
-        local: the local window; every query must be allowed at least one key (itself).
+        local: the local window.
         q_global: (H, G, n, D) queries rotated for the global stage.
         global_segments: init tokens, retrieved blocks, remainder (any may be empty).
         scaling: softmax scale (usually ``D ** -0.5``).
 
     Returns:
         out: (H, G, n, D), in the dtype of the local values.
-        local_probs: (H, m_local) float32: each local key's attention probability summed
-            over the group's heads and the queries (feeds the representative keys).
+        local_probs: (H, m) float32: each local key's attention probability summed over
+            the group's heads and the queries (feeds the representative keys).
     """
     kv_heads, group, n, dim = q_local.shape
-    segments = [seg for seg in global_segments if seg.keys.shape[1]]
-    # Each stage's logits are computed with its own queries; laid side by side they form
-    # the logits over the union of keys, so one softmax merges the stages exactly.
-    logits = torch.cat(
-        [_logits(q_local * scaling, local, group)]
-        + [_logits(q_global * scaling, seg, group) for seg in segments],
-        dim=-1,
+    band = _Band.of(local, n)
+    probs, row_max = _unnormalized_probs(
+        band.chunk_queries(q_local.float() * scaling),
+        band.chunk_keys(local.keys.float()),
+        _band_keep(band.chunk, band.width, local.window, group, str(q_local.device)),
     )
-    probs = logits.softmax(dim=-1)  # (H, G*n, m_local + m_global)
-    values = torch.cat([local.values] + [seg.values for seg in segments], dim=1)
-    out = (probs @ values.float()).view(kv_heads, group, n, dim)
-    local_probs = probs[..., : local.keys.shape[1]].sum(dim=1)
-    return out.to(local.values.dtype), local_probs
+    out = band.unchunk(torch.bmm(probs, band.chunk_keys(local.values.float())))
+    lse = band.unchunk(probs.sum(dim=-1).log_() + row_max)
+    row_max = band.unchunk(row_max)
+    segments = [seg for seg in global_segments if seg.keys.shape[1]]
+    if segments:
+        keys, values, keep = _concat(segments, n, group)
+        q = q_global.reshape(kv_heads, group * n, dim)
+        out_g, lse_g = _global_stage(q, keys, values, keep, scaling)
+        merged = torch.logaddexp(lse, lse_g)
+        out_g *= (lse_g - merged).exp_()[..., None]
+        lse = merged
+    # probs hold exp(logit - row_max); under the merged softmax each is exp(logit - lse).
+    weight = (row_max - lse).exp_()
+    out *= weight[..., None]
+    if segments:
+        out += out_g
+    weight = band.chunk_queries(weight.view(kv_heads, group, n, 1))
+    local_probs = band.key_sums(torch.bmm(weight.mT, probs))
+    return out.view(kv_heads, group, n, dim).to(local.values.dtype), local_probs
 
 
-def _logits(q: torch.Tensor, seg: KeySegment, group: int) -> torch.Tensor:
-    """(H, G, n, D) x (H, m, D) -> (H, G*n, m) float32, masked keys at -inf (one pass)."""
-    q = q.flatten(1, 2).float()
-    keys = seg.keys.float().transpose(1, 2)
-    if seg.mask is None:
-        return q @ keys
-    bias = torch.zeros(seg.mask.shape, dtype=torch.float32, device=q.device)
-    bias.masked_fill_(~seg.mask, float("-inf"))
-    return torch.baddbmm(bias.repeat(group, 1), q, keys)
+@dataclass(frozen=True)
+class _Band:
+    """How the local stage splits ``n`` queries into chunks over a window of ``m`` keys.
+
+    Chunk ``t`` holds queries ``[t * chunk, (t + 1) * chunk)`` and the ``width`` keys from
+    key index ``t * chunk``: with ``m = window + n - 1`` these are exactly the keys its
+    band reaches. Otherwise (the first blocks of an input, decoding) one chunk holds all.
+    """
+
+    n: int
+    m: int
+    chunk: int
+    width: int
+
+    @classmethod
+    def of(cls, local: LocalWindow, n: int) -> _Band:
+        m = local.keys.shape[1]
+        if n % LOCAL_CHUNK == 0 and n > LOCAL_CHUNK and m == local.window + n - 1:
+            return cls(n, m, LOCAL_CHUNK, local.window + LOCAL_CHUNK - 1)
+        return cls(n, m, n, m)
+
+    @property
+    def chunks(self) -> int:
+        return self.n // self.chunk
+
+    def chunk_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, G, n, E) -> (H * chunks, G * chunk, E)."""
+        heads, group, n, e = x.shape
+        x = x.view(heads, group, self.chunks, self.chunk, e).transpose(1, 2)
+        return x.reshape(heads * self.chunks, group * self.chunk, e)
+
+    def chunk_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, m, D) -> (H * chunks, width, D): each chunk's overlapping span of keys."""
+        heads, m, dim = x.shape
+        if self.chunks == 1:
+            return x
+        x = x.contiguous()
+        spans = x.as_strided(
+            (heads, self.chunks, self.width, dim),
+            (m * dim, self.chunk * dim, dim, 1),
+        )
+        return spans.reshape(heads * self.chunks, self.width, dim)
+
+    def unchunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(H * chunks, G * chunk, ...) -> (H, G * n, ...), the inverse of chunk_queries."""
+        rest = x.shape[2:]
+        group = x.shape[1] // self.chunk
+        x = x.view(-1, self.chunks, group, self.chunk, *rest).transpose(1, 2)
+        return x.reshape(x.shape[0], group * self.n, *rest)
+
+    def key_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-chunk sums over keys (H * chunks, 1, width) -> (H, m), overlaps added."""
+        x = x.view(-1, self.chunks, self.width)
+        if self.chunks == 1:
+            return x[:, 0]
+        total = x.new_zeros(x.shape[0], self.m)
+        for t in range(self.chunks):
+            total[:, t * self.chunk : t * self.chunk + self.width] += x[:, t]
+        return total
+
+
+def _unnormalized_probs(
+    q: torch.Tensor, keys: torch.Tensor, keep: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(logits - row max), zero where masked: (B, Q, m), and the row max (B, Q).
+
+    q: (B, Q, D) scaled queries; keys: (B, m, D); keep: (Q, m) float 1/0 mask or ``None``.
+    Every row must allow at least one key.
+    """
+    transposed = keys.transpose(1, 2)
+    if keep is None:
+        logits = torch.bmm(q, transposed)
+    else:
+        logits = torch.baddbmm(_bias(keep, torch.float32), q, transposed)
+    row_max = logits.amax(dim=-1)
+    probs = logits.sub_(row_max[..., None]).clamp_(min=_MIN_EXPONENT).exp_()
+    if keep is not None:
+        probs.mul_(keep)
+    return probs, row_max
+
+
+def _global_stage(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    keep: torch.Tensor | None,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, Q, D) queries over (H, m, D) keys -> out (H, Q, D), log-sum-exp (H, Q), float32.
+
+    The arithmetic is float32 whatever the model's dtype, as in the local stage.
+    A query that sees no key gets a log-sum-exp at about the dtype's minimum, so the
+    merge gives this stage no weight for it.
+    """
+    if _FLASH_CPU is not None and q.device.type == "cpu":
+        bias = None if keep is None else _bias(keep, torch.float32)
+        out, lse = _FLASH_CPU(
+            q.float()[:, None],
+            keys.float()[:, None],
+            values.float()[:, None],
+            attn_mask=bias,
+            scale=scaling,
+        )
+        return out[:, 0], lse[:, 0]
+    probs, row_max = _unnormalized_probs(q.float() * scaling, keys.float(), keep)
+    total = probs.sum(dim=-1)
+    lse = torch.where(total > 0, total.log() + row_max, torch.finfo(torch.float32).min)
+    return torch.bmm(probs, values.float()) / total.clamp(min=1e-30)[..., None], lse
+
+
+def _concat(
+    segments: Sequence[KeySegment], n: int, group: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keys, values and keep mask (G*n, m) of ``segments`` side by side."""
+    keys = torch.cat([seg.keys for seg in segments], dim=1)
+    values = torch.cat([seg.values for seg in segments], dim=1)
+    layout = tuple((seg.keys.shape[1], seg.causal_offset) for seg in segments)
+    if all(offset is None for _, offset in layout):
+        return keys, values, None
+    return keys, values, _segments_keep(layout, n, group, str(keys.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _band_keep(n: int, m: int, window: int, group: int, device: str) -> torch.Tensor:
+    """Keep mask (G*n, m) of a local band: query i (key index i + m - n) sees its window."""
+    own = torch.arange(n, device=device)[:, None] + (m - n)
+    cols = torch.arange(m, device=device)[None]
+    keep = (cols <= own) & (cols > own - window)
+    return keep.to(torch.float32).repeat(group, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _segments_keep(
+    layout: tuple[tuple[int, int | None], ...], n: int, group: int, device: str
+) -> torch.Tensor:
+    """Keep mask (G*n, m) of segments given as ``(size, causal_offset)``."""
+    rows = torch.arange(n, device=device)[:, None]
+    parts = []
+    for size, offset in layout:
+        cols = torch.arange(size, device=device)[None]
+        parts.append(cols <= rows + (size if offset is None else offset))
+    return torch.cat(parts, dim=1).to(torch.float32).repeat(group, 1)
+
+
+def _bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask in ``dtype``: 0 where ``keep`` is 1, the dtype's minimum where it is 0.
+
+    A finite minimum (not -inf) keeps fully masked rows finite and the kernels on their
+    fast path.
+    """
+    return (1.0 - keep).mul_(torch.finfo(dtype).min).to(dtype)

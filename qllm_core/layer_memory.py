@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import KeySegment, two_stage_attention
+from .attention import KeySegment, LocalWindow, two_stage_attention
 from .config import QLLMConfig
 from .memory import BlockStore
 from .retrieval import current_vector, question_vector, representative_key, select_blocks
@@ -112,30 +112,28 @@ class LayerMemory:
         self._evict(upto=start - n_local + 1)
         recent.append(k, v)
         q = q.view(kv_heads, heads // kv_heads, n, dim)
-        q_pos = torch.arange(start, start + n, device=q.device)
-        k_pos = torch.arange(recent.start, recent.end, device=q.device)
 
         cos, sin = self.rope.at(slice(start - recent.base, start - recent.base + n))
         q_local = rotate(q, cos, sin)
-        local_mask = (k_pos[None] <= q_pos[:, None]) & (k_pos[None] > q_pos[:, None] - n_local)
-        local = KeySegment(recent.keys_local, recent.values, local_mask)
+        # keys the local stage can reach: the window before the block, and the block itself
+        first = max(start - n_local + 1, recent.start) - recent.start
+        local = LocalWindow(recent.keys_local[:, first:], recent.values[:, first:], n_local)
 
         q_global = rotate(q, *self.rope.at(n_local - 1))
         out, local_probs = two_stage_attention(
-            q_local, local, q_global, self._global_segments(q_global, q_pos, k_pos), scaling
+            q_local, local, q_global, self._global_segments(q_global, start, n), scaling
         )
-        recent.scores.add_(local_probs)
+        recent.scores[:, first:].add_(local_probs)
         self._track_question(q_global, start, n)
         self.position += n
         return out.reshape(heads, n, dim)
 
-    def _global_segments(
-        self, q_global: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
-    ) -> list[KeySegment]:
+    def _global_segments(self, q_global: torch.Tensor, start: int, n: int) -> list[KeySegment]:
         """Init tokens, retrieved blocks and remainder tokens (masked) for the global stage."""
         segments = [KeySegment(self.init_k, self.init_v)]
         if not self._keep_blocks:
             return segments
+        last = start + n - 1
         if len(self.store):
             ids = select_blocks(
                 self.store.representatives,
@@ -145,14 +143,15 @@ class LayerMemory:
                 self.config.topk,
             )
             segments.append(KeySegment(*self.store.fetch(ids)))
-            if int(q_pos[-1]) >= self.plan.record_from:
+            if last >= self.plan.record_from:
                 self.counts.update(ids)
-        last_global = int(q_pos[-1]) - self.config.n_local  # newest key any query sees globally
-        n_remainder = max(0, min(last_global + 1, self.recent.end) - self.recent.start)
+        # remainder: recent tokens at positions <= query - n_local (global for that query)
+        recent, n_local = self.recent, self.config.n_local
+        n_remainder = max(0, min(last - n_local + 1, recent.end) - recent.start)
         if n_remainder:
-            mask = k_pos[None, :n_remainder] <= q_pos[:, None] - self.config.n_local
-            keys = self.rope.rotate_at_zero(self.recent.keys[:, :n_remainder])
-            segments.append(KeySegment(keys, self.recent.values[:, :n_remainder], mask))
+            keys = self.rope.rotate_at_zero(recent.keys[:, :n_remainder])
+            offset = start - n_local - recent.start  # query i sees key j iff j <= i + offset
+            segments.append(KeySegment(keys, recent.values[:, :n_remainder], offset))
         return segments
 
     def _evict(self, upto: int) -> None:
