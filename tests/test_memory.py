@@ -69,3 +69,17 @@ def test_host_copies_in_lower_precision():
     assert store.host_bytes() == 2 * 2 * (2 * 3 * 4) * 2  # blocks x (k, v) x elements x 2 B
     keys, _ = store.fetch([1])
     assert keys.dtype == torch.float32  # computed in the model's dtype
+
+
+def test_blocks_span_host_pages(monkeypatch):
+    from qllm_core import memory
+
+    block_bytes = 2 * 3 * 4 * 4  # heads x block_size x head_dim x float32
+    monkeypatch.setattr(memory, "PAGE_BYTES", 2 * block_bytes)  # two blocks per page
+    store = _store(max_cached_blocks=5)
+    blocks = _fill(store, 5)
+    assert len(store._host_keys) == 3
+    keys, values = store.fetch([0, 2, 4, 3, 1])
+    torch.testing.assert_close(keys, torch.cat([blocks[i] for i in (0, 2, 4, 3, 1)], dim=1))
+    torch.testing.assert_close(values, -keys)
+    assert store.host_bytes() == 5 * 2 * block_bytes
