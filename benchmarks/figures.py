@@ -68,9 +68,22 @@ def speed_memory_plot(points: list[Point], modes: Sequence[str], path: Path, tit
         )
         if not mine:
             continue
-        lengths = [p.length for p in mine]
-        speed_ax.plot(lengths, [p.tokens_per_second for p in mine], marker="o", label=mode)
-        memory_ax.plot(lengths, [p.growth_mib for p in mine], marker="o", label=mode)
+        line = speed_ax.plot(
+            [p.length for p in mine], [p.tokens_per_second for p in mine], marker="o", label=mode
+        )[0]
+        exact = [p for p in mine if p.exact]
+        memory_ax.plot(
+            [p.length for p in exact], [p.growth_mib for p in exact], marker="o", label=mode
+        )
+        bounds = [p for p in mine if not p.exact]  # the peak was set while loading
+        memory_ax.scatter(
+            [p.length for p in bounds],
+            [p.growth_mib for p in bounds],
+            facecolors="none",
+            edgecolors=line.get_color(),
+        )
+    if any(not p.exact for p in points if p.status == "ok"):
+        memory_ax.set_title("hollow: upper bound (peak set while loading)", fontsize=8)
     all_lengths = sorted({p.length for p in points})
     for ax, label in ((speed_ax, "prefill tokens/s"), (memory_ax, "peak memory growth (MiB)")):
         ax.set_xscale("log", base=2)
