@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -92,16 +93,16 @@ def two_stage_attention(
     probs, row_max = _unnormalized_probs(
         band.chunk_queries(q_local.float() * scaling),
         band.chunk_keys(local.keys.float()),
-        _band_keep(band.chunk, band.width, local.window, group, str(q_local.device)),
+        _band_mask(band.chunk, band.width, local.window, group, str(q_local.device)),
     )
     out = band.unchunk(torch.bmm(probs, band.chunk_keys(local.values.float())))
     lse = band.unchunk(probs.sum(dim=-1).log_() + row_max)
     row_max = band.unchunk(row_max)
     segments = [seg for seg in global_segments if seg.keys.shape[1]]
     if segments:
-        keys, values, keep = _concat(segments, n, group)
+        keys, values, mask = _concat(segments, n, group)
         q = q_global.reshape(kv_heads, group * n, dim)
-        out_g, lse_g = _global_stage(q, keys, values, keep, scaling)
+        out_g, lse_g = _global_stage(q, keys, values, mask, scaling)
         merged = torch.logaddexp(lse, lse_g)
         out_g *= (lse_g - merged).exp_()[..., None]
         lse = merged
@@ -177,22 +178,22 @@ class _Band:
 
 
 def _unnormalized_probs(
-    q: torch.Tensor, keys: torch.Tensor, keep: torch.Tensor | None
+    q: torch.Tensor, keys: torch.Tensor, mask: _Mask | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """exp(logits - row max), zero where masked: (B, Q, m), and the row max (B, Q).
 
-    q: (B, Q, D) scaled queries; keys: (B, m, D); keep: (Q, m) float 1/0 mask or ``None``.
+    q: (B, Q, D) scaled queries; keys: (B, m, D); mask: over (Q, m), or ``None``.
     Every row must allow at least one key.
     """
     transposed = keys.transpose(1, 2)
-    if keep is None:
+    if mask is None:
         logits = torch.bmm(q, transposed)
     else:
-        logits = torch.baddbmm(_bias(keep, torch.float32), q, transposed)
+        logits = torch.baddbmm(mask.bias, q, transposed)
     row_max = logits.amax(dim=-1)
     probs = logits.sub_(row_max[..., None]).clamp_(min=_MIN_EXPONENT).exp_()
-    if keep is not None:
-        probs.mul_(keep)
+    if mask is not None:
+        probs.mul_(mask.keep)
     return probs, row_max
 
 
@@ -200,7 +201,7 @@ def _global_stage(
     q: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
-    keep: torch.Tensor | None,
+    mask: _Mask | None,
     scaling: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(H, Q, D) queries over (H, m, D) keys -> out (H, Q, D), log-sum-exp (H, Q), float32.
@@ -210,16 +211,15 @@ def _global_stage(
     merge gives this stage no weight for it.
     """
     if _FLASH_CPU is not None and q.device.type == "cpu":
-        bias = None if keep is None else _bias(keep, torch.float32)
         out, lse = _FLASH_CPU(
             q.float()[:, None],
             keys.float()[:, None],
             values.float()[:, None],
-            attn_mask=bias,
+            attn_mask=None if mask is None else mask.bias,
             scale=scaling,
         )
         return out[:, 0], lse[:, 0]
-    probs, row_max = _unnormalized_probs(q.float() * scaling, keys.float(), keep)
+    probs, row_max = _unnormalized_probs(q.float() * scaling, keys.float(), mask)
     total = probs.sum(dim=-1)
     lse = torch.where(total > 0, total.log() + row_max, torch.finfo(torch.float32).min)
     return torch.bmm(probs, values.float()) / total.clamp(min=1e-30)[..., None], lse
@@ -227,42 +227,50 @@ def _global_stage(
 
 def _concat(
     segments: Sequence[KeySegment], n: int, group: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Keys, values and keep mask (G*n, m) of ``segments`` side by side."""
+) -> tuple[torch.Tensor, torch.Tensor, _Mask | None]:
+    """Keys, values and mask (G*n, m) of ``segments`` side by side."""
     keys = torch.cat([seg.keys for seg in segments], dim=1)
     values = torch.cat([seg.values for seg in segments], dim=1)
     layout = tuple((seg.keys.shape[1], seg.causal_offset) for seg in segments)
     if all(offset is None for _, offset in layout):
         return keys, values, None
-    return keys, values, _segments_keep(layout, n, group, str(keys.device))
+    return keys, values, _segments_mask(layout, n, group, str(keys.device))
+
+
+class _Mask(NamedTuple):
+    """Which keys each query sees, in the two forms the kernels take; built once per shape.
+
+    keep: (Q, m) float32, 1 where seen and 0 where masked. bias: (Q, m) float32, additive:
+    0 where seen, the dtype's minimum where masked. A finite minimum (not -inf) keeps fully
+    masked rows finite and the kernels on their fast path.
+    """
+
+    keep: torch.Tensor
+    bias: torch.Tensor
+
+    @classmethod
+    def of(cls, keep: torch.Tensor) -> _Mask:
+        keep = keep.to(torch.float32)
+        return cls(keep, (1.0 - keep).mul_(torch.finfo(torch.float32).min))
 
 
 @functools.lru_cache(maxsize=64)
-def _band_keep(n: int, m: int, window: int, group: int, device: str) -> torch.Tensor:
-    """Keep mask (G*n, m) of a local band: query i (key index i + m - n) sees its window."""
+def _band_mask(n: int, m: int, window: int, group: int, device: str) -> _Mask:
+    """Mask (G*n, m) of a local band: query i (key index i + m - n) sees its window."""
     own = torch.arange(n, device=device)[:, None] + (m - n)
     cols = torch.arange(m, device=device)[None]
     keep = (cols <= own) & (cols > own - window)
-    return keep.to(torch.float32).repeat(group, 1)
+    return _Mask.of(keep.repeat(group, 1))
 
 
 @functools.lru_cache(maxsize=64)
-def _segments_keep(
+def _segments_mask(
     layout: tuple[tuple[int, int | None], ...], n: int, group: int, device: str
-) -> torch.Tensor:
-    """Keep mask (G*n, m) of segments given as ``(size, causal_offset)``."""
+) -> _Mask:
+    """Mask (G*n, m) of segments given as ``(size, causal_offset)``."""
     rows = torch.arange(n, device=device)[:, None]
     parts = []
     for size, offset in layout:
         cols = torch.arange(size, device=device)[None]
         parts.append(cols <= rows + (size if offset is None else offset))
-    return torch.cat(parts, dim=1).to(torch.float32).repeat(group, 1)
-
-
-def _bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask in ``dtype``: 0 where ``keep`` is 1, the dtype's minimum where it is 0.
-
-    A finite minimum (not -inf) keeps fully masked rows finite and the kernels on their
-    fast path.
-    """
-    return (1.0 - keep).mul_(torch.finfo(dtype).min).to(dtype)
+    return _Mask.of(torch.cat(parts, dim=1).repeat(group, 1))

@@ -17,6 +17,7 @@ from .config import QLLMConfig
 from .documents import check_text
 from .errors import InputTooLongError
 from .forward import Forward, NativeForward, QLLMForward
+from .host_allocator import tune_host_allocator
 from .layer_memory import RequestMemory, RequestPlan
 from .patching import AttachedModel
 from .progress import prefill_progress
@@ -72,6 +73,8 @@ class QLLMEngine:
         self._lock = threading.Lock()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if self.device.type == "cpu":
+            tune_host_allocator()
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
         self._eos = _eos_ids(model, tokenizer)
 
