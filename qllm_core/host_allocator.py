@@ -4,8 +4,9 @@ A prefill chunk allocates and frees tensors of several MiB in every layer (activ
 attention scores). With glibc's default, dynamic thresholds, many of them are mapped with
 ``mmap`` or trimmed off the heap when freed, so the next layer faults the same memory in
 again and the kernel zeroes it: measured on a 2-core CPU at 8K tokens with the embedded
-model, 1.7-2.1 million page faults and 6-7 s of system time, against 0.3 million and
-1.5 s with the thresholds fixed; reading went from about 235 to about 315 tokens/s.
+model, 1.7-2.2 million page faults and 6-9 s of system time, against 0.3 million and
+1.4-1.7 s with the thresholds fixed; reading went from 219-314 tokens/s (ten runs) to
+287-334 (six runs).
 
 :func:`tune_host_allocator` fixes both thresholds, process-wide: allocations up to
 :data:`MMAP_THRESHOLD` come from the heap, and the heap keeps up to
