@@ -37,6 +37,11 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, whose allocator the tuning sets."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 @functools.cache
 def tune_host_allocator() -> bool:
     """Fix glibc's mmap and trim thresholds for this process; ``True`` if they were set.
@@ -47,7 +52,7 @@ def tune_host_allocator() -> bool:
     """
     if os.environ.get(ENV_VAR, "1").strip() == "0":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)

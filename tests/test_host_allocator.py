@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 
-from qllm_core.host_allocator import ENV_VAR
+from qllm_core.host_allocator import ENV_VAR, on_glibc
 
-glibc_only = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-    reason="the tuning applies to glibc's allocator only",
-)
+glibc_only = pytest.mark.skipif(not on_glibc(), reason="the tuning applies to glibc only")
 
 # Twelve 8 MiB tensors live at once, freed together, ten times: the pattern of a prefill
 # layer's temporaries. Measured first with glibc's initial mmap threshold pinned (128 KiB;
@@ -24,7 +20,7 @@ glibc_only = pytest.mark.skipif(
 # and the page faults of one round before and after it.
 _CHURN = """
 import ctypes, resource, torch
-from qllm_core.host_allocator import tune_host_allocator
+from qllm_core.host_allocator import _M_MMAP_THRESHOLD, tune_host_allocator
 def churn():
     for _ in range(10):
         parts = [torch.empty(2 * 2**20).fill_(1.0) for _ in range(12)]
@@ -33,7 +29,7 @@ def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     churn()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-ctypes.CDLL(None).mallopt(-3, 128 * 1024)
+ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 untuned = faults()
 tuned = tune_host_allocator()
 churn()  # lets the heap grow once
