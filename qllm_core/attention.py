@@ -149,13 +149,13 @@ class _Band:
 
     def chunk_keys(self, x: torch.Tensor) -> torch.Tensor:
         """(H, m, D) -> (H * chunks, width, D): each chunk's overlapping span of keys."""
-        heads, m, dim = x.shape
+        heads, _, dim = x.shape
         if self.chunks == 1:
             return x
-        x = x.contiguous()
-        spans = x.as_strided(
+        head_stride, key_stride, dim_stride = x.stride()
+        spans = x.as_strided(  # a view of x's own storage; the reshape copies it once
             (heads, self.chunks, self.width, dim),
-            (m * dim, self.chunk * dim, dim, 1),
+            (head_stride, self.chunk * key_stride, key_stride, dim_stride),
         )
         return spans.reshape(heads * self.chunks, self.width, dim)
 

@@ -26,7 +26,7 @@ import torch
 from .attention import KeySegment, LocalWindow, two_stage_attention
 from .config import QLLMConfig
 from .memory import BlockStore
-from .retrieval import current_vector, question_vector, representative_key, select_blocks
+from .retrieval import current_vector, question_vector, representative_keys, select_blocks
 from .rope import RotaryTable, rotate
 from .window import RecentTokens
 
@@ -142,7 +142,7 @@ class LayerMemory:
                 self.config.effective_question_weight,
                 self.config.topk,
             )
-            segments.append(KeySegment(*self.store.fetch(ids)))
+            segments.extend(KeySegment(k, v) for k, v in self.store.fetch(ids))
             if last >= self.plan.record_from:
                 self.counts.update(ids)
         # remainder: recent tokens at positions <= query - n_local (global for that query)
@@ -166,11 +166,12 @@ class LayerMemory:
                 self.init_v = torch.cat([self.init_v, recent.values[:, :count]], dim=1)
             elif not self._keep_blocks:
                 count = upto - r0
-            elif r0 + cfg.block_size <= upto:
-                count = cfg.block_size
+            elif r0 + cfg.block_size <= upto:  # every whole block that left, at once
+                count = (upto - r0) // cfg.block_size * cfg.block_size
                 keys = self.rope.rotate_at_zero(recent.keys[:, :count])
-                representative = representative_key(keys, recent.scores[:, :count], cfg.repr_topk)
-                self.store.append(keys, recent.values[:, :count], representative)
+                scores = recent.scores[:, :count]
+                representatives = representative_keys(keys, scores, cfg.block_size, cfg.repr_topk)
+                self.store.append(keys, recent.values[:, :count], representatives)
             else:
                 return
             recent.drop(count)

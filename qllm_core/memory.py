@@ -76,24 +76,34 @@ class BlockStore:
         """Representative keys of all blocks: (num_blocks, num_kv_heads, head_dim)."""
         return self._reprs[: len(self)]
 
-    def append(self, keys: torch.Tensor, values: torch.Tensor, representative: torch.Tensor) -> int:
-        """Store a block and return its id.
+    def append(
+        self, keys: torch.Tensor, values: torch.Tensor, representatives: torch.Tensor
+    ) -> range:
+        """Store consecutive blocks and return their ids.
 
-        keys, values: (num_kv_heads, block_size, head_dim);
-        representative: (num_kv_heads, head_dim).
+        keys, values: (num_kv_heads, n * block_size, head_dim), ``n >= 1`` blocks side by side;
+        representatives: (n, num_kv_heads, head_dim).
         """
-        block_id = self._count
-        page, row = divmod(block_id, self._page_blocks)
-        if page == len(self._host_keys):
-            self._host_keys.append(self._new_page())
-            self._host_values.append(self._new_page())
-        self._host_keys[page][row].copy_(keys)
-        self._host_values[page][row].copy_(values)
-        self._count += 1
-        if block_id == self._reprs.shape[0]:
+        blocks = representatives.shape[0]
+        assert keys.shape[1] == blocks * self.block_size, "keys must hold whole blocks"
+        keys = keys.unflatten(1, (blocks, self.block_size)).transpose(0, 1)
+        values = values.unflatten(1, (blocks, self.block_size)).transpose(0, 1)
+        first = self._count
+        done = 0
+        while done < blocks:  # one copy per host page the blocks land on
+            page, row = divmod(first + done, self._page_blocks)
+            if page == len(self._host_keys):
+                self._host_keys.append(self._new_page())
+                self._host_values.append(self._new_page())
+            take = min(blocks - done, self._page_blocks - row)
+            self._host_keys[page][row : row + take].copy_(keys[done : done + take])
+            self._host_values[page][row : row + take].copy_(values[done : done + take])
+            done += take
+        self._count += blocks
+        while self._count > self._reprs.shape[0]:
             self._reprs = torch.cat([self._reprs, torch.empty_like(self._reprs)])
-        self._reprs[block_id] = representative
-        return block_id
+        self._reprs[first : self._count] = representatives
+        return range(first, self._count)
 
     def _new_page(self) -> torch.Tensor:
         return torch.empty(self._page_shape, dtype=self._offload_dtype, pin_memory=self._pin)
@@ -102,14 +112,15 @@ class BlockStore:
         page, row = divmod(block_id, self._page_blocks)
         return self._host_keys[page][row], self._host_values[page][row]
 
-    def fetch(self, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def fetch(self, block_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys and values of ``block_ids`` in order, resident on the device.
 
-        Returns two tensors of shape (num_kv_heads, len(block_ids) * block_size, head_dim).
+        Returns one ``(keys, values)`` pair per block, each (num_kv_heads, block_size,
+        head_dim): views of the device cache, valid until the next ``fetch``.
         """
         assert len(block_ids) <= self._slot_keys.shape[0], "more blocks than device slots"
         wanted = set(block_ids)
-        slots = []
+        blocks = []
         for block_id in block_ids:
             slot = self._slots.get(block_id)
             if slot is None:
@@ -122,9 +133,8 @@ class BlockStore:
             else:
                 self.hits += 1
                 self._slots.move_to_end(block_id)
-            slots.append(slot)
-        index = torch.tensor(slots, device=self._device)
-        return _flatten_blocks(self._slot_keys[index]), _flatten_blocks(self._slot_values[index])
+            blocks.append((self._slot_keys[slot], self._slot_values[slot]))
+        return blocks
 
     def _free_slot(self, keep: set[int]) -> int:
         if len(self._slots) < self._slot_keys.shape[0]:
@@ -143,9 +153,3 @@ class BlockStore:
         """Bytes of host memory that the blocks' keys and values occupy."""
         page = self._host_keys[0] if self._host_keys else None
         return 0 if page is None else 2 * self._count * page[0].numel() * page.element_size()
-
-
-def _flatten_blocks(x: torch.Tensor) -> torch.Tensor:
-    """(n, heads, block_size, dim) -> (heads, n * block_size, dim)."""
-    n, heads, block, dim = x.shape
-    return x.permute(1, 0, 2, 3).reshape(heads, n * block, dim)

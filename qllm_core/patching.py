@@ -40,8 +40,8 @@ class SwitchableRotary(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``(batch, seq, rot_dim)``, like the wrapped module."""
         cos, sin = self.rotary(x, position_ids, *args, **kwargs)
-        if self.identity:
-            return torch.ones_like(cos), torch.zeros_like(sin)
+        if self.identity:  # broadcast constants: no cos/sin tensors to read in every layer
+            return cos.new_ones(()).expand_as(cos), sin.new_zeros(()).expand_as(sin)
         return cos, sin
 
 

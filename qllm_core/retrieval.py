@@ -5,15 +5,18 @@ from __future__ import annotations
 import torch
 
 
-def representative_key(keys: torch.Tensor, scores: torch.Tensor, repr_topk: int) -> torch.Tensor:
-    """Per head, the mean key of the ``repr_topk`` tokens that received the most attention.
+def representative_keys(
+    keys: torch.Tensor, scores: torch.Tensor, block_size: int, repr_topk: int
+) -> torch.Tensor:
+    """Per block and head, the mean key of the ``repr_topk`` most attended tokens.
 
-    keys: (H, block_size, D); scores: (H, block_size) accumulated local attention.
-    Returns (H, D).
+    keys: (H, n * block_size, D), ``n`` consecutive blocks; scores: (H, n * block_size)
+    accumulated local attention. Returns (n, H, D).
     """
-    top = scores.topk(min(repr_topk, scores.shape[-1]), dim=-1).indices
-    chosen = keys.gather(1, top[..., None].expand(-1, -1, keys.shape[-1]))
-    return chosen.mean(dim=1)
+    keys = keys.unflatten(1, (-1, block_size))
+    top = scores.unflatten(1, (-1, block_size)).topk(min(repr_topk, block_size), dim=-1).indices
+    chosen = keys.gather(2, top[..., None].expand(-1, -1, -1, keys.shape[-1]))
+    return chosen.mean(dim=2).transpose(0, 1)
 
 
 def question_vector(queries: torch.Tensor, scores: torch.Tensor, repr_topk: int) -> torch.Tensor:

@@ -24,14 +24,20 @@ def _fill(store: BlockStore, count: int) -> list[torch.Tensor]:
     for i in range(count):
         keys = torch.full((2, 3, 4), float(i))
         blocks.append(keys)
-        assert store.append(keys, -keys, keys[:, 0]) == i
+        assert store.append(keys, -keys, keys[None, :, 0]) == range(i, i + 1)
     return blocks
 
 
-def test_fetch_returns_blocks_in_order_flattened():
+def _fetch(store: BlockStore, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fetched blocks side by side: (heads, len(block_ids) * block_size, head_dim) each."""
+    blocks = store.fetch(block_ids)
+    return torch.cat([k for k, _ in blocks], dim=1), torch.cat([v for _, v in blocks], dim=1)
+
+
+def test_fetch_returns_blocks_in_order():
     store = _store()
     blocks = _fill(store, 5)
-    keys, values = store.fetch([4, 1])
+    keys, values = _fetch(store, [4, 1])
     assert keys.shape == (2, 6, 4)
     torch.testing.assert_close(keys, torch.cat([blocks[4], blocks[1]], dim=1))
     torch.testing.assert_close(values, -keys)
@@ -51,7 +57,7 @@ def test_device_cache_is_bounded_and_evicts_least_recently_used():
     for start in range(0, 40, 3):  # the device set never grows past max_cached_blocks
         store.fetch(list(range(start, min(start + 3, 40))))
         assert len(store.resident_block_ids) <= 3
-    keys, _ = store.fetch([39, 7])
+    keys, _ = _fetch(store, [39, 7])
     assert keys[0, 0, 0] == 39 and keys[0, 3, 0] == 7
 
 
@@ -59,7 +65,7 @@ def test_blocks_requested_together_are_never_evicted_by_each_other():
     store = _store(max_cached_blocks=2)
     _fill(store, 4)
     store.fetch([0, 1])
-    keys, _ = store.fetch([2, 3])
+    keys, _ = _fetch(store, [2, 3])
     assert keys[0, :, 0].tolist() == [2, 2, 2, 3, 3, 3]
 
 
@@ -67,7 +73,7 @@ def test_host_copies_in_lower_precision():
     store = _store(offload_dtype=torch.bfloat16)
     _fill(store, 2)
     assert store.host_bytes() == 2 * 2 * (2 * 3 * 4) * 2  # blocks x (k, v) x elements x 2 B
-    keys, _ = store.fetch([1])
+    keys, _ = _fetch(store, [1])
     assert keys.dtype == torch.float32  # computed in the model's dtype
 
 
@@ -79,7 +85,24 @@ def test_blocks_span_host_pages(monkeypatch):
     store = _store(max_cached_blocks=5)
     blocks = _fill(store, 5)
     assert len(store._host_keys) == 3
-    keys, values = store.fetch([0, 2, 4, 3, 1])
+    keys, values = _fetch(store, [0, 2, 4, 3, 1])
     torch.testing.assert_close(keys, torch.cat([blocks[i] for i in (0, 2, 4, 3, 1)], dim=1))
     torch.testing.assert_close(values, -keys)
     assert store.host_bytes() == 5 * 2 * block_bytes
+
+
+def test_blocks_appended_together_equal_blocks_appended_one_by_one(monkeypatch):
+    from qllm_core import memory
+
+    monkeypatch.setattr(memory, "PAGE_BYTES", 2 * (2 * 3 * 4 * 4))  # two blocks per page
+    single, together = _store(max_cached_blocks=5), _store(max_cached_blocks=5)
+    blocks = _fill(single, 5)
+    keys = torch.cat(blocks[:2], dim=1)
+    reprs = torch.stack([b[:, 0] for b in blocks])
+    assert together.append(keys, -keys, reprs[:2]) == range(0, 2)
+    keys = torch.cat(blocks[2:], dim=1)  # three blocks: across a page boundary
+    assert together.append(keys, -keys, reprs[2:]) == range(2, 5)
+    order = [4, 0, 3, 1, 2]
+    for a, b in zip(_fetch(single, order), _fetch(together, order), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(together.representatives, single.representatives)

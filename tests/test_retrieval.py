@@ -9,7 +9,7 @@ from torch import nn
 
 from qllm_core import QLLMConfig
 from qllm_core.layer_memory import LayerMemory, RequestPlan
-from qllm_core.retrieval import question_vector, representative_key, select_blocks
+from qllm_core.retrieval import question_vector, representative_keys, select_blocks
 from qllm_core.rope import RotaryTable
 
 DIM = 16
@@ -23,14 +23,19 @@ class _IdentityRotary(nn.Module):
         return torch.ones(shape, dtype=x.dtype), torch.zeros(shape, dtype=x.dtype)
 
 
-def test_representative_key_averages_the_most_attended_tokens():
-    keys = torch.randn(2, 8, 4)
+def test_representative_keys_average_the_most_attended_tokens_of_each_block():
+    keys = torch.randn(2, 8, 4)  # two heads, two blocks of four tokens
     scores = torch.zeros(2, 8)
-    scores[0, [1, 6]] = torch.tensor([5.0, 3.0])
-    scores[1, [0, 2]] = torch.tensor([1.0, 2.0])
-    rep = representative_key(keys, scores, repr_topk=2)
-    torch.testing.assert_close(rep[0], (keys[0, 1] + keys[0, 6]) / 2)
-    torch.testing.assert_close(rep[1], (keys[1, 0] + keys[1, 2]) / 2)
+    scores[0, [1, 2, 6]] = torch.tensor([5.0, 3.0, 1.0])
+    scores[1, [0, 2, 5, 7]] = torch.tensor([1.0, 2.0, 4.0, 3.0])
+    reps = representative_keys(keys, scores, block_size=4, repr_topk=2)
+    assert reps.shape == (2, 2, 4)  # (blocks, heads, head_dim)
+    torch.testing.assert_close(reps[0, 0], (keys[0, 1] + keys[0, 2]) / 2)
+    torch.testing.assert_close(reps[0, 1], (keys[1, 0] + keys[1, 2]) / 2)
+    torch.testing.assert_close(reps[1, 1], (keys[1, 5] + keys[1, 7]) / 2)
+    # block 1 of head 0: token 6, then the first of the zero-scored ties
+    top = scores[0, 4:].topk(2).indices + 4
+    torch.testing.assert_close(reps[1, 0], keys[0, top].mean(dim=0))
 
 
 def test_question_vector_keeps_best_scored_queries_per_head_and_averages_groups():
