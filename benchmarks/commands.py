@@ -114,6 +114,7 @@ def run_throughput(
     summary = {"meta": meta, "points": [asdict(p) for p in points]}
     save_json(paths.out / "throughput" / "points.json", summary)
     save_json(paths.results / report.THROUGHPUT_RESULTS, summary)
+    report.add_to_history(paths, summary)
     report.write_report(paths)
     return summary
 

@@ -216,3 +216,26 @@ def _ratio_text(q: Point | None, f: Point | None, field: str) -> str:
 
 def _ratio(cell: tuple[int, int] | None) -> float:
     return cell[0] / cell[1] if cell and cell[1] else math.nan
+
+
+def history_table(history: list[dict[str, Any]]) -> str:
+    """One row per throughput run: date, machine, then ``qllm / full`` tokens/s per length."""
+    lengths = sorted(
+        {int(n) for run in history for by in run["tokens_per_second"].values() for n in by}
+    )
+
+    def speed(run: dict[str, Any], mode: str, n: int) -> str:
+        value = run["tokens_per_second"].get(mode, {}).get(str(n))
+        return "-" if value is None else f"{value:.0f}"
+
+    def window(config: dict[str, Any]) -> str:
+        return f"{config['n_local']} / {config['topk']} / {config['exec_block_size']}"
+
+    rows = [
+        [run["date"], run["machine"], run["software"], window(run["config"])]
+        + [f"{speed(run, 'qllm', n)} / {speed(run, 'full', n)}" for n in lengths]
+        for run in history
+    ]
+    headers = ["date", "machine", "software", "n_local / topk / exec"]
+    headers += [k_tokens(n) for n in lengths]
+    return tabulate(rows, headers, tablefmt="github")

@@ -124,6 +124,9 @@ def test_throughput_points_run_in_fresh_processes(tmp_path, tiny_model_dir):
     assert "## Prefill throughput: `qllm` vs `full`" in text
     assert "speed qllm/full" in text
     assert (paths.figures / "throughput.png").exists()
+    history = load_json(paths.results / "throughput_history.json")
+    assert [run["date"] for run in history] == [summary["meta"]["date"]]
+    assert "### Every recorded throughput run" in text
 
 
 def test_real_embedding_loads_offline_and_retrieves(monkeypatch):
@@ -200,3 +203,27 @@ def test_throughput_targets_are_computed_from_the_points(tmp_path):
     assert "16K to 64K: 500 MiB measured; the keys and values of those 48K tokens take 480" in text
     assert "16K: 2.00x, 32K: 3.10x; no ok pair at 64K" in text
     assert "| oom" in text or "oom |" in text
+
+
+def test_throughput_history_keeps_one_row_per_run(tmp_path):
+    from benchmarks import report
+
+    def summary(date, qllm, full):
+        machine = {"cpu": "cpu", "cores": 2, "device": "cpu", "torch": "t", "transformers": "x"}
+        config = {"n_local": 256, "topk": 4, "exec_block_size": 256}
+        points = [
+            {"mode": "qllm", "length": 4096, "status": "ok", "tokens_per_second": qllm},
+            {"mode": "full", "length": 4096, "status": "ok", "tokens_per_second": full},
+            {"mode": "full", "length": 65536, "status": "timeout", "tokens_per_second": 0.0},
+        ]
+        return {"meta": {"date": date, "machine": machine, "config": config}, "points": points}
+
+    paths = Paths(tmp_path)
+    report.add_to_history(paths, summary("day 1", 300.0, 250.0))
+    report.add_to_history(paths, summary("day 2", 500.0, 305.0))
+    history = report.add_to_history(paths, summary("day 2", 510.0, 306.0))  # a re-render
+    assert [run["date"] for run in history] == ["day 1", "day 2"]
+    text = report.write_report(paths)
+    assert "| day 1 " in text and "| 300 / 250 " in text
+    assert "| 510 / 306 " in text and "500 / 305" not in text
+    assert "| - / - " in text  # 64K: qllm not run, full timed out
