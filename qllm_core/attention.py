@@ -1,8 +1,12 @@
 """Two-stage attention merged exactly: one softmax over the union of local and global keys.
 
-This is the torch path; it runs on CPU and GPU. Shapes use ``kv_heads`` (H), ``group``
-(G = query heads per key head), ``n`` queries, ``m`` keys and ``head_dim`` (D). A key
-head's group of query heads is stacked along the query axis, so keys are never repeated.
+This is the torch path; it runs on CPU and GPU. The Triton path
+(:mod:`qllm_core.triton_attention`) meets the same contract with fused kernels; CUDA
+devices use it when triton is installed (:mod:`qllm_core.backends`).
+
+Shapes use ``kv_heads`` (H), ``group`` (G = query heads per key head), ``n`` queries,
+``m`` keys and ``head_dim`` (D). A key head's group of query heads is stacked along the
+query axis, so keys are never repeated.
 
 Each stage returns its output with the log-sum-exp of its logits; the two are merged
 exactly, as one softmax over the union of keys weighs them:
@@ -13,7 +17,7 @@ exactly, as one softmax over the union of keys weighs them:
   against only the ``window + chunk - 1`` keys its band can reach, so few masked logits
   are computed.
 - Global stage: on the CPU, PyTorch's fused flash-attention kernel (it returns the
-  log-sum-exp); elsewhere dense, until the Triton path.
+  log-sum-exp); elsewhere dense.
 
 Masks are never passed as tensors: a segment says which keys each query sees with one
 integer (:attr:`KeySegment.causal_offset`), and mask tensors are built once per shape.
@@ -225,13 +229,23 @@ def _global_stage(
     return torch.bmm(probs, values.float()) / total.clamp(min=1e-30)[..., None], lse
 
 
+def concat_segments(segments: Sequence[KeySegment]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (H, m, D) of ``segments`` side by side."""
+    keys = torch.cat([seg.keys for seg in segments], dim=1)
+    return keys, torch.cat([seg.values for seg in segments], dim=1)
+
+
+def segments_layout(segments: Sequence[KeySegment]) -> tuple[tuple[int, int | None], ...]:
+    """``(size, causal_offset)`` of each segment: all a mask needs to know of them."""
+    return tuple((seg.keys.shape[1], seg.causal_offset) for seg in segments)
+
+
 def _concat(
     segments: Sequence[KeySegment], n: int, group: int
 ) -> tuple[torch.Tensor, torch.Tensor, _Mask | None]:
     """Keys, values and mask (G*n, m) of ``segments`` side by side."""
-    keys = torch.cat([seg.keys for seg in segments], dim=1)
-    values = torch.cat([seg.values for seg in segments], dim=1)
-    layout = tuple((seg.keys.shape[1], seg.causal_offset) for seg in segments)
+    keys, values = concat_segments(segments)
+    layout = segments_layout(segments)
     if all(offset is None for _, offset in layout):
         return keys, values, None
     return keys, values, _segments_mask(layout, n, group, str(keys.device))

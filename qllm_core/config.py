@@ -11,6 +11,7 @@ from .errors import ConfigError
 Mode = Literal["qllm", "infllm", "streaming", "full"]
 MODES: tuple[str, ...] = ("qllm", "infllm", "streaming", "full")
 OFFLOAD_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +48,10 @@ class QLLMConfig:
     ``float32``); ``None`` keeps the model's dtype."""
     max_input_tokens: int = 1_048_576
     """Longest prompt accepted; longer inputs raise ``InputTooLongError``."""
+    attention_backend: Literal["auto", "torch", "triton"] = "auto"
+    """Kernels of the two-stage attention: ``torch`` (CPU and GPU), ``triton`` (CUDA
+    GPUs, needs the ``triton`` extra), or ``auto``: triton on a CUDA device when it is
+    installed, torch otherwise."""
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
@@ -105,6 +110,11 @@ class QLLMConfig:
             self.offload_dtype is None or self.offload_dtype in OFFLOAD_DTYPES,
             "offload_dtype",
             f"must be None or one of {OFFLOAD_DTYPES}, got {self.offload_dtype!r}",
+        )
+        _check(
+            self.attention_backend in ATTENTION_BACKENDS,
+            "attention_backend",
+            f"must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}",
         )
 
     @property

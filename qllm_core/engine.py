@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from .backends import select_attention
 from .config import QLLMConfig
 from .documents import check_text
 from .errors import InputTooLongError
@@ -75,6 +76,7 @@ class QLLMEngine:
         self.device, self.dtype = param.device, param.dtype
         if self.device.type == "cpu":
             tune_host_allocator()
+        select_attention(self.config.attention_backend, self.device)  # fails early if it can't run
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
         self._eos = _eos_ids(model, tokenizer)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import KeySegment, LocalWindow, two_stage_attention
+from .attention import KeySegment, LocalWindow
+from .backends import TwoStageAttention, select_attention
 from .config import QLLMConfig
 from .memory import BlockStore
 from .retrieval import current_vector, question_vector, representative_keys, select_blocks
@@ -59,8 +60,10 @@ class LayerMemory:
         dtype: torch.dtype,
         offload_dtype: torch.dtype | None,
         counts: Counter[int],
+        two_stage_attention: TwoStageAttention,
     ) -> None:
         self.config = config
+        self._two_stage_attention = two_stage_attention
         self.plan = plan
         self.rope = rope
         self.position = 0
@@ -120,7 +123,7 @@ class LayerMemory:
         local = LocalWindow(recent.keys_local[:, first:], recent.values[:, first:], n_local)
 
         q_global = rotate(q, *self.rope.at(n_local - 1))
-        out, local_probs = two_stage_attention(
+        out, local_probs = self._two_stage_attention(
             q_local, local, q_global, self._global_segments(q_global, start, n), scaling
         )
         recent.scores[:, first:].add_(local_probs)
@@ -209,6 +212,7 @@ class RequestMemory:
         self.config, self.plan, self.rope = config, plan, rope
         self.device, self.dtype = device, dtype
         self.offload_dtype = getattr(torch, config.offload_dtype) if config.offload_dtype else None
+        self.two_stage_attention = select_attention(config.attention_backend, device)
         self.counts: Counter[int] = Counter()
         self.layers: dict[int, LayerMemory] = {}
 
@@ -228,5 +232,6 @@ class RequestMemory:
                 dtype=self.dtype,
                 offload_dtype=self.offload_dtype,
                 counts=self.counts,
+                two_stage_attention=self.two_stage_attention,
             )
         return layer.attend(q, k, v, scaling)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
+import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels' tests run in Triton's interpreter. It must be chosen
+    # before triton is first imported (which transformers does), as triton's own library
+    # functions are wrapped then.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

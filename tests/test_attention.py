@@ -31,7 +31,9 @@ def _union_reference(q_local, local, q_global, segments, scaling):
     return out, probs[..., :m].sum(dim=(1, 2))
 
 
-def _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=0):
+def _check(
+    n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=0, attend=two_stage_attention
+):
     gen = torch.Generator().manual_seed(seed)
     heads, group, dim = 3, 2, 16
 
@@ -45,7 +47,7 @@ def _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=0):
         KeySegment(rand(heads, m_blocks, dim), rand(heads, m_blocks, dim)),
         KeySegment(rand(heads, m_rem, dim), rand(heads, m_rem, dim), rem_offset),
     ]
-    out, local_probs = two_stage_attention(q_local, local, q_global, segments, 0.25)
+    out, local_probs = attend(q_local, local, q_global, segments, 0.25)
     ref_out, ref_probs = _union_reference(q_local, local, q_global, segments, 0.25)
 
     # tolerance: twice the reference's own rounding error in `dtype`
@@ -56,7 +58,7 @@ def _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=0):
     torch.testing.assert_close(local_probs.double(), ref_probs, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(
+CASES = pytest.mark.parametrize(
     "n, m_local, window, m_blocks, m_rem, rem_offset",
     [
         (1, 27, 20, 0, 0, None),  # decoding
@@ -67,6 +69,9 @@ def _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=0):
         (256, 100 + 255, 100, 0, 30, -20),
     ],
 )
+
+
+@CASES
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_merge_equals_union_softmax(n, m_local, window, m_blocks, m_rem, rem_offset, dtype):
     _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=n * 1000 + m_local)

@@ -21,6 +21,7 @@ from qllm_core import PRESETS, ConfigError, QLLMConfig
         (dict(prefill_chunk_size=1000), "prefill_chunk_size"),
         (dict(question_weight=-1.0), "question_weight"),
         (dict(offload_dtype="int8"), "offload_dtype"),
+        (dict(attention_backend="cuda"), "attention_backend"),
         (dict(block_size=0), "block_size"),
     ],
 )

@@ -1,0 +1,312 @@
+"""Two-stage attention as Triton kernels: the GPU path of :mod:`qllm_core.attention`.
+
+Same contract as the torch path (:func:`qllm_core.attention.two_stage_attention`): one
+softmax over the union of local and global keys, plus each local key's probability. Three
+launches per execution block and layer:
+
+1. the local stage: flash attention over the local window, with its band as the mask;
+2. the global stage: flash attention over the concatenated global segments, started from
+   the local stage's running state, so the two stages leave the kernel merged exactly
+   (a normalized output ``o`` with log-sum-exp ``lse`` is the online-softmax state
+   ``max = lse, sum = 1, acc = o``);
+3. each local key's probability under the merged softmax, ``sum_i exp(logit_ij - lse_i)``,
+   summed over queries and the group's heads.
+
+Masks are ranges: key ``j`` is seen by query ``i`` exactly when ``lo[j] <= i < hi[j]``.
+That expresses the local band and every :class:`~qllm_core.attention.KeySegment`.
+
+Query rows stack a key head's group of query heads (row ``r`` is query ``r % n``), so
+grouped keys are never repeated. Logits and sums are float32. ``q . k`` multiplies in the
+inputs' dtype with float32 accumulation (float32 inputs in IEEE precision, not TF32);
+``p . v`` in the values' dtype, as flash attention does.
+
+With ``TRITON_INTERPRET=1`` in the environment before this module is imported, the kernels
+run in Triton's interpreter on CPU tensors; the tests use that on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .attention import KeySegment, LocalWindow, concat_segments, segments_layout
+
+_NEG = tl.constexpr(-1.0e30)
+"""A masked logit (log2 units); finite, so a row that has seen no key yet stays NaN-free."""
+_LN2 = tl.constexpr(math.log(2.0))
+_LOG2E = tl.constexpr(math.log2(math.e))
+_BLOCK_N = 64
+_NUM_WARPS = 4
+
+
+@triton.jit
+def _attend_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    lo_ptr,
+    hi_ptr,
+    out_ptr,
+    lse_ptr,
+    n_queries,
+    n_rows,
+    n_keys,
+    scale_log2,
+    stride_qb,
+    stride_qr,
+    stride_kb,
+    stride_km,
+    stride_vb,
+    stride_vm,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    RESUME: tl.constexpr,
+):
+    """Flash attention with range masks; ``RESUME`` continues from ``out``/``lse``.
+
+    q: (B, rows, D); k, v: (B, keys, D), unit stride along D. out (B, rows, D) float32
+    and lse (B, rows) float32 (natural log) are contiguous.
+    """
+    b = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    dim_ok = dims < HEAD_DIM
+    query = rows % n_queries
+    q = tl.load(
+        q_ptr + b * stride_qb + rows[:, None] * stride_qr + dims[None, :],
+        mask=row_ok[:, None] & dim_ok[None, :],
+        other=0.0,
+    )
+    out_ptrs = out_ptr + (b * n_rows + rows[:, None]) * HEAD_DIM + dims[None, :]
+    lse_ptrs = lse_ptr + b * n_rows + rows
+    out_mask = row_ok[:, None] & dim_ok[None, :]
+    if RESUME:
+        acc = tl.load(out_ptrs, mask=out_mask, other=0.0)
+        row_max = tl.load(lse_ptrs, mask=row_ok, other=_NEG) * _LOG2E
+        row_sum = tl.where(row_max > _NEG, 1.0, 0.0)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        row_max = tl.full([BLOCK_M], _NEG, dtype=tl.float32)
+        row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start in range(0, n_keys, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_keys
+        k = tl.load(
+            k_ptr + b * stride_kb + cols[None, :] * stride_km + dims[:, None],
+            mask=col_ok[None, :] & dim_ok[:, None],
+            other=0.0,
+        )
+        lo = tl.load(lo_ptr + cols, mask=col_ok, other=1 << 30)
+        hi = tl.load(hi_ptr + cols, mask=col_ok, other=0)
+        seen = (query[:, None] >= lo[None, :]) & (query[:, None] < hi[None, :])
+        logits = tl.dot(q, k, input_precision="ieee") * scale_log2
+        logits = tl.where(seen, logits, _NEG)
+        new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+        p = tl.where(seen, tl.exp2(logits - new_max[:, None]), 0.0)
+        alpha = tl.exp2(row_max - new_max)
+        row_sum = row_sum * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_ptr + b * stride_vb + cols[:, None] * stride_vm + dims[None, :],
+            mask=col_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        row_max = new_max
+    seen_any = row_sum > 0
+    acc = acc / tl.where(seen_any, row_sum, 1.0)[:, None]
+    lse = tl.where(seen_any, (row_max + tl.log2(tl.where(seen_any, row_sum, 1.0))) * _LN2, _NEG)
+    tl.store(out_ptrs, acc, mask=out_mask)
+    tl.store(lse_ptrs, lse, mask=row_ok)
+
+
+@triton.jit
+def _key_probs_kernel(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    lo_ptr,
+    hi_ptr,
+    probs_ptr,
+    n_queries,
+    n_rows,
+    n_keys,
+    scale_log2,
+    stride_qb,
+    stride_qr,
+    stride_kb,
+    stride_km,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Probs (B, keys) float32: each key's ``exp(logit - lse)`` summed over the rows."""
+    b = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok = cols < n_keys
+    dim_ok = dims < HEAD_DIM
+    k = tl.load(
+        k_ptr + b * stride_kb + cols[None, :] * stride_km + dims[:, None],
+        mask=col_ok[None, :] & dim_ok[:, None],
+        other=0.0,
+    )
+    lo = tl.load(lo_ptr + cols, mask=col_ok, other=1 << 30)
+    hi = tl.load(hi_ptr + cols, mask=col_ok, other=0)
+    total = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_rows, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        query = rows % n_queries
+        q = tl.load(
+            q_ptr + b * stride_qb + rows[:, None] * stride_qr + dims[None, :],
+            mask=row_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
+        lse = tl.load(lse_ptr + b * n_rows + rows, mask=row_ok, other=0.0) * _LOG2E
+        seen = row_ok[:, None] & (query[:, None] >= lo[None, :]) & (query[:, None] < hi[None, :])
+        logits = tl.dot(q, k, input_precision="ieee") * scale_log2
+        p = tl.where(seen, tl.exp2(logits - lse[:, None]), 0.0)
+        total += tl.sum(p, axis=0)
+    tl.store(probs_ptr + b * n_keys + cols, total, mask=col_ok)
+
+
+def two_stage_attention(
+    q_local: torch.Tensor,
+    local: LocalWindow,
+    q_global: torch.Tensor,
+    global_segments: Sequence[KeySegment],
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path of :func:`qllm_core.attention.two_stage_attention` (same contract)."""
+    kv_heads, group, n, dim = q_local.shape
+    m = local.keys.shape[1]
+    rows = group * n
+    out = torch.empty(kv_heads, rows, dim, device=q_local.device, dtype=torch.float32)
+    lse = torch.empty(kv_heads, rows, device=q_local.device, dtype=torch.float32)
+    q_l = _rows(q_local)
+    band = _band_ranges(n, m, local.window, str(q_local.device))
+    _attend(q_l, local.keys, local.values, band, n, scaling, out, lse, resume=False)
+    segments = [seg for seg in global_segments if seg.keys.shape[1]]
+    if segments:
+        keys, values = concat_segments(segments)
+        ranges = _segment_ranges(segments_layout(segments), str(keys.device))
+        _attend(_rows(q_global), keys, values, ranges, n, scaling, out, lse, resume=True)
+    local_probs = torch.empty(kv_heads, m, device=q_local.device, dtype=torch.float32)
+    block_d, block_m = _tiles(q_l)
+    keys = _unit_stride(local.keys)
+    _key_probs_kernel[(triton.cdiv(m, _BLOCK_N), kv_heads)](
+        q_l,
+        keys,
+        lse,
+        *band,
+        local_probs,
+        n,
+        rows,
+        m,
+        scaling / math.log(2.0),  # logits in log2 units
+        q_l.stride(0),
+        q_l.stride(1),
+        keys.stride(0),
+        keys.stride(1),
+        HEAD_DIM=dim,
+        BLOCK_D=block_d,
+        BLOCK_M=block_m,
+        BLOCK_N=_BLOCK_N,
+        num_warps=_NUM_WARPS,
+    )
+    return out.view(kv_heads, group, n, dim).to(local.values.dtype), local_probs
+
+
+def _attend(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    ranges: tuple[torch.Tensor, torch.Tensor],
+    n: int,
+    scaling: float,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    resume: bool,
+) -> None:
+    """Launch the attention kernel: q (B, rows, D) over keys/values (B, m, D) into out/lse."""
+    batch, rows, dim = q.shape
+    keys, values = _unit_stride(keys), _unit_stride(values.to(keys.dtype))
+    block_d, block_m = _tiles(q)
+    _attend_kernel[(triton.cdiv(rows, block_m), batch)](
+        q,
+        keys,
+        values,
+        *ranges,
+        out,
+        lse,
+        n,
+        rows,
+        keys.shape[1],
+        scaling / math.log(2.0),  # logits in log2 units
+        q.stride(0),
+        q.stride(1),
+        keys.stride(0),
+        keys.stride(1),
+        values.stride(0),
+        values.stride(1),
+        HEAD_DIM=dim,
+        BLOCK_D=block_d,
+        BLOCK_M=block_m,
+        BLOCK_N=_BLOCK_N,
+        RESUME=resume,
+        num_warps=_NUM_WARPS,
+    )
+
+
+def _rows(q: torch.Tensor) -> torch.Tensor:
+    """(H, G, n, D) -> (H, G * n, D) with unit stride along D."""
+    heads, group, n, dim = q.shape
+    return _unit_stride(q.reshape(heads, group * n, dim))
+
+
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _tiles(q: torch.Tensor) -> tuple[int, int]:
+    """Head-dim tile and query-row tile for queries ``q`` (B, rows, D)."""
+    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
+    block_m = min(64, max(16, triton.next_power_of_2(q.shape[1])))
+    return block_d, block_m
+
+
+@functools.lru_cache(maxsize=64)
+def _band_ranges(n: int, m: int, window: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local band: query ``i`` (key index ``i + m - n``) sees the ``window`` keys up to its own."""
+    lo = torch.arange(m, device=device, dtype=torch.int32) - (m - n)
+    return lo, lo + window
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_ranges(
+    layout: tuple[tuple[int, int | None], ...], device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranges of segments given as ``(size, causal_offset)``.
+
+    Key ``j`` of a segment with offset ``c`` is seen by queries ``i >= j - c``; a key of a
+    segment without offset by every query.
+    """
+    lo = torch.cat(
+        [
+            torch.arange(size, dtype=torch.int32) - offset
+            if offset is not None
+            else torch.zeros(size, dtype=torch.int32)
+            for size, offset in layout
+        ]
+    ).to(device)
+    return lo, torch.full_like(lo, 1 << 30)

@@ -1,0 +1,97 @@
+"""The Triton path meets the torch path's contract: one softmax over the union of keys.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_attention import CASES, _check
+from test_engine_oracles import _NoTokenizer
+from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
+
+from qllm_core import QLLMConfig, QLLMEngine
+from qllm_core.backends import select_attention
+from qllm_core.errors import ConfigError
+from qllm_core.layer_memory import RequestPlan
+
+pytest.importorskip("triton")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# Triton's interpreter multiplies bfloat16 operands of tl.dot as raw bits (triton-lang/triton
+# issue 11584, "not supported yet"), so bfloat16 is checked on GPUs only; float16 goes
+# through the same low-precision code in the kernels.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+
+
+@pytest.fixture
+def triton_attention():
+    """The Triton path's two-stage attention (interpreted on the CPU: see conftest.py)."""
+    return select_attention("triton", DEVICE)
+
+
+def _on_device(attend):
+    """``attend`` over CPU inputs moved to DEVICE, with the results moved back."""
+
+    def run(q_local, local, q_global, segments, scaling):
+        move = lambda x: x.to(DEVICE)  # noqa: E731
+        local = type(local)(move(local.keys), move(local.values), local.window)
+        segments = [type(s)(move(s.keys), move(s.values), s.causal_offset) for s in segments]
+        out, probs = attend(move(q_local), local, move(q_global), segments, scaling)
+        return out.cpu(), probs.cpu()
+
+    return run
+
+
+@CASES
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_merge_equals_union_softmax(
+    triton_attention, n, m_local, window, m_blocks, m_rem, rem_offset, dtype
+):
+    seed = n * 1000 + m_local
+    attend = _on_device(triton_attention)
+    _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=seed, attend=attend)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_triton_engine_equals_torch_engine(triton_attention, arch):
+    """Whole engine, blocks retrieved and evicted: both paths give the same logits."""
+    model = make_tiny_model(arch).to(DEVICE)
+    ids = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(3)).tolist()
+    plan = RequestPlan(question_span=(5, 12), record_from=0)
+    logits, counts = {}, {}
+    for backend in ("torch", "triton"):
+        config = TINY_ENGINE_CONFIG.replace(attention_backend=backend)
+        engine = QLLMEngine(model, _NoTokenizer(), config=config)
+        forward = engine.new_forward(plan=plan)
+        with torch.no_grad():
+            logits[backend] = torch.stack([forward(ids[:160]), forward(ids[160:161])]).cpu()
+        counts[backend] = forward.memory.counts
+    assert counts["torch"], "the input must be long enough for blocks to be retrieved"
+    torch.testing.assert_close(logits["triton"], logits["torch"], atol=1e-4, rtol=1e-4)
+    assert counts["triton"] == counts["torch"]
+
+
+def test_auto_takes_the_torch_path_on_the_cpu():
+    from qllm_core import attention
+
+    assert select_attention("auto", torch.device("cpu")) is attention.two_stage_attention
+
+
+def test_triton_on_the_cpu_without_the_interpreter_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="CUDA devices.*attention_backend='torch'"):
+        QLLMEngine(make_tiny_model(), _NoTokenizer(), config=QLLMConfig(attention_backend="triton"))
+
+
+def test_triton_not_installed_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'quickllama\[triton\]'"):
+        select_attention("triton", torch.device("cuda"))
