@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import KeySegment, LocalWindow
+from .attention import two_stage_attention as torch_two_stage_attention
 from .backends import TwoStageAttention, select_attention
 from .config import QLLMConfig
 from .memory import BlockStore
@@ -60,7 +61,7 @@ class LayerMemory:
         dtype: torch.dtype,
         offload_dtype: torch.dtype | None,
         counts: Counter[int],
-        two_stage_attention: TwoStageAttention,
+        two_stage_attention: TwoStageAttention = torch_two_stage_attention,
     ) -> None:
         self.config = config
         self._two_stage_attention = two_stage_attention
