@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
@@ -45,12 +46,45 @@ _NUM_WARPS = 4
 
 
 @triton.jit
+def _query_tile(q_ptr, b, rows, dims, n_rows, stride_qb, stride_qr, HEAD_DIM: tl.constexpr):
+    """Queries (BLOCK_M, BLOCK_D) of ``rows``, zero outside the tensor."""
+    return tl.load(
+        q_ptr + b * stride_qb + rows[:, None] * stride_qr + dims[None, :],
+        mask=(rows[:, None] < n_rows) & (dims[None, :] < HEAD_DIM),
+        other=0.0,
+    )
+
+
+@triton.jit
+def _key_tile(
+    k_ptr, lo_ptr, hi_ptr, b, cols, dims, n_keys, stride_kb, stride_km, HEAD_DIM: tl.constexpr
+):
+    """Keys of ``cols`` transposed, (BLOCK_D, BLOCK_N), and their query ranges ``lo, hi``."""
+    col_ok = cols < n_keys
+    k = tl.load(
+        k_ptr + b * stride_kb + cols[None, :] * stride_km + dims[:, None],
+        mask=col_ok[None, :] & (dims[:, None] < HEAD_DIM),
+        other=0.0,
+    )
+    lo = tl.load(lo_ptr + cols, mask=col_ok, other=1 << 30)
+    hi = tl.load(hi_ptr + cols, mask=col_ok, other=0)
+    return k, lo, hi
+
+
+@triton.jit
+def _seen(rows, n_queries, n_rows, lo, hi):
+    """(BLOCK_M, BLOCK_N): whether each row's query sees each key (row ``r`` is query ``r % n``)."""
+    query = rows[:, None] % n_queries
+    return (rows[:, None] < n_rows) & (query >= lo[None, :]) & (query < hi[None, :])
+
+
+@triton.jit
 def _attend_kernel(
     q_ptr,
     k_ptr,
-    v_ptr,
     lo_ptr,
     hi_ptr,
+    v_ptr,
     out_ptr,
     lse_ptr,
     n_queries,
@@ -78,16 +112,10 @@ def _attend_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < n_rows
-    dim_ok = dims < HEAD_DIM
-    query = rows % n_queries
-    q = tl.load(
-        q_ptr + b * stride_qb + rows[:, None] * stride_qr + dims[None, :],
-        mask=row_ok[:, None] & dim_ok[None, :],
-        other=0.0,
-    )
+    q = _query_tile(q_ptr, b, rows, dims, n_rows, stride_qb, stride_qr, HEAD_DIM)
     out_ptrs = out_ptr + (b * n_rows + rows[:, None]) * HEAD_DIM + dims[None, :]
     lse_ptrs = lse_ptr + b * n_rows + rows
-    out_mask = row_ok[:, None] & dim_ok[None, :]
+    out_mask = row_ok[:, None] & (dims[None, :] < HEAD_DIM)
     if RESUME:
         acc = tl.load(out_ptrs, mask=out_mask, other=0.0)
         row_max = tl.load(lse_ptrs, mask=row_ok, other=_NEG) * _LOG2E
@@ -98,15 +126,10 @@ def _attend_kernel(
         row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start in range(0, n_keys, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_keys
-        k = tl.load(
-            k_ptr + b * stride_kb + cols[None, :] * stride_km + dims[:, None],
-            mask=col_ok[None, :] & dim_ok[:, None],
-            other=0.0,
+        k, lo, hi = _key_tile(
+            k_ptr, lo_ptr, hi_ptr, b, cols, dims, n_keys, stride_kb, stride_km, HEAD_DIM
         )
-        lo = tl.load(lo_ptr + cols, mask=col_ok, other=1 << 30)
-        hi = tl.load(hi_ptr + cols, mask=col_ok, other=0)
-        seen = (query[:, None] >= lo[None, :]) & (query[:, None] < hi[None, :])
+        seen = _seen(rows, n_queries, n_rows, lo, hi)
         logits = tl.dot(q, k, input_precision="ieee") * scale_log2
         logits = tl.where(seen, logits, _NEG)
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
@@ -115,7 +138,7 @@ def _attend_kernel(
         row_sum = row_sum * alpha + tl.sum(p, axis=1)
         v = tl.load(
             v_ptr + b * stride_vb + cols[:, None] * stride_vm + dims[None, :],
-            mask=col_ok[:, None] & dim_ok[None, :],
+            mask=(cols[:, None] < n_keys) & (dims[None, :] < HEAD_DIM),
             other=0.0,
         )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -131,9 +154,9 @@ def _attend_kernel(
 def _key_probs_kernel(
     q_ptr,
     k_ptr,
-    lse_ptr,
     lo_ptr,
     hi_ptr,
+    lse_ptr,
     probs_ptr,
     n_queries,
     n_rows,
@@ -152,31 +175,19 @@ def _key_probs_kernel(
     b = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
-    col_ok = cols < n_keys
-    dim_ok = dims < HEAD_DIM
-    k = tl.load(
-        k_ptr + b * stride_kb + cols[None, :] * stride_km + dims[:, None],
-        mask=col_ok[None, :] & dim_ok[:, None],
-        other=0.0,
+    k, lo, hi = _key_tile(
+        k_ptr, lo_ptr, hi_ptr, b, cols, dims, n_keys, stride_kb, stride_km, HEAD_DIM
     )
-    lo = tl.load(lo_ptr + cols, mask=col_ok, other=1 << 30)
-    hi = tl.load(hi_ptr + cols, mask=col_ok, other=0)
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, n_rows, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
-        query = rows % n_queries
-        q = tl.load(
-            q_ptr + b * stride_qb + rows[:, None] * stride_qr + dims[None, :],
-            mask=row_ok[:, None] & dim_ok[None, :],
-            other=0.0,
-        )
-        lse = tl.load(lse_ptr + b * n_rows + rows, mask=row_ok, other=0.0) * _LOG2E
-        seen = row_ok[:, None] & (query[:, None] >= lo[None, :]) & (query[:, None] < hi[None, :])
+        q = _query_tile(q_ptr, b, rows, dims, n_rows, stride_qb, stride_qr, HEAD_DIM)
+        lse = tl.load(lse_ptr + b * n_rows + rows, mask=rows < n_rows, other=0.0) * _LOG2E
+        seen = _seen(rows, n_queries, n_rows, lo, hi)
         logits = tl.dot(q, k, input_precision="ieee") * scale_log2
         p = tl.where(seen, tl.exp2(logits - lse[:, None]), 0.0)
         total += tl.sum(p, axis=0)
-    tl.store(probs_ptr + b * n_keys + cols, total, mask=col_ok)
+    tl.store(probs_ptr + b * n_keys + cols, total, mask=cols < n_keys)
 
 
 def two_stage_attention(
@@ -188,41 +199,20 @@ def two_stage_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton path of :func:`qllm_core.attention.two_stage_attention` (same contract)."""
     kv_heads, group, n, dim = q_local.shape
-    m = local.keys.shape[1]
-    rows = group * n
-    out = torch.empty(kv_heads, rows, dim, device=q_local.device, dtype=torch.float32)
-    lse = torch.empty(kv_heads, rows, device=q_local.device, dtype=torch.float32)
-    q_l = _rows(q_local)
-    band = _band_ranges(n, m, local.window, str(q_local.device))
-    _attend(q_l, local.keys, local.values, band, n, scaling, out, lse, resume=False)
+    m, dtype = local.keys.shape[1], local.keys.dtype
+    out = q_local.new_empty(kv_heads, group * n, dim, dtype=torch.float32)
+    lse = q_local.new_empty(kv_heads, group * n, dtype=torch.float32)
+    q = _rows(q_local, dtype)
+    keys = _unit_stride(local.keys)
+    band = _band_ranges(n, m, local.window, str(keys.device))
+    _attend(q, keys, local.values, band, n, scaling, out, lse, resume=False)
     segments = [seg for seg in global_segments if seg.keys.shape[1]]
     if segments:
-        keys, values = concat_segments(segments)
+        g_keys, g_values = concat_segments(segments)
         ranges = _segment_ranges(segments_layout(segments), str(keys.device))
-        _attend(_rows(q_global), keys, values, ranges, n, scaling, out, lse, resume=True)
-    local_probs = torch.empty(kv_heads, m, device=q_local.device, dtype=torch.float32)
-    block_d, block_m = _tiles(q_l)
-    keys = _unit_stride(local.keys)
-    _key_probs_kernel[(triton.cdiv(m, _BLOCK_N), kv_heads)](
-        q_l,
-        keys,
-        lse,
-        *band,
-        local_probs,
-        n,
-        rows,
-        m,
-        scaling / math.log(2.0),  # logits in log2 units
-        q_l.stride(0),
-        q_l.stride(1),
-        keys.stride(0),
-        keys.stride(1),
-        HEAD_DIM=dim,
-        BLOCK_D=block_d,
-        BLOCK_M=block_m,
-        BLOCK_N=_BLOCK_N,
-        num_warps=_NUM_WARPS,
-    )
+        _attend(_rows(q_global, dtype), g_keys, g_values, ranges, n, scaling, out, lse, resume=True)
+    local_probs = q_local.new_empty(kv_heads, m, dtype=torch.float32)
+    _launch(_key_probs_kernel, q, keys, band, (lse, local_probs), n, scaling, over_keys=True)
     return out.view(kv_heads, group, n, dim).to(local.values.dtype), local_probs
 
 
@@ -238,51 +228,73 @@ def _attend(
     *,
     resume: bool,
 ) -> None:
-    """Launch the attention kernel: q (B, rows, D) over keys/values (B, m, D) into out/lse."""
-    batch, rows, dim = q.shape
+    """Attention of q (B, rows, D) over keys/values (B, m, D) into out/lse (or on from them)."""
     keys, values = _unit_stride(keys), _unit_stride(values.to(keys.dtype))
-    block_d, block_m = _tiles(q)
-    _attend_kernel[(triton.cdiv(rows, block_m), batch)](
+    _launch(
+        _attend_kernel,
         q,
         keys,
-        values,
-        *ranges,
-        out,
-        lse,
+        ranges,
+        (values, out, lse),
         n,
-        rows,
-        keys.shape[1],
-        scaling / math.log(2.0),  # logits in log2 units
-        q.stride(0),
-        q.stride(1),
-        keys.stride(0),
-        keys.stride(1),
-        values.stride(0),
-        values.stride(1),
+        scaling,
+        over_keys=False,
+        stride_vb=values.stride(0),
+        stride_vm=values.stride(1),
+        RESUME=resume,
+    )
+
+
+def _launch(
+    kernel: Any,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    ranges: tuple[torch.Tensor, torch.Tensor],
+    tensors: tuple[torch.Tensor, ...],
+    n: int,
+    scaling: float,
+    *,
+    over_keys: bool,
+    **named: Any,
+) -> None:
+    """Launch ``kernel`` with what both kernels take: queries, keys, ranges, sizes, tiles.
+
+    The grid is (tiles of query rows, or of keys when ``over_keys``) x batch.
+    """
+    batch, rows, dim = q.shape
+    block_d = max(16, triton.next_power_of_2(dim))
+    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    tiles = triton.cdiv(keys.shape[1], _BLOCK_N) if over_keys else triton.cdiv(rows, block_m)
+    kernel[(tiles, batch)](
+        q,
+        keys,
+        *ranges,
+        *tensors,
+        n_queries=n,
+        n_rows=rows,
+        n_keys=keys.shape[1],
+        scale_log2=scaling / math.log(2.0),
+        stride_qb=q.stride(0),
+        stride_qr=q.stride(1),
+        stride_kb=keys.stride(0),
+        stride_km=keys.stride(1),
         HEAD_DIM=dim,
         BLOCK_D=block_d,
         BLOCK_M=block_m,
         BLOCK_N=_BLOCK_N,
-        RESUME=resume,
         num_warps=_NUM_WARPS,
+        **named,
     )
 
 
-def _rows(q: torch.Tensor) -> torch.Tensor:
-    """(H, G, n, D) -> (H, G * n, D) with unit stride along D."""
+def _rows(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(H, G, n, D) -> (H, G * n, D) in the keys' ``dtype``, with unit stride along D."""
     heads, group, n, dim = q.shape
-    return _unit_stride(q.reshape(heads, group * n, dim))
+    return _unit_stride(q.reshape(heads, group * n, dim).to(dtype))
 
 
 def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _tiles(q: torch.Tensor) -> tuple[int, int]:
-    """Head-dim tile and query-row tile for queries ``q`` (B, rows, D)."""
-    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
-    block_m = min(64, max(16, triton.next_power_of_2(q.shape[1])))
-    return block_d, block_m
 
 
 @functools.lru_cache(maxsize=64)
