@@ -145,11 +145,9 @@ def _engine_facts(spec: EngineSpec, points: list[throughput.Point]) -> dict[str,
     for point in points:
         if point.engine:
             return dict(point.engine)
-    config = spec.config()
-    if config is None:
-        from qllm_core import QLLMConfig
+    from qllm_core import QLLMConfig
 
-        config = QLLMConfig.preset("smollm2") if spec.model is None else QLLMConfig()
+    config = spec.config() or QLLMConfig.default_for(spec.model)
     name = "SmolLM2-135M-Instruct (embedded)" if spec.model is None else spec.model
     return {"model": name, "config": _config_dict(config)}
 

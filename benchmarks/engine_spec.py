@@ -25,8 +25,7 @@ class EngineSpec:
 
         if self.preset is None and not self.overrides:
             return None
-        preset = self.preset or ("smollm2" if self.model is None else None)
-        base = QLLMConfig.preset(preset) if preset else QLLMConfig()
+        base = QLLMConfig.preset(self.preset) if self.preset else QLLMConfig.default_for(self.model)
         return base.replace(**self.overrides)
 
     def load(self) -> Any:

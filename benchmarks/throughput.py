@@ -85,14 +85,11 @@ def kv_mib_per_1k_tokens(engine: Any) -> float:
     """MiB of keys and values that 1,024 tokens occupy, in the offloaded dtype."""
     import torch
 
-    config = engine.model.config
-    layers = config.num_hidden_layers
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    from qllm_core.capacity import kv_bytes_per_token
+
     dtype_name = getattr(engine.config, "offload_dtype", None)
     dtype = getattr(torch, dtype_name) if dtype_name else engine.model.dtype
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * layers * kv_heads * head_dim * element * 1024 / memory.MIB
+    return kv_bytes_per_token(engine.model.config, dtype) * 1024 / memory.MIB
 
 
 def measure_in_subprocess(

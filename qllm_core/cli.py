@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import MODES, PRESETS, QLLMConfig
+from .config import MODES, OFFLOAD_DTYPES, PRESETS, QLLMConfig
 from .documents import check_text, read_document, synthetic_document
 from .errors import QLLMError
 from .results import Answer
@@ -135,6 +135,17 @@ def _common_options(*, max_new_tokens: int) -> argparse.ArgumentParser:
         default=None,
         help="weights' dtype (default: float32 on cpu, bfloat16 on gpu)",
     )
+    add(
+        "--offload-dtype",
+        choices=OFFLOAD_DTYPES,
+        default=None,
+        help="dtype of the memory blocks' host copies (float16 halves their size)",
+    )
+    add(
+        "--offload-dir",
+        default=None,
+        help="keep memory blocks in memory-mapped files in this directory (disk tier)",
+    )
     add("--no-progress", action="store_true", help="never show the prefill progress bar")
     add("--stats", action="store_true", help="print the full stats as JSON on stderr")
     add("--verbose", "-v", action="store_true", help="log what the engine does")
@@ -169,7 +180,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def load_engine(args: argparse.Namespace) -> Any:
     """The engine for ``args`` (model, preset, device, dtype, progress)."""
-    config = QLLMConfig.preset(args.preset) if args.preset else None
+    config = QLLMConfig.preset(args.preset) if args.preset else QLLMConfig.default_for(args.model)
+    offload = {"offload_dtype": args.offload_dtype, "offload_dir": args.offload_dir}
+    config = config.replace(**{k: v for k, v in offload.items() if v is not None})
     started = time.perf_counter()
     engine = _engine_class().from_pretrained(
         source=args.model,

@@ -46,6 +46,10 @@ class QLLMConfig:
     offload_dtype: str | None = None
     """dtype of the host copy of memory blocks (``float16``, ``bfloat16``,
     ``float32``); ``None`` keeps the model's dtype."""
+    offload_dir: str | None = None
+    """Directory of a disk tier: when set, the host copies of memory blocks live in
+    memory-mapped files there (unlinked once mapped, so nothing is left behind), which
+    the OS can write out and page back in; for inputs whose keys and values exceed RAM."""
     max_input_tokens: int = 1_048_576
     """Longest prompt accepted; longer inputs raise ``InputTooLongError``."""
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
@@ -112,6 +116,12 @@ class QLLMConfig:
             f"must be None or one of {OFFLOAD_DTYPES}, got {self.offload_dtype!r}",
         )
         _check(
+            self.offload_dir is None
+            or (isinstance(self.offload_dir, str) and self.offload_dir != ""),
+            "offload_dir",
+            f"must be None or a directory path, got {self.offload_dir!r}",
+        )
+        _check(
             self.attention_backend in ATTENTION_BACKENDS,
             "attention_backend",
             f"must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}",
@@ -125,6 +135,15 @@ class QLLMConfig:
     def replace(self, **changes: Any) -> QLLMConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def default_for(cls, source: object | None) -> QLLMConfig:
+        """The default config for a model source.
+
+        The ``smollm2`` preset for the embedded model (``None``), the class defaults (the
+        published settings) for any other.
+        """
+        return cls.preset("smollm2") if source is None else cls()
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> QLLMConfig:

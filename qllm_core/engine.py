@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .backends import select_attention
+from .capacity import check_fits
 from .config import QLLMConfig
 from .documents import check_text
 from .errors import InputTooLongError
@@ -94,8 +95,7 @@ class QLLMEngine:
         from .loading import load_model
 
         model, tokenizer = load_model(source, device=device, dtype=dtype)
-        if config is None and source is None:
-            config = QLLMConfig.preset("smollm2")
+        config = config or QLLMConfig.default_for(source)
         return cls(model, tokenizer, config=config, progress=progress)
 
     @property
@@ -189,6 +189,13 @@ class QLLMEngine:
                 f"{config.max_input_tokens:,}; shorten the document or raise "
                 "QLLMConfig.max_input_tokens"
             )
+        check_fits(
+            len(ids) + opts.max_new_tokens,
+            model_config=self.model.config,
+            config=config,
+            device=self.device,
+            dtype=self.dtype,
+        )
         stream = AnswerStream(pieces=iter(()))
         plan = RequestPlan(question_span=question_span, record_from=record_from)
         stream.pieces = self._run(stream, ids, plan, layout, config, opts)

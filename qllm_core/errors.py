@@ -27,6 +27,10 @@ class InputTooLongError(QLLMError, ValueError):
     """An input over the configured ``max_input_tokens``."""
 
 
+class InsufficientMemoryError(QLLMError, MemoryError):
+    """An input whose keys and values would not fit where they are kept (checked up front)."""
+
+
 class UnsupportedModelError(QLLMError, TypeError):
     """A model the engine cannot drive (not a RoPE decoder, no rotary module, ...)."""
 

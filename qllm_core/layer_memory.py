@@ -89,6 +89,7 @@ class LayerMemory:
             device=device,
             dtype=dtype,
             offload_dtype=offload_dtype,
+            offload_dir=config.offload_dir,
         )
         self.question: torch.Tensor | None = None
         self._question_queries: list[torch.Tensor] = []

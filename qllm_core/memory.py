@@ -1,7 +1,8 @@
 """Tiered storage of one layer's memory blocks: host RAM plus a bounded device cache.
 
 Every block's keys and values live on the host (pinned when the device is a GPU,
-optionally in a lower precision). Retrieval asks for ``topk`` blocks at a time;
+optionally in a lower precision), in RAM or, with a disk tier, in memory-mapped files
+the OS pages out and back in. Retrieval asks for ``topk`` blocks at a time;
 those are copied into a fixed pool of ``max_cached_blocks`` device slots, evicting
 the least recently used. The device-resident working set therefore stays bounded
 however long the input grows. On CPU the "device" tier is RAM too; the same code
@@ -10,6 +11,8 @@ path runs, so it is tested everywhere.
 
 from __future__ import annotations
 
+import math
+import tempfile
 from collections import OrderedDict
 
 import torch
@@ -35,6 +38,8 @@ class BlockStore:
         max_cached_blocks: device slots (LRU).
         device, dtype: where and in which dtype blocks are used.
         offload_dtype: dtype of the host copies (``dtype`` when ``None``).
+        offload_dir: when set, host pages are memory-mapped files in this directory (the
+            disk tier), unlinked as soon as they are mapped.
     """
 
     def __init__(
@@ -47,11 +52,13 @@ class BlockStore:
         device: torch.device,
         dtype: torch.dtype,
         offload_dtype: torch.dtype | None = None,
+        offload_dir: str | None = None,
     ) -> None:
         self.block_size = block_size
         self._device = device
         self._offload_dtype = offload_dtype or dtype
-        self._pin = device.type == "cuda"
+        self._offload_dir = offload_dir
+        self._pin = device.type == "cuda" and offload_dir is None
         shape = (max_cached_blocks, num_kv_heads, block_size, head_dim)
         self._slot_keys = torch.empty(shape, device=device, dtype=dtype)
         self._slot_values = torch.empty(shape, device=device, dtype=dtype)
@@ -106,6 +113,8 @@ class BlockStore:
         return range(first, self._count)
 
     def _new_page(self) -> torch.Tensor:
+        if self._offload_dir is not None:
+            return _mapped_page(self._offload_dir, self._page_shape, self._offload_dtype)
         return torch.empty(self._page_shape, dtype=self._offload_dtype, pin_memory=self._pin)
 
     def _host(self, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,3 +162,15 @@ class BlockStore:
         """Bytes of host memory that the blocks' keys and values occupy."""
         page = self._host_keys[0] if self._host_keys else None
         return 0 if page is None else 2 * self._count * page[0].numel() * page.element_size()
+
+
+def _mapped_page(directory: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A page backed by a new file in ``directory``, sparse until written.
+
+    The file is unlinked once mapped: the mapping is all that holds it, so nothing
+    outlives the process.
+    """
+    numel = math.prod(shape)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix="quickllama-", suffix=".kv") as file:
+        file.truncate(numel * dtype.itemsize)
+        return torch.from_file(file.name, shared=True, size=numel, dtype=dtype).view(shape)

@@ -92,7 +92,7 @@ def test_ask_streams_answer_and_summary(
     (built,) = engine.instances
     assert built.kwargs == {
         "source": None,
-        "config": None,
+        "config": QLLMConfig.preset("smollm2"),  # the embedded model's own
         "device": None,
         "dtype": None,
         "progress": None,
@@ -133,6 +133,10 @@ def test_ask_passes_options(engine: type[FakeEngine], doc: Path) -> None:
         "cpu",
         "--dtype",
         "bfloat16",
+        "--offload-dtype",
+        "float16",
+        "--offload-dir",
+        "/var/tmp",
         "--no-progress",
     ]
     assert cli.main(argv) == 0
@@ -141,7 +145,7 @@ def test_ask_passes_options(engine: type[FakeEngine], doc: Path) -> None:
 
     assert built.kwargs == {
         "source": "/m.gguf",
-        "config": QLLMConfig.preset("mistral"),
+        "config": QLLMConfig.preset("mistral", offload_dtype="float16", offload_dir="/var/tmp"),
         "device": "cpu",
         "dtype": torch.bfloat16,
         "progress": False,

@@ -22,6 +22,7 @@ from qllm_core import PRESETS, ConfigError, QLLMConfig
         (dict(question_weight=-1.0), "question_weight"),
         (dict(offload_dtype="int8"), "offload_dtype"),
         (dict(attention_backend="cuda"), "attention_backend"),
+        (dict(offload_dir=""), "offload_dir"),
         (dict(block_size=0), "block_size"),
     ],
 )

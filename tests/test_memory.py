@@ -106,3 +106,20 @@ def test_blocks_appended_together_equal_blocks_appended_one_by_one(monkeypatch):
     for a, b in zip(_fetch(single, order), _fetch(together, order), strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(together.representatives, single.representatives)
+
+
+def test_disk_tier_holds_the_same_blocks_and_leaves_no_files(tmp_path, monkeypatch):
+    from qllm_core import memory
+
+    monkeypatch.setattr(memory, "PAGE_BYTES", 2 * (2 * 3 * 4 * 2))  # two float16 blocks per page
+    ram = _store(max_cached_blocks=5, offload_dtype=torch.float16)
+    disk = _store(max_cached_blocks=5, offload_dtype=torch.float16, offload_dir=str(tmp_path))
+    blocks = _fill(ram, 5)
+    _fill(disk, 5)
+    assert len(disk._host_keys) == 3  # pages were made...
+    assert list(tmp_path.iterdir()) == []  # ...and their files unlinked once mapped
+    order = [4, 0, 3, 1, 2]
+    for a, b in zip(_fetch(ram, order), _fetch(disk, order), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(_fetch(disk, [3])[0], blocks[3])
+    assert disk.host_bytes() == ram.host_bytes()

@@ -82,10 +82,8 @@ class QLLMParams(BaseModel):
         """The engine's real prompt limit, known without loading the model."""
         if self._engine is not None:
             return int(self._engine.max_input_tokens)
-        config = self._resolved_config()
-        if config is None and self.model is None:
-            config = QLLMConfig.preset("smollm2")
-        return (config or QLLMConfig()).max_input_tokens
+        config = self._resolved_config() or QLLMConfig.default_for(self.model)
+        return config.max_input_tokens
 
     def _identifying_params_dict(self) -> dict[str, Any]:
         config = self.config

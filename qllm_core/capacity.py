@@ -1,0 +1,107 @@
+"""Will a request's keys and values fit? Checked before reading, not found out by the OOM killer.
+
+Q-LLM keeps every token's keys and values (the memory blocks) for the whole request, so
+what a request needs grows linearly with its length: ``tokens x kv_bytes_per_token``. The
+engine compares that with what the tier holding them has free, before the first token is
+read, and raises :class:`~qllm_core.errors.InsufficientMemoryError` with the ways out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig
+
+from .config import QLLMConfig
+from .errors import ConfigError, InsufficientMemoryError
+
+GIB = 2**30
+_MEMINFO = Path("/proc/meminfo")
+
+
+def kv_bytes_per_token(model_config: PretrainedConfig, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token takes across all layers, stored in ``dtype``."""
+    text = model_config.get_text_config()
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def available_ram_bytes() -> int | None:
+    """RAM the kernel says can be allocated without swapping (Linux); ``None`` elsewhere."""
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def available_device_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device; ``None`` for other devices."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def check_fits(
+    tokens: int,
+    *,
+    model_config: PretrainedConfig,
+    config: QLLMConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Raise ``InsufficientMemoryError`` when ``tokens`` tokens' keys and values cannot be held.
+
+    Modes ``qllm`` and ``infllm`` keep them in host memory (RAM, or the disk tier when
+    ``config.offload_dir`` is set) in the offload dtype; ``full`` keeps them on the device
+    in the model's dtype; ``streaming`` keeps only a window.
+    """
+    if config.mode == "streaming":
+        return
+    if config.mode == "full":
+        need = tokens * kv_bytes_per_token(model_config, dtype)
+        free = available_device_bytes(device) if device.type == "cuda" else available_ram_bytes()
+        where = f"{device.type} memory"
+        fixes = "use mode 'qllm', which keeps them off the device in memory blocks"
+    else:
+        offload = getattr(torch, config.offload_dtype) if config.offload_dtype else dtype
+        need = tokens * kv_bytes_per_token(model_config, offload)
+        fixes = _qllm_fixes(config, offload)
+        if config.offload_dir is None:
+            free, where = available_ram_bytes(), "RAM"
+        else:
+            _check_offload_dir(config.offload_dir)
+            free = shutil.disk_usage(config.offload_dir).free
+            where = f"free disk space in offload_dir {config.offload_dir!r}"
+    if free is not None and need > free:
+        raise InsufficientMemoryError(
+            f"reading {tokens:,} tokens in mode {config.mode!r} keeps {need / GIB:.1f} GiB of "
+            f"keys and values, and {where} has {free / GIB:.1f} GiB available. "
+            f"To fit: {fixes}; or pass a shorter document."
+        )
+
+
+def _check_offload_dir(path: str) -> None:
+    if not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+        raise ConfigError(
+            f"QLLMConfig.offload_dir {path!r} is not a writable directory; create it, "
+            "or choose another (or None to keep memory blocks in RAM)"
+        )
+
+
+def _qllm_fixes(config: QLLMConfig, offload: torch.dtype) -> str:
+    fixes = []
+    if offload.itemsize > 2:
+        fixes.append("set QLLMConfig.offload_dtype='float16' or 'bfloat16' (half the bytes)")
+    if config.offload_dir is None:
+        fixes.append("set QLLMConfig.offload_dir to a directory on a disk with room (disk tier)")
+    else:
+        fixes.append("point offload_dir at a disk with more room")
+    return "; ".join(fixes)
