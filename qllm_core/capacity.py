@@ -20,6 +20,10 @@ from .errors import ConfigError, InsufficientMemoryError
 
 GIB = 2**30
 _MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/proc/self/cgroup")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_NO_LIMIT = 2**62
+"""cgroup v1 reports "no limit" as a huge number (the largest page-aligned int64)."""
 
 
 def kv_bytes_per_token(model_config: PretrainedConfig, dtype: torch.dtype) -> int:
@@ -31,7 +35,17 @@ def kv_bytes_per_token(model_config: PretrainedConfig, dtype: torch.dtype) -> in
 
 
 def available_ram_bytes() -> int | None:
-    """RAM the kernel says can be allocated without swapping (Linux); ``None`` elsewhere."""
+    """RAM this process can still take (Linux; ``None`` elsewhere).
+
+    The kernel's ``MemAvailable``, or less where a memory cgroup (a container's limit)
+    allows less.
+    """
+    limits = [_meminfo_available(), *_cgroup_available()]
+    known = [value for value in limits if value is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
     try:
         for line in _MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -39,6 +53,52 @@ def available_ram_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def _cgroup_available() -> list[int]:
+    """Room left under each memory limit of this process's cgroups, v1 and v2, ancestors too.
+
+    Room is the limit minus the usage, plus the inactive file cache the kernel reclaims
+    before it would kill anything (what container runtimes call the working set).
+    """
+    try:
+        lines = _CGROUP.read_text().splitlines()
+    except OSError:
+        return []
+    rooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: memory.max, memory.current
+            root, files = _CGROUP_ROOT, ("memory.max", "memory.current", "inactive_file")
+            if not (root / "cgroup.controllers").exists():
+                root = root / "unified"
+        elif "memory" in controllers.split(","):  # v1
+            root = _CGROUP_ROOT / "memory"
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        while True:
+            room = _cgroup_room(folder, *files)
+            if room is not None:
+                rooms.append(room)
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return rooms
+
+
+def _cgroup_room(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+        stat = (folder / "memory.stat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or int(limit) >= _NO_LIMIT:
+        return None
+    pairs = dict(zip(stat[::2], stat[1::2], strict=False))
+    return max(0, int(limit) - usage + int(pairs.get(inactive_key, 0)))
 
 
 def available_device_bytes(device: torch.device) -> int | None:

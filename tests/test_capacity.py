@@ -68,3 +68,57 @@ def test_offload_dir_that_is_not_a_directory_is_a_config_error(tiny_engine, tmp_
     engine = _engine(tiny_engine, offload_dir=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="offload_dir .* not a writable directory"):
         engine.answer(DOC, QUESTION, max_new_tokens=2)
+
+
+def _fake_cgroup(tmp_path, monkeypatch, membership, files):
+    proc = tmp_path / "self-cgroup"
+    proc.write_text(membership)
+    for name, text in files.items():
+        path = tmp_path / "fs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.setattr(capacity, "_CGROUP", proc)
+    monkeypatch.setattr(capacity, "_CGROUP_ROOT", tmp_path / "fs")
+    monkeypatch.setattr(capacity, "_meminfo_available", lambda: 64 * 2**30)
+
+
+def test_a_cgroup_v2_limit_caps_the_available_ram(tmp_path, monkeypatch):
+    gib = 2**30
+    _fake_cgroup(
+        tmp_path,
+        monkeypatch,
+        "0::/box/job\n",
+        {
+            "cgroup.controllers": "memory",
+            "box/memory.max": str(4 * gib),  # the container's limit, on the parent
+            "box/memory.current": str(3 * gib),
+            "box/memory.stat": f"anon {2 * gib}\ninactive_file {gib // 2}\n",
+            "box/job/memory.max": "max",
+            "box/job/memory.current": str(3 * gib),
+            "box/job/memory.stat": "inactive_file 0\n",
+        },
+    )
+    assert capacity.available_ram_bytes() == gib + gib // 2
+
+
+def test_a_cgroup_v1_limit_caps_the_available_ram(tmp_path, monkeypatch):
+    gib = 2**30
+    _fake_cgroup(
+        tmp_path,
+        monkeypatch,
+        "4:memory:/job\n1:cpu:/job\n",
+        {
+            "memory/job/memory.limit_in_bytes": str(3 * gib),
+            "memory/job/memory.usage_in_bytes": str(2 * gib),
+            "memory/job/memory.stat": f"cache 100\ntotal_inactive_file {gib}\n",
+            "memory/memory.limit_in_bytes": "9223372036854771712",  # v1's "no limit"
+            "memory/memory.usage_in_bytes": str(50 * gib),
+            "memory/memory.stat": "total_inactive_file 0\n",
+        },
+    )
+    assert capacity.available_ram_bytes() == 2 * gib
+
+
+def test_no_cgroup_limit_leaves_meminfo(tmp_path, monkeypatch):
+    _fake_cgroup(tmp_path, monkeypatch, "0::/\n", {"cgroup.controllers": "", "memory.max": "max"})
+    assert capacity.available_ram_bytes() == 64 * 2**30
