@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -41,8 +41,29 @@ _NEG = tl.constexpr(-1.0e30)
 """A masked logit (log2 units); finite, so a row that has seen no key yet stays NaN-free."""
 _LN2 = tl.constexpr(math.log(2.0))
 _LOG2E = tl.constexpr(math.log2(math.e))
-_BLOCK_N = 64
 _NUM_WARPS = 4
+
+
+class Tiles(NamedTuple):
+    """Tile sizes and pipeline depth of one launch."""
+
+    block_d: int
+    block_m: int
+    block_n: int
+    num_stages: int
+
+
+def tiles(dtype: torch.dtype, head_dim: int, rows: int) -> Tiles:
+    """Tiles for ``rows`` query rows of ``head_dim`` in ``dtype``.
+
+    Sized so both kernels' shared memory stays under 99 KiB, the smallest per-block limit
+    of NVIDIA GPUs since Ampere (sm_86/sm_89), for head dims up to 256: float32 operands
+    take twice the room, so they get one pipeline stage, and half-size tiles past 128.
+    """
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    wide = dtype == torch.float32 and block_d > 128
+    block_m = min(32 if wide else 64, max(16, triton.next_power_of_2(rows)))
+    return Tiles(block_d, block_m, 32 if wide else 64, 1 if dtype == torch.float32 else 3)
 
 
 @triton.jit
@@ -262,10 +283,9 @@ def _launch(
     The grid is (tiles of query rows, or of keys when ``over_keys``) x batch.
     """
     batch, rows, dim = q.shape
-    block_d = max(16, triton.next_power_of_2(dim))
-    block_m = min(64, max(16, triton.next_power_of_2(rows)))
-    tiles = triton.cdiv(keys.shape[1], _BLOCK_N) if over_keys else triton.cdiv(rows, block_m)
-    kernel[(tiles, batch)](
+    t = tiles(q.dtype, dim, rows)
+    grid = triton.cdiv(keys.shape[1], t.block_n) if over_keys else triton.cdiv(rows, t.block_m)
+    kernel[(grid, batch)](
         q,
         keys,
         *ranges,
@@ -279,10 +299,11 @@ def _launch(
         stride_kb=keys.stride(0),
         stride_km=keys.stride(1),
         HEAD_DIM=dim,
-        BLOCK_D=block_d,
-        BLOCK_M=block_m,
-        BLOCK_N=_BLOCK_N,
+        BLOCK_D=t.block_d,
+        BLOCK_M=t.block_m,
+        BLOCK_N=t.block_n,
         num_warps=_NUM_WARPS,
+        num_stages=t.num_stages,
         **named,
     )
 

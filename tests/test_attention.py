@@ -32,10 +32,19 @@ def _union_reference(q_local, local, q_global, segments, scaling):
 
 
 def _check(
-    n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=0, attend=two_stage_attention
+    n,
+    m_local,
+    window,
+    m_blocks,
+    m_rem,
+    rem_offset,
+    dtype,
+    seed=0,
+    attend=two_stage_attention,
+    dim=16,
 ):
     gen = torch.Generator().manual_seed(seed)
-    heads, group, dim = 3, 2, 16
+    heads, group = 3, 2
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(dtype)
@@ -47,8 +56,9 @@ def _check(
         KeySegment(rand(heads, m_blocks, dim), rand(heads, m_blocks, dim)),
         KeySegment(rand(heads, m_rem, dim), rand(heads, m_rem, dim), rem_offset),
     ]
-    out, local_probs = attend(q_local, local, q_global, segments, 0.25)
-    ref_out, ref_probs = _union_reference(q_local, local, q_global, segments, 0.25)
+    scaling = dim**-0.5  # as the models scale
+    out, local_probs = attend(q_local, local, q_global, segments, scaling)
+    ref_out, ref_probs = _union_reference(q_local, local, q_global, segments, scaling)
 
     # tolerance: twice the reference's own rounding error in `dtype`
     ref_rounded = ref_out.to(dtype).double()

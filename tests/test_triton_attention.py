@@ -55,6 +55,72 @@ def test_triton_merge_equals_union_softmax(
     _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=seed, attend=attend)
 
 
+@pytest.mark.parametrize("dim, dtype", [(80, torch.float16), (256, torch.float32)])
+def test_triton_head_dims_off_the_tile(triton_attention, dim, dtype):
+    """A head dim that is not a power of two (masked lanes), and one past 128 (float32 tiles
+    of half size)."""
+    attend = _on_device(triton_attention)
+    _check(27, 61, 20, 48, 13, -5, dtype, seed=dim, attend=attend, dim=dim)
+
+
+# Compiles both kernels for real GPU targets with Triton's own compiler and ptxas (no GPU
+# needed) at the tiles the engine launches with, and reports their shared memory.
+_COMPILE = """
+import json, sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from qllm_core import triton_attention as ta
+
+arch, dtype_name, dim = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+dtype = getattr(torch, dtype_name)
+ptr = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}[dtype_name]
+t = ta.tiles(dtype, dim, rows=1024)
+types = dict(q_ptr=ptr, k_ptr=ptr, v_ptr=ptr, lo_ptr="*i32", hi_ptr="*i32", out_ptr="*fp32",
+             lse_ptr="*fp32", probs_ptr="*fp32", scale_log2="fp32")
+shared = {}
+for kernel, extra in ((ta._attend_kernel, {"RESUME": True}), (ta._key_probs_kernel, {})):
+    names = kernel.arg_names
+    consts = dict(HEAD_DIM=dim, BLOCK_D=t.block_d, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **extra)
+    signature = {a: "constexpr" if a in consts else types.get(a, "i32") for a in names}
+    src = ASTSource(kernel, signature, {(names.index(a),): v for a, v in consts.items()})
+    options = {"num_warps": 4, "num_stages": t.num_stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    shared[kernel.__name__] = compiled.metadata.shared
+print(json.dumps(shared))
+"""
+
+
+@pytest.mark.parametrize(
+    "arch, dtype, dim",
+    [
+        (86, "bfloat16", 256),  # the largest tiles of each dtype on the tightest GPUs
+        (86, "float32", 128),
+        (86, "float32", 256),
+        (90, "bfloat16", 128),  # Hopper lowers the dots differently
+    ],
+)
+def test_kernels_compile_for_gpus_within_shared_memory(arch, dtype, dim):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE, str(arch), dtype, str(dim)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shared = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(shared) == {"_attend_kernel", "_key_probs_kernel"}
+    assert max(shared.values()) <= 99 * 1024, shared  # sm_86/sm_89: 99 KiB per block
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_triton_engine_equals_torch_engine(triton_attention, arch):
     """Whole engine, blocks retrieved and evicted: both paths give the same logits."""
