@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 import torch
@@ -45,11 +46,17 @@ class NativeForward:
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
         self.cache = DynamicCache(config=model.config)
+        # transformers 5.24 renamed the argument (the old name warns, and goes in 5.40)
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with its own attention and cache."""
         input_ids = torch.tensor([ids], device=self.model.device)
         out = self.model(
-            input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1
+            input_ids=input_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: self.cache},
         )
         return out.logits[0, -1]
