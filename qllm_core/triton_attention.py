@@ -20,8 +20,9 @@ grouped keys are never repeated. Logits and sums are float32. ``q . k`` multipli
 inputs' dtype with float32 accumulation (float32 inputs in IEEE precision, not TF32);
 ``p . v`` in the values' dtype, as flash attention does.
 
-With ``TRITON_INTERPRET=1`` in the environment before this module is imported, the kernels
-run in Triton's interpreter on CPU tensors; the tests use that on machines without a GPU.
+With ``TRITON_INTERPRET=1`` in the environment before triton is first imported (transformers
+imports it), the kernels run in Triton's interpreter on CPU tensors; the tests use that on
+machines without a GPU.
 """
 
 from __future__ import annotations
