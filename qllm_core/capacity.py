@@ -102,9 +102,9 @@ def _cgroup_room(folder: Path, limit_file: str, usage_file: str, inactive_key: s
 
 
 def available_device_bytes(device: torch.device) -> int | None:
-    """Free memory of a CUDA device; ``None`` for other devices."""
+    """Free memory where ``device`` keeps tensors: a CUDA device's own, otherwise RAM."""
     if device.type != "cuda":
-        return None
+        return available_ram_bytes()
     free, _ = torch.cuda.mem_get_info(device)
     return int(free)
 
@@ -127,7 +127,7 @@ def check_fits(
         return
     if config.mode == "full":
         need = tokens * kv_bytes_per_token(model_config, dtype)
-        free = available_device_bytes(device) if device.type == "cuda" else available_ram_bytes()
+        free = available_device_bytes(device)
         where = f"{device.type} memory"
         fixes = "use mode 'qllm', which keeps them off the device in memory blocks"
     else:
