@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import random
-from typing import BinaryIO, TextIO
+import re
+import stat
+from typing import Any, BinaryIO, TextIO
 
 from .errors import EmptyInputError, InvalidDocumentError
 
@@ -19,6 +21,11 @@ _SAMPLE_BYTES = 8192
 _MAX_CONTROL_RATIO = 0.1
 """Share of control characters above which a document counts as binary."""
 _TEXT_CONTROLS = frozenset("\t\n\r\f\v\x1b")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_DOCUMENT_BYTES = 2**32
+"""Largest document read from a file or stream (4 GiB, about a billion tokens): far over
+``max_input_tokens``, and a bound for endless sources such as ``/dev/zero``."""
+_READ_CHUNK = 2**20
 _CONVERT_HINT = (
     "convert it to UTF-8 text first (e.g. `iconv -f LATIN1 -t UTF-8 FILE > FILE.txt`), "
     "or extract the text of a PDF or office file first (e.g. `pdftotext FILE.pdf`)"
@@ -55,8 +62,7 @@ def decode_document(data: bytes, name: str = "document") -> str:
             the offending byte offset and how to convert the file.
 
     """
-    if b"\x00" in data[:_SAMPLE_BYTES] or _control_ratio(data[:_SAMPLE_BYTES]) > _MAX_CONTROL_RATIO:
-        raise InvalidDocumentError(f"{name} looks like binary data, not text; {_CONVERT_HINT}")
+    _refuse_binary(data[:_SAMPLE_BYTES], name)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -79,7 +85,8 @@ def check_text(name: str, value: object) -> str:
         value: the value to check.
 
     Raises:
-        InvalidDocumentError: ``value`` is not a ``str`` (bytes must be decoded first).
+        InvalidDocumentError: ``value`` is not a ``str`` (bytes must be decoded first), or
+            holds a NUL character or a lone surrogate (no tokenizer can encode one).
         EmptyInputError: ``value`` is empty or whitespace only.
 
     """
@@ -95,24 +102,72 @@ def check_text(name: str, value: object) -> str:
             + ("" if not value else " (whitespace only)")
             + f"; pass a non-empty {name}"
         )
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise InvalidDocumentError(
+            f"the {name} contains a NUL character (at index {nul}), so it is not text; "
+            + _CONVERT_HINT
+        )
+    surrogate = _LONE_SURROGATE.search(value)
+    if surrogate is not None:
+        raise InvalidDocumentError(
+            f"the {name} contains a lone surrogate {surrogate.group()!r} at index "
+            f"{surrogate.start()}, which is not a character (often bytes that are not UTF-8, "
+            "decoded with errors='surrogateescape'); decode the source as UTF-8 text first"
+        )
     return value
 
 
 def _read_path(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
-            return handle.read()
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+                raise InvalidDocumentError(
+                    f"{path} is a device or socket, not a text file; pass a regular file or "
+                    "pipe the text on standard input"
+                )
+            return _read_bounded(handle, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"document not found: {path}") from None
     except IsADirectoryError:
         raise InvalidDocumentError(f"{path} is a directory; pass a text file") from None
+    except PermissionError:
+        raise InvalidDocumentError(f"{path} cannot be read (permission denied)") from None
+    except OSError as error:  # e.g. EIO from /proc/self/mem, ENXIO, ELOOP
+        raise InvalidDocumentError(
+            f"{path} cannot be read: {error.strerror or error}; pass a regular text file"
+        ) from None
+
+
+def _read_bounded(handle: BinaryIO | TextIO, name: str) -> Any:
+    """Read all of ``handle`` (bytes or str), refusing binary data at once and over-long input."""
+    chunks: list[Any] = []
+    size = 0
+    while True:
+        chunk = handle.read(_READ_CHUNK)
+        if not chunk:
+            return chunk[:0].join(chunks)
+        if not chunks and isinstance(chunk, bytes):  # e.g. /dev/zero is refused at once
+            _refuse_binary(chunk[:_SAMPLE_BYTES], name)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_DOCUMENT_BYTES:
+            raise InvalidDocumentError(
+                f"{name} is longer than {MAX_DOCUMENT_BYTES:,} bytes; split it, or pass a "
+                "shorter document"
+            )
 
 
 def _read_stream(stream: BinaryIO | TextIO) -> str:
     """Read an open file; text streams with bytes underneath (``sys.stdin``) are decoded here."""
     name = _stream_name(stream)
     raw = getattr(stream, "buffer", None)
-    data = (raw if raw is not None else stream).read()
+    source = raw if raw is not None else stream
+    try:
+        data = _read_bounded(source, name)
+    except OSError as error:
+        raise InvalidDocumentError(f"{name} cannot be read: {error.strerror or error}") from None
     if isinstance(data, bytes):
         return decode_document(data, name)
     if "\x00" in data:  # an already-decoded text stream, e.g. io.StringIO
@@ -120,6 +175,11 @@ def _read_stream(stream: BinaryIO | TextIO) -> str:
             f"{name} contains NUL characters, so it is not text; {_CONVERT_HINT}"
         )
     return data
+
+
+def _refuse_binary(sample: bytes, name: str) -> None:
+    if b"\x00" in sample or _control_ratio(sample) > _MAX_CONTROL_RATIO:
+        raise InvalidDocumentError(f"{name} looks like binary data, not text; {_CONVERT_HINT}")
 
 
 def _stream_name(stream: object) -> str:

@@ -37,3 +37,11 @@ class UnsupportedModelError(QLLMError, TypeError):
 
 class ModelLoadError(QLLMError, OSError):
     """A model source that cannot be found or loaded."""
+
+
+class InvalidOptionError(QLLMError, ValueError):
+    """A generation option that cannot be used (wrong type, out of range, unknown name)."""
+
+
+class InvalidInputError(QLLMError, ValueError):
+    """A request argument other than text that cannot be used: token ids, a question span."""

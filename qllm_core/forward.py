@@ -1,4 +1,9 @@
-"""One forward pass of the model over new tokens, through the engine or as shipped."""
+"""One forward pass of the model over new tokens, through the engine or as shipped.
+
+Each call holds the model's lock (:func:`~qllm_core.patching.model_lock`) for that step
+only, in inference mode: a request that is paused (a stream not iterated) or abandoned
+holds nothing, and requests of any engines sharing the model interleave step by step.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .layer_memory import RequestMemory
-from .patching import MEMORY_KWARG, AttachedModel
+from .patching import MEMORY_KWARG, AttachedModel, model_lock
 
 
 class Forward(Protocol):
@@ -30,7 +35,7 @@ class QLLMForward:
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with the engine's attention."""
         input_ids = torch.tensor([ids], device=self.memory.device)
-        with self.attached.qllm():
+        with self.attached.qllm(), torch.inference_mode():
             out = self.model(
                 input_ids=input_ids,
                 use_cache=False,
@@ -46,6 +51,7 @@ class NativeForward:
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
         self.cache = DynamicCache(config=model.config)
+        self._lock = model_lock(model)
         # transformers 5.24 renamed the argument (the old name warns, and goes in 5.40)
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -53,10 +59,11 @@ class NativeForward:
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with its own attention and cache."""
         input_ids = torch.tensor([ids], device=self.model.device)
-        out = self.model(
-            input_ids=input_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_arg: self.cache},
-        )
+        with self._lock, torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_arg: self.cache},
+            )
         return out.logits[0, -1]

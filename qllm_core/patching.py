@@ -6,12 +6,20 @@ switched to the identity, so that keys reach the attention function unrotated
 (Q-LLM re-positions memory itself). ``AttachedModel.qllm()`` routes a forward
 pass through the engine; outside it the model runs exactly as shipped. No
 ``forward`` method is replaced and no modeling file is copied.
+
+The attachment belongs to the model, not to an engine: every engine on one model shares
+it, and every forward step through an engine runs under the model's :func:`model_lock`,
+so steps of different engines and requests interleave but never overlap. Each request's
+memory rides with its own ``model(...)`` call (:data:`MEMORY_KWARG`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -106,18 +114,55 @@ def check_model(model: PreTrainedModel) -> None:
         )
 
 
+@dataclass
+class _Attachment:
+    """What one model's attachment shares between all the engines on it."""
+
+    rotary: SwitchableRotary
+    native_attention: str
+
+
+_ATTACHMENTS: weakref.WeakKeyDictionary[nn.Module, _Attachment] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """The lock every engine step on ``model`` holds (one per model, shared by engines)."""
+    with _REGISTRY_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
+
+
 class AttachedModel:
-    """A model with the engine attached; ``qllm()`` switches it to the engine's attention."""
+    """A model with the engine attached; ``qllm()`` switches it to the engine's attention.
+
+    Any number of ``AttachedModel`` (one per engine) may wrap one model: they share one
+    attachment and one :func:`model_lock`.
+    """
 
     def __init__(self, model: PreTrainedModel) -> None:
         check_model(model)
         AttentionInterface.register(ATTENTION_NAME, _qllm_attention)
         self.model = model
         self._base = _base_model(model)
-        self._native_attention: str = model.config._attn_implementation or "sdpa"
-        rotary = cast(nn.Module, self._base.rotary_emb)  # checked by _base_model
-        self._rotary = rotary if isinstance(rotary, SwitchableRotary) else SwitchableRotary(rotary)
-        self._base.rotary_emb = self._rotary
+        self._lock = model_lock(model)
+        with self._lock:
+            attachment = _ATTACHMENTS.get(model)
+            if attachment is None:
+                rotary = cast(nn.Module, self._base.rotary_emb)  # checked by _base_model
+                if not isinstance(rotary, SwitchableRotary):
+                    rotary = SwitchableRotary(rotary)
+                native = model.config._attn_implementation or "sdpa"
+                attachment = _Attachment(
+                    rotary=rotary, native_attention="sdpa" if native == ATTENTION_NAME else native
+                )
+                self._base.rotary_emb = rotary
+                _ATTACHMENTS[model] = attachment
+        self._rotary = attachment.rotary
+        self._native_attention = attachment.native_attention
 
     @property
     def rotary(self) -> nn.Module:
@@ -126,16 +171,25 @@ class AttachedModel:
 
     @contextlib.contextmanager
     def qllm(self) -> Iterator[None]:
-        """Within this block the model's attention is the engine's, and RoPE is left to it."""
-        self.model.set_attn_implementation(ATTENTION_NAME)
-        self._rotary.identity = True
-        try:
-            yield
-        finally:
-            self._rotary.identity = False
-            self.model.set_attn_implementation(self._native_attention)
+        """Within this block the model's attention is the engine's, and RoPE is left to it.
+
+        Holds the model's lock: a step of another engine or request waits for this one.
+        """
+        with self._lock:
+            self.model.set_attn_implementation(ATTENTION_NAME)
+            self._rotary.identity = True
+            try:
+                yield
+            finally:
+                self._rotary.identity = False
+                self.model.set_attn_implementation(self._native_attention)
 
     def detach(self) -> PreTrainedModel:
-        """Restore the model's own rotary module and return the model."""
-        self._base.rotary_emb = self._rotary.rotary
+        """Restore the model's own rotary module and return the model.
+
+        Every engine on the model stops working; detach once all of them are done.
+        """
+        with self._lock:
+            self._base.rotary_emb = self._rotary.rotary
+            _ATTACHMENTS.pop(self.model, None)
         return self.model

@@ -3,11 +3,18 @@
 Each piece is tokenized on its own and the token ids are concatenated, so the
 question's and the document's token spans are known exactly, with no string search
 over the rendered prompt.
+
+Text from callers (documents, questions, chat messages) is tokenized with special tokens
+split (:func:`encode_text`): ``<|im_start|>`` or ``<|endoftext|>`` inside a document are
+ordinary characters, never template structure. Only the template's own pieces are
+tokenized with special tokens recognised.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +26,12 @@ USER_MESSAGE = (
 )
 """The user turn; ``{question}`` and ``{document}`` are filled in (question twice)."""
 _PLAIN = "{message}\n\nAnswer:"
+_SLOT = "\x00QLLM-SLOT-{}\x00"
+
+_TOKENIZER_LOCK = threading.Lock()
+"""Fast tokenizers keep "split special tokens" as a setting of the shared backend, changed
+by each call that passes it: encoding is serialized so that one call's setting can never
+apply to another's text."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +71,9 @@ def build_prompt(tokenizer: Any, document: str, question: str) -> PromptLayout:
             break
         part = question if i != 1 else document
         if i == 1:
-            encoded = (
-                tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
-                if getattr(tokenizer, "is_fast", False)
-                else None
-            )
-            part_ids = encoded["input_ids"] if encoded else _encode(tokenizer, part)
-            offsets = [tuple(o) for o in encoded["offset_mapping"]] if encoded else None
+            part_ids, offsets = encode_text_with_offsets(tokenizer, part)
         else:
-            part_ids = _encode(tokenizer, part)
+            part_ids = encode_text(tokenizer, part)
         spans.append((len(ids), len(ids) + len(part_ids)))
         ids += part_ids
     return PromptLayout(
@@ -97,5 +104,75 @@ def _template_pieces(tokenizer: Any) -> list[str]:
     return texts
 
 
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of caller text, special tokens split: never a special-token id for them.
+
+    ``"<|im_start|>"`` in ``text`` becomes the ids of its characters, as if the brackets were
+    any other punctuation. Use this for documents, questions and messages.
+    """
+    return encode_text_with_offsets(tokenizer, text, offsets=False)[0]
+
+
+def encode_text_with_offsets(
+    tokenizer: Any, text: str, *, offsets: bool = True
+) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """:func:`encode_text`, plus each token's ``(char_start, char_end)``.
+
+    The offsets are ``None`` when not asked for or when the tokenizer cannot report them.
+    """
+    if not text:
+        return [], [] if offsets else None
+    with_offsets = offsets and bool(getattr(tokenizer, "is_fast", False))
+    with _TOKENIZER_LOCK:
+        encoded = tokenizer(
+            text,
+            add_special_tokens=False,
+            split_special_tokens=True,
+            return_offsets_mapping=with_offsets,
+        )
+    ids = list(encoded["input_ids"])
+    spans = [(int(a), int(b)) for a, b in encoded["offset_mapping"]] if with_offsets else None
+    return ids, spans
+
+
+def encode_chat(
+    tokenizer: Any, messages: Sequence[tuple[str, str]], *, add_generation_prompt: bool = True
+) -> list[int]:
+    """Token ids of ``(role, content)`` messages in the tokenizer's chat template.
+
+    The template's own text is tokenized with special tokens recognised; every message's
+    content with :func:`encode_text`, so no message can add or close a turn. Without a chat
+    template, the messages are joined as ``role: content`` lines.
+    """
+    if not messages:
+        raise ValueError("encode_chat needs at least one message")
+    slots = [_SLOT.format(i) for i in range(len(messages))]
+    if getattr(tokenizer, "chat_template", None):
+        turns = [
+            {"role": role, "content": slot} for (role, _), slot in zip(messages, slots, strict=True)
+        ]
+        rendered = tokenizer.apply_chat_template(
+            turns, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    else:
+        rendered = "\n".join(
+            f"{role}: {slot}" for (role, _), slot in zip(messages, slots, strict=True)
+        )
+    pieces = re.split("(" + "|".join(re.escape(slot) for slot in slots) + ")", rendered)
+    ids: list[int] = []
+    for piece in pieces:
+        if piece in slots:
+            ids += encode_text(tokenizer, messages[slots.index(piece)][1])
+        else:
+            ids += _encode(tokenizer, piece)
+    return ids
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+    """Token ids of the template's own text, special tokens recognised."""
+    if not text:
+        return []
+    with _TOKENIZER_LOCK:
+        return list(
+            tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+        )
