@@ -2,55 +2,37 @@
 
 Framework objects are cheap and made often (LangChain's standard tests build a model per
 test); the model weights behind them are not. Engines are therefore created lazily, on
-first use, and cached by ``(source, config, device, dtype)``, so every wrapper asking for
-the same key shares one engine. The engine serializes its own requests, so sharing is safe.
+first use, and cached by :meth:`EngineSpec.key <qllm_core.spec.EngineSpec.key>`, so every
+wrapper asking for the same engine shares one. The engine serializes its own requests, so
+sharing is safe.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from qllm_core.config import QLLMConfig
-    from qllm_core.engine import QLLMEngine
+from qllm_core.protocol import EngineProtocol
+from qllm_core.spec import EngineKey, EngineSpec
 
 logger = logging.getLogger(__name__)
 
-EngineKey = tuple[str | None, Any, str | None, str | None]
-"""``(source, config, device, dtype)``; ``config`` is a frozen, hashable ``QLLMConfig``."""
-
-_engines: dict[EngineKey, QLLMEngine] = {}
+_engines: dict[EngineKey, EngineProtocol] = {}
 _key_locks: dict[EngineKey, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
 
-def get_engine(
-    source: str | None = None,
-    *,
-    config: QLLMConfig | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-) -> QLLMEngine:
-    """The shared engine for ``source``, loading it on first use.
-
-    Args:
-        source: ``None`` for the embedded SmolLM2-135M-Instruct; a local model directory,
-            a ``.gguf`` file or a hub id otherwise.
-        config: engine settings; ``None`` picks the engine's default for ``source``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None``: CUDA when available.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; ``None``: the engine's default.
+def get_engine(spec: EngineSpec | None = None) -> EngineProtocol:
+    """The shared engine for ``spec`` (default: the embedded model), loaded on first use.
 
     Thread-safe: concurrent callers with the same key wait for one load; callers with
     other keys are not held up by it.
 
     Raises:
         ModelLoadError: the source cannot be found or loaded.
-        ConfigError: ``dtype`` names no torch dtype.
     """
-    key = _key(source, config, device, dtype)
+    spec = spec or EngineSpec()
+    key = spec.key()
     engine = _engines.get(key)
     if engine is not None:
         return engine
@@ -59,13 +41,19 @@ def get_engine(
     with key_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _load(key)
+            logger.info(
+                "loading engine for %s (device=%s, dtype=%s)",
+                spec.source or "the embedded model",
+                spec.device or "auto",
+                spec.dtype or "auto",
+            )
+            engine = _load(spec)
             with _registry_lock:
                 _engines[key] = engine
     return engine
 
 
-def cached_engines() -> dict[EngineKey, QLLMEngine]:
+def cached_engines() -> dict[EngineKey, EngineProtocol]:
     """A snapshot of the engines loaded so far, by key."""
     with _registry_lock:
         return dict(_engines)
@@ -78,47 +66,5 @@ def clear_engines() -> None:
         _key_locks.clear()
 
 
-def _key(
-    source: str | None, config: QLLMConfig | None, device: str | None, dtype: str | None
-) -> EngineKey:
-    """Normalize the key so that equivalent spellings share one engine."""
-    if source is not None:
-        source = os.fspath(source)
-        expanded = os.path.expanduser(source)
-        if os.path.exists(expanded):
-            source = os.path.realpath(expanded)
-    if dtype is not None:
-        dtype = str(dtype).removeprefix("torch.")
-    return (source, config, None if device is None else str(device), dtype)
-
-
-def _load(key: EngineKey) -> QLLMEngine:
-    from qllm_core.engine import QLLMEngine
-
-    source, config, device, dtype = key
-    logger.info(
-        "loading engine for %s (device=%s, dtype=%s)",
-        source or "the embedded model",
-        device or "auto",
-        dtype or "auto",
-    )
-    return QLLMEngine.from_pretrained(
-        source, config=config, device=device, dtype=_torch_dtype(dtype)
-    )
-
-
-def _torch_dtype(name: str | None) -> Any:
-    """The torch dtype called ``name`` (``None`` stays ``None``)."""
-    if name is None:
-        return None
-    import torch
-
-    from qllm_core.errors import ConfigError
-
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise ConfigError(
-            f"dtype {name!r} is not a torch dtype; use e.g. 'float32' or "
-            "'bfloat16', or None for the engine's default"
-        )
-    return value
+def _load(spec: EngineSpec) -> EngineProtocol:
+    return spec.load()

@@ -1,68 +1,123 @@
-"""ChatQLLM: a LangChain chat model that reads whole documents with Q-LLM."""
+"""ChatQLLM: a LangChain chat model that reads whole documents with Q-LLM.
+
+A translator: LangChain messages become ``(role, text)`` turns, and the provider core
+(:mod:`qllm_integrations.request`) decides the route, validates the options and runs the
+engine; its answer becomes an ``AIMessage``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
-from operator import itemgetter
+import base64
+import binascii
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForLLMRun,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_json_schema
-from langchain_core.utils.pydantic import is_basemodel_subclass
-
-from qllm_core.results import Answer
-from qllm_integrations.langchain._call import (
-    EngineCall,
-    astream_in_thread,
-    json_instruction,
-    usage_metadata,
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
 )
-from qllm_integrations.langchain._messages import chat_prompt_ids, flatten_messages
-from qllm_integrations.langchain._params import QLLMParams
-from qllm_integrations.langchain.structured import JsonSchemaOutputParser
-from qllm_integrations.split import split_chat
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
 
-StructuredMethod = Literal["json_schema", "json_mode", "function_calling"]
+from qllm_core.protocol import EngineProtocol
+from qllm_core.results import Answer
+from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations.evidence import Evidence
+from qllm_integrations.request import (
+    PROVIDER,
+    ProviderSettings,
+    Request,
+    answer_events,
+    call_options,
+    chat_request,
+    usage,
+)
+
+_SKIPPED_BLOCKS = frozenset(
+    {"reasoning", "thinking", "tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use"}
+)
+"""Blocks of assistant turns that are not text the model should re-read."""
 
 
-class ChatQLLM(BaseChatModel, QLLMParams):
+class LangChainSettings(ProviderSettings):
+    """The provider settings plus LangChain's standard parameters, for both classes."""
+
+    streaming: bool = False
+    """Whether ``invoke`` streams internally (so callbacks see every token)."""
+    timeout: float | None = None
+    """LangChain's standard parameter; a local engine has no timeout (a warning says so)."""
+    max_retries: int | None = None
+    """LangChain's standard parameter; a local engine is not retried (a warning says so)."""
+
+    def _setup(self, engine: EngineProtocol | None) -> None:
+        self._init_settings(engine)
+        ignored = [n for n in ("timeout", "max_retries") if getattr(self, n) is not None]
+        if ignored:
+            warnings.warn(
+                f"{type(self).__name__} ignores {', '.join(ignored)}: the engine runs in this "
+                "process, so nothing times out or is retried",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _ls(self, model_type: Literal["chat", "llm"], stop: Any, kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=kwargs.get("model") or self.model_label(),
+            ls_model_type=model_type,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get(
+                "max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)
+            ),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
+        ids = self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]
+
+
+class ChatQLLM(BaseChatModel, LangChainSettings):
     """Chat model over a quickllama engine: pass a whole document, ask about it.
 
-    The last user message is the question; the system message, earlier messages and
-    ``text-plain`` blocks are the document (see :mod:`qllm_integrations.split`). Pass
-    ``question=`` / ``document=`` to ``invoke`` or ``bind`` to say so explicitly. A
-    conversation short enough to fit the engine's local window is sent whole, in the
-    model's chat template (route ``direct``): Q-LLM then equals full attention.
+    The last user message is the question; system messages, earlier messages, tool results
+    and ``text-plain`` blocks are the document (see :mod:`qllm_integrations.request`).
+    Pass ``question=`` / ``document=`` to ``invoke`` or ``bind`` to say so explicitly. A
+    conversation that fits the engine's local window is sent whole, in the model's chat
+    template (route ``direct``).
 
     Example:
         .. code-block:: python
 
-            from qllm_integrations.langchain import ChatQLLM
+            from qllm_integrations.langchain import ChatQLLM, get_evidence
 
-            chat = ChatQLLM()  # the embedded SmolLM2-135M-Instruct, loaded on first use
-            reply = chat.bind(document=open("report.txt").read()).invoke("Who signed it?")
-            reply.response_metadata["qllm"]["retrieved_blocks"]  # where it looked
+            chat = ChatQLLM(max_new_tokens=128)  # the embedded model, loaded on first use
+            reply = chat.invoke("Who signed it?", document=open("report.txt").read())
+            get_evidence(reply)  # the passages it used, most relevant first, with scores
 
-    The engine is shared process-wide by ``(model, config, device, dtype)``; pass
+    The engine is shared process-wide by its :class:`~qllm_core.spec.EngineSpec`; pass
     ``engine=`` to use one already built. Requests on one engine run one at a time.
     """
 
-    def __init__(self, *, engine: Any = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if engine is not None:
-            self._engine, self._engine_given = engine, True
-            if kwargs.get("profile") is None:  # computed before the engine was known
-                self.profile = self._resolve_model_profile()
+    def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
+        super().__init__(**self._checked_kwargs(kwargs))
+        self._setup(engine)
+        if engine is not None and kwargs.get("profile") is None:  # computed before the engine
+            self.profile = self._resolve_model_profile()
 
     @property
     def _llm_type(self) -> str:
@@ -70,16 +125,16 @@ class ChatQLLM(BaseChatModel, QLLMParams):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return self._identifying_params_dict()
+        return self.identifying_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return self._ls_params("chat", stop, kwargs)
+        return self._ls("chat", stop, kwargs)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         return ModelProfile(
-            name=self._model_label(),
+            name=self.model_label(),
             open_weights=True,
-            max_input_tokens=self._max_input_tokens(),
+            max_input_tokens=self.max_input_tokens(),
             text_inputs=True,
             image_inputs=False,
             image_url_inputs=False,
@@ -97,29 +152,27 @@ class ChatQLLM(BaseChatModel, QLLMParams):
             temperature=True,
         )
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
-        ids = self._get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [int(i) for i in ids]
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Not supported: the engine answers questions; it has no tool-calling format."""
+        raise NotImplementedError(
+            "ChatQLLM cannot call tools or produce structured output (the embedded 135M "
+            "model cannot follow a schema). Give a tool-calling model the document reader "
+            "instead: create_document_reader_tool(ChatQLLM()); for fields, ask for them in "
+            "the question and parse the text (e.g. with a PydanticOutputParser)"
+        )
 
-    def _prepare(
+    def _request(
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> EngineCall:
-        """Resolve engine, route and options of one request."""
-        options, rest = self._split_call_kwargs(stop, kwargs)
-        engine = self._get_engine(rest["model"])
-        pairs = flatten_messages(messages)
-        instruction = json_instruction(rest["response_format"])
-        explicit = rest["question"] is not None or rest["document"] is not None
-        if not explicit and self._is_short(engine, "\n\n".join(t for _, t in pairs)):
-            if instruction:
-                pairs.append(("user", instruction))
-            ids = chat_prompt_ids(engine.tokenizer, pairs)
-            return self._make_call(engine, rest["model"], None, ids, options)
-        split = split_chat(pairs, question=rest["question"], document=rest["document"])
-        if instruction:
-            split = dataclasses.replace(split, question=f"{split.question}\n\n{instruction}")
-        return self._make_call(engine, rest["model"], split, None, options)
+    ) -> Request:
+        options = call_options(self, stop, kwargs)
+        turns = flatten_messages(messages)
+        return chat_request(self.get_engine(), self.model_label(), turns, options)
 
     def _generate(
         self,
@@ -128,19 +181,20 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = self._prepare(messages, stop, kwargs)
-        answer = call.run()
+        request = self._request(messages, stop, kwargs)
+        answer = request.run()
         message = AIMessage(
             content=answer.text,
-            response_metadata=call.response_metadata(answer),
+            response_metadata=request.metadata(answer),
             usage_metadata=usage_metadata(answer),
         )
-        generation = ChatGeneration(
-            message=message, generation_info={"finish_reason": answer.finish_reason}
-        )
         return ChatResult(
-            generations=[generation],
-            llm_output={"model_name": call.model_name, "token_usage": dict(usage_metadata(answer))},
+            generations=[
+                ChatGeneration(
+                    message=message, generation_info={"finish_reason": answer.finish_reason}
+                )
+            ],
+            llm_output={"model_name": request.model_name, "token_usage": usage(answer)},
         )
 
     async def _agenerate(
@@ -151,7 +205,7 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         **kwargs: Any,
     ) -> ChatResult:
         # The engine blocks (it runs the model): keep it off the event loop.
-        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+        return await run_in_thread(self._generate, messages, stop, None, **kwargs)
 
     def _stream(
         self,
@@ -160,20 +214,15 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        call = self._prepare(messages, stop, kwargs)
-        stream = call.start()
-        try:
-            for piece in stream:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                if run_manager:
-                    run_manager.on_llm_new_token(piece, chunk=chunk)
-                yield chunk
-        finally:  # an abandoned stream must still release the engine's lock
-            close = getattr(stream.pieces, "close", None)
-            if close is not None:
-                close()
-        assert stream.result is not None
-        yield _last_chunk(call, stream.result)
+        request = self._request(messages, stop, kwargs)
+        for item in answer_events(request.start()):
+            if isinstance(item, Answer):
+                yield _last_chunk(request, item)
+                continue
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+            if run_manager:
+                run_manager.on_llm_new_token(item, chunk=chunk)
+            yield chunk
 
     async def _astream(
         self,
@@ -182,86 +231,118 @@ class ChatQLLM(BaseChatModel, QLLMParams):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call = await asyncio.to_thread(self._prepare, messages, stop, kwargs)
-        async for item in astream_in_thread(call.start):
+        request = await run_in_thread(self._request, messages, stop, kwargs)
+        async for item in iterate_in_thread(lambda: answer_events(request.start())):
             if isinstance(item, Answer):
-                yield _last_chunk(call, item)
+                yield _last_chunk(request, item)
                 continue
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
             if run_manager:
                 await run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
 
-    def with_structured_output(
-        self,
-        schema: dict[str, Any] | type | None = None,
-        *,
-        include_raw: bool = False,
-        method: StructuredMethod = "json_schema",
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
-        """A runnable that returns ``schema``-shaped output, parsed from a JSON reply.
 
-        The JSON schema is put into the prompt and the reply is parsed and validated; the
-        engine has no constrained decoding, so a model may fail to comply, which raises
-        :class:`~qllm_integrations.langchain.errors.StructuredOutputError` (a LangChain
-        ``OutputParserException``), or with ``include_raw=True`` is reported in
-        ``parsing_error``.
-
-        Args:
-            schema: a pydantic class (returns instances), a TypedDict, a JSON schema or an
-                OpenAI function schema (return dicts). May be ``None`` with
-                ``method="json_mode"``: any JSON object is accepted.
-            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
-            method: ``json_schema`` (schema in the prompt) or ``json_mode`` (only "reply in
-                JSON"; the schema, if given, still validates). ``function_calling`` is
-                served like ``json_schema``: this model has no tool calling.
-            strict: accepted for compatibility; validation is always strict.
-            **kwargs: none are supported; any raises ``ValueError``.
-        """
-        if kwargs:
-            raise ValueError(f"with_structured_output got unsupported arguments {kwargs}")
-        if method not in ("json_schema", "json_mode", "function_calling"):
-            raise ValueError(
-                f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}"
-            )
-        if schema is None and method != "json_mode":
-            raise ValueError("schema is required unless method='json_mode'")
-        json_schema = convert_to_json_schema(schema) if schema is not None else None
-        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        parser = JsonSchemaOutputParser(
-            json_schema=json_schema, pydantic_class=schema if is_pydantic else None
-        )
-        bound: dict[str, Any] = {
-            "response_format": {
-                "type": "json_object" if method == "json_mode" else "json_schema",
-                "schema": json_schema if method != "json_mode" else None,
-            }
-        }
-        if schema is not None:
-            bound["ls_structured_output_format"] = {
-                "kwargs": {"method": method, "strict": strict},
-                "schema": schema,
-            }
-        llm = self.bind(**bound)
-        if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
-        )
-        failed = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+def usage_metadata(answer: Answer) -> UsageMetadata:
+    """Tokens read and generated, as LangChain's ``UsageMetadata``."""
+    counts = usage(answer)
+    return UsageMetadata(
+        input_tokens=counts["input_tokens"],
+        output_tokens=counts["output_tokens"],
+        total_tokens=counts["total_tokens"],
+    )
 
 
-def _last_chunk(call: EngineCall, answer: Answer) -> ChatGenerationChunk:
+def get_evidence(message: BaseMessage) -> list[Evidence]:
+    """The evidence passages of a ``ChatQLLM`` reply (or its last stream chunk), best first.
+
+    In a chain, keep them next to the text with one line::
+
+        chain = prompt | chat | {"answer": StrOutputParser(), "evidence": get_evidence}
+    """
+    return [Evidence(**item) for item in message.response_metadata.get("evidence", [])]
+
+
+def _last_chunk(request: Request, answer: Answer) -> ChatGenerationChunk:
     """The closing chunk: no text, the usage and the response metadata."""
     message = AIMessageChunk(
         content="",
-        response_metadata=call.response_metadata(answer),
+        response_metadata=request.metadata(answer),
         usage_metadata=usage_metadata(answer),
         chunk_position="last",
     )
     return ChatGenerationChunk(
         message=message, generation_info={"finish_reason": answer.finish_reason}
     )
+
+
+def flatten_messages(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
+    """``(role, text)`` turns, role in ``system``/``user``/``assistant``/``tool``.
+
+    A ``text-plain`` content block (a document attached to a message) becomes a turn of
+    its own, placed before the rest of its message.
+
+    Raises:
+        ValueError: on content the model cannot read (images, audio, files).
+    """
+    turns: list[tuple[str, str]] = []
+    for message in messages:
+        if not isinstance(message, BaseMessage):
+            raise TypeError(f"expected LangChain messages, got {type(message).__name__}")
+        role = _role(message)
+        attached, own = _texts(message.content)
+        turns.extend((role, text) for text in attached)
+        turns.append((role, own))
+    return turns
+
+
+def _role(message: BaseMessage) -> str:
+    if isinstance(message, SystemMessage):
+        return "system"
+    if isinstance(message, AIMessage):
+        return "assistant"
+    if isinstance(message, ToolMessage):
+        return "tool"
+    if isinstance(message, ChatMessage):
+        role = message.role.lower()
+        named = {"human": "user", "ai": "assistant", "developer": "system", "function": "tool"}
+        return named.get(role, role if role in ("system", "user", "assistant", "tool") else "user")
+    if isinstance(message, HumanMessage):
+        return "user"
+    return "user"
+
+
+def _texts(content: str | list[Any]) -> tuple[list[str], str]:
+    """Attached ``text-plain`` documents, and the message's own text."""
+    if isinstance(content, str):
+        return [], content
+    attached: list[str] = []
+    own: list[str] = []
+    for block in content:
+        if isinstance(block, str):
+            own.append(block)
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            own.append(block.get("text", ""))
+        elif kind == "text-plain":
+            attached.append(_plain_text(block))
+        elif kind not in _SKIPPED_BLOCKS:
+            raise ValueError(
+                f"quickllama models read text only; got a {kind!r} content block. Pass "
+                "documents as text (a 'text-plain' block or a plain string)"
+            )
+    return attached, "".join(own)
+
+
+def _plain_text(block: dict[str, Any]) -> str:
+    if "text" in block:
+        return str(block["text"])
+    data = block.get("base64") or block.get("data")
+    if isinstance(data, str):
+        try:
+            return base64.b64decode(data).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"a 'text-plain' block's base64 data is not UTF-8 text: {error}"
+            ) from error
+    raise ValueError(f"a 'text-plain' block needs 'text' (or 'base64'); got keys {sorted(block)}")

@@ -4,8 +4,7 @@ Needs the ``llama-index`` extra (``pip install 'quickllama[llama-index]'``). The
 loaded on first use, never on import. The recipe is in ``docs/llamaindex.md``.
 """
 
-from .documents import JoinedDocument, join_documents
-from .evidence import evidence_nodes
+from .documents import join_documents
 from .guards import (
     ContextSplitError,
     ContextSplitWarning,
@@ -13,19 +12,18 @@ from .guards import (
     check_settings,
 )
 from .llm import QLLM
-from .query_engine import WholeDocumentQueryEngine
+from .query_engine import WholeDocumentQueryEngine, evidence_node
 from .tools import document_function_tool, document_tool
 
 __all__ = [
     "QLLM",
     "ContextSplitError",
     "ContextSplitWarning",
-    "JoinedDocument",
     "WholeDocumentQueryEngine",
     "check_query_engine",
     "check_settings",
     "document_function_tool",
     "document_tool",
-    "evidence_nodes",
+    "evidence_node",
     "join_documents",
 ]

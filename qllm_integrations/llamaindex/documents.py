@@ -2,114 +2,43 @@
 
 Each source gets a short header (its title and the metadata LlamaIndex shows LLMs). Chunks
 of the same source, as node parsers make them, are stitched back together without their
-overlaps. :class:`JoinedDocument` remembers where every source's text sits in the joined
-string, so character offsets the engine reports map back to a source and an offset in it.
+overlaps. The result is the provider core's :class:`~qllm_integrations.evidence.JoinedText`,
+which remembers where every source's text sits, so the engine's character offsets map back
+to a source and an offset in it.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from llama_index.core.schema import BaseNode, MetadataMode
+
+from qllm_integrations.evidence import SEPARATOR, JoinedText, Source, join_texts
 
 logger = logging.getLogger(__name__)
 
 TITLE_KEYS = ("title", "file_name", "filename", "source", "url")
 """Metadata keys tried, in order, for a source's title."""
-SEPARATOR = "\n\n"
-"""Between sources, and between chunks of one source whose positions are unknown."""
 _MIN_OVERLAP = 16
 """Shortest suffix/prefix match taken as a chunk overlap when positions are unknown."""
 _MAX_OVERLAP = 8192
 """Longest overlap looked for between chunks without positions."""
 
 
-@dataclass(frozen=True)
-class Source:
-    """One source document of a joined text."""
-
-    doc_id: str
-    title: str
-    metadata: dict[str, Any]
-    excluded_llm_metadata_keys: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A run of one source's text inside the joined text.
-
-    ``start``/``end`` index the joined text; ``source_start`` is where the run begins in
-    the source document's own text.
-    """
-
-    source: int
-    start: int
-    end: int
-    source_start: int
-
-
-@dataclass(frozen=True)
-class JoinedDocument:
-    """The joined text, its sources, and where each source's text lies in it."""
-
-    text: str
-    sources: tuple[Source, ...]
-    pieces: tuple[Piece, ...]
-    """Sorted by ``start``; headers and separators lie between pieces."""
-    _starts: list[int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_starts", [p.start for p in self.pieces])
-
-    def locate(self, start: int, end: int) -> list[tuple[Piece, int, int]]:
-        """The pieces that ``[start, end)`` of the joined text overlaps, each clipped to it."""
-        found = []
-        index = max(0, bisect.bisect_right(self._starts, start) - 1)
-        for piece in self.pieces[index:]:
-            if piece.start >= end:
-                break
-            lo, hi = max(start, piece.start), min(end, piece.end)
-            if lo < hi:
-                found.append((piece, lo, hi))
-        return found
-
-
-def join_documents(nodes: Sequence[BaseNode], *, headers: bool = True) -> JoinedDocument:
+def join_documents(nodes: Sequence[BaseNode], *, headers: bool = True) -> JoinedText:
     """Join ``nodes`` (Documents, or chunks of them) into one text, sources in first-seen order.
 
     Chunks sharing a source document (``ref_doc_id``) are stitched by their
     ``start_char_idx``/``end_char_idx`` when known, else by their longest overlapping
-    suffix/prefix; exact duplicates are dropped.
+    suffix/prefix; exact duplicates are dropped. With ``headers``, each source starts with
+    its title and the metadata LlamaIndex shows LLMs.
     """
     groups: dict[str, list[BaseNode]] = {}
     for node in nodes:
         groups.setdefault(node.ref_doc_id or node.node_id, []).append(node)
-    parts: list[str] = []
-    sources: list[Source] = []
-    pieces: list[Piece] = []
-    length = 0
-    for doc_id, group in groups.items():
-        if parts:
-            parts.append(SEPARATOR)
-            length += len(SEPARATOR)
-        source = _source(doc_id, group[0])
-        if headers:
-            header = _header(source)
-            parts.append(header)
-            length += len(header)
-        for text, source_start in _stitch(group):
-            if parts and pieces and pieces[-1].source == len(sources):
-                parts.append(SEPARATOR)
-                length += len(SEPARATOR)
-            pieces.append(Piece(len(sources), length, length + len(text), source_start))
-            parts.append(text)
-            length += len(text)
-        sources.append(source)
-    return JoinedDocument(text="".join(parts), sources=tuple(sources), pieces=tuple(pieces))
+    parts = [(_source(doc_id, group[0]), _stitch(group)) for doc_id, group in groups.items()]
+    return join_texts(parts, headers=headers)
 
 
 def _source(doc_id: str, node: BaseNode) -> Source:
@@ -119,18 +48,8 @@ def _source(doc_id: str, node: BaseNode) -> Source:
         doc_id=doc_id,
         title=title,
         metadata=metadata,
-        excluded_llm_metadata_keys=tuple(node.excluded_llm_metadata_keys),
+        hidden_keys=tuple(node.excluded_llm_metadata_keys),
     )
-
-
-def _header(source: Source) -> str:
-    """``### title`` plus the metadata LlamaIndex would show an LLM, one ``key: value`` each."""
-    lines = [f"### {source.title}"]
-    for key, value in source.metadata.items():
-        if key in source.excluded_llm_metadata_keys or str(value) == source.title:
-            continue
-        lines.append(f"{key}: {value}")
-    return "\n".join(lines) + "\n\n"
 
 
 def _stitch(group: list[BaseNode]) -> list[tuple[str, int]]:

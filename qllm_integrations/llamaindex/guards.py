@@ -11,22 +11,20 @@ response synthesizers defeat that:
   small ``Settings.context_window``) splits the text or truncates it silently.
 
 :class:`~qllm_integrations.llamaindex.llm.QLLM` runs :func:`check_call` on every templated
-call and warns (:class:`ContextSplitWarning`) or raises (:class:`ContextSplitError`) by its
-``guard`` setting; :func:`check_query_engine` and :func:`check_settings` check a pipeline
-up front. The recipe is in ``docs/llamaindex.md``.
+call and warns (:class:`ContextSplitWarning`, once per QLLM) or raises
+(:class:`ContextSplitError`) by its ``guard`` setting when a refine prompt reaches it;
+:func:`check_query_engine` and :func:`check_settings` check a pipeline up front, prompt
+helpers included. The recipe is in ``docs/llamaindex.md``.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
-from types import FrameType
 from typing import Any, Literal
 
 from llama_index.core.indices.prompt_helper import PromptHelper
 from llama_index.core.response_synthesizers import (
     Accumulate,
-    BaseSynthesizer,
     CompactAndRefine,
     Refine,
     SimpleSummarize,
@@ -36,6 +34,7 @@ from llama_index.core.response_synthesizers.compact_and_accumulate import Compac
 from llama_index.core.settings import Settings
 
 from qllm_core.errors import QLLMError
+from qllm_integrations.request import ProviderSettings
 
 GuardPolicy = Literal["warn", "raise", "off"]
 """What a guard does on a problem: warn, raise :class:`ContextSplitError`, or nothing."""
@@ -67,8 +66,6 @@ _WINDOWED = {
     "tree_summarize": "split and summarized in a tree of calls",
     "simple_summarize": "truncated",
 }
-_MAX_FRAMES = 80
-"""How far up the call stack :func:`find_synthesizer` looks."""
 
 
 class ContextSplitError(QLLMError, RuntimeError):
@@ -117,33 +114,23 @@ def synthesizer_problems(synthesizer: object, context_window: int) -> list[str]:
     return []
 
 
-def find_synthesizer(llm: object) -> BaseSynthesizer | None:
-    """The response synthesizer up the call stack that is calling ``llm``, if any."""
-    frame: FrameType | None = sys._getframe(1)
-    for _ in range(_MAX_FRAMES):
-        if frame is None:
-            return None
-        code = frame.f_code
-        if code.co_argcount and code.co_varnames[0] == "self":
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, BaseSynthesizer) and getattr(candidate, "_llm", None) is llm:
-                return candidate
-        frame = frame.f_back
-    return None
+def check_call(prompt_type: str | None, policy: GuardPolicy, warned: set[str]) -> list[str]:
+    """Check one templated call by its template's type, warning once per ``warned`` set.
 
-
-def check_call(llm: Any, prompt_type: str | None, policy: GuardPolicy) -> list[str]:
-    """Check one templated call of ``llm`` (its synthesizer, its template) by ``policy``."""
-    if policy == "off":
+    A ``refine`` template reaching QLLM means the text was split into chunks read one call
+    at a time. Each QLLM passes its own ``warned`` set, so a query engine's refine chain
+    warns once, not once per chunk. (Windowed modes with a stale prompt helper are only
+    visible up front: :func:`check_query_engine`, :func:`check_settings`.)
+    """
+    if policy == "off" or prompt_type != "refine":
         return []
-    window = llm.metadata.context_window
-    synthesizer = find_synthesizer(llm)
-    problems = synthesizer_problems(synthesizer, window) if synthesizer is not None else []
-    if not problems and prompt_type == "refine":
-        problems = [
-            "a refine prompt reached QLLM: the text was split into chunks that are "
-            "read one call at a time"
-        ]
+    problems = [
+        "a refine prompt reached QLLM: the text was split into chunks that are read one "
+        "call at a time (response_mode='refine', or 'compact' with a small window)"
+    ]
+    if policy == "warn" and "refine" in warned:
+        return problems
+    warned.add("refine")
     enforce(problems, policy, stacklevel=4)
     return problems
 
@@ -154,15 +141,13 @@ def check_query_engine(query_engine: Any, *, policy: GuardPolicy = "raise") -> l
     Only synthesizers whose LLM is a QLLM are checked. Returns the problems found, after
     warning or raising by ``policy``.
     """
-    from .llm import QLLM
-
     synthesizer = getattr(query_engine, "_response_synthesizer", None) or getattr(
         query_engine, "response_synthesizer", None
     )
     llm = getattr(synthesizer, "_llm", None)
     problems = []
-    if isinstance(llm, QLLM):
-        problems = synthesizer_problems(synthesizer, llm.metadata.context_window)
+    if isinstance(llm, ProviderSettings):
+        problems = synthesizer_problems(synthesizer, llm.max_input_tokens())
     enforce(problems, policy, stacklevel=3)
     return problems
 
@@ -172,13 +157,11 @@ def check_settings(llm: Any = None, *, policy: GuardPolicy = "warn") -> list[str
 
     ``llm`` defaults to ``Settings.llm``; an LLM that is not a QLLM is not checked.
     """
-    from .llm import QLLM
-
-    llm = llm if llm is not None else Settings._llm
+    llm = llm if llm is not None else Settings.llm
     problems = []
-    if isinstance(llm, QLLM):
+    if isinstance(llm, ProviderSettings):
         problem = prompt_helper_problem(
-            Settings._prompt_helper, llm.metadata.context_window, "Settings.prompt_helper"
+            Settings.prompt_helper, llm.max_input_tokens(), "Settings.prompt_helper"
         )
         problems = [problem] if problem else []
     enforce(problems, policy, stacklevel=3)

@@ -1,16 +1,19 @@
 """``QLLM``: the Q-LLM engine as a LlamaIndex ``CustomLLM``.
 
-Every call is split into the document to read and the question to answer (see
-:mod:`.messages`), then answered by the engine in one pass over the whole document. The
-blocking engine runs in a worker thread for the async methods, so the event loop stays free.
+A translator: LlamaIndex prompts and chat messages become a prompt or ``(role, text)``
+turns for the provider core (:mod:`qllm_integrations.request`), which decides the route,
+validates the options and runs the engine; its answer becomes a LlamaIndex response whose
+``raw`` is the same metadata the LangChain provider reports.
+
+Templated calls (``llm.predict(template, context_str=..., query_str=...)``, which every
+response synthesizer makes) are split exactly: the template's own ``query_str`` is the
+question and its ``context_str`` the document, passed along on the last message.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -20,70 +23,71 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
+    DocumentBlock,
     LLMMetadata,
     MessageRole,
+    TextBlock,
 )
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts.base import BasePromptTemplate
 
-from qllm_integrations.split import PromptSplit
+from qllm_core.documents import decode_document
+from qllm_core.errors import InvalidDocumentError
+from qllm_core.protocol import EngineProtocol
+from qllm_core.results import Answer
+from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations.request import (
+    CallOptions,
+    ProviderSettings,
+    Request,
+    answer_events,
+    call_options,
+    chat_request,
+    text_request,
+)
 
-from .._async import iterate_in_thread, run_in_thread
 from .guards import GuardPolicy, check_call
-from .messages import add_template_hint, split_messages, split_prompt
 
-if TYPE_CHECKING:
-    from qllm_core import Answer, AnswerStream
-    from qllm_core.engine import QLLMEngine
+HINT_KEY = "quickllama_split"
+"""``ChatMessage.additional_kwargs`` key under which a template's split is passed along."""
 
-logger = logging.getLogger(__name__)
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
+_DOCUMENT_KEYS = ("context_str", "context_msg")
+"""Template variables that hold the retrieved text (QA/summary and refine templates)."""
 
-_OPTIONS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "mode")
-"""Per-call keyword arguments passed on to the engine."""
-_SPLIT_ARGS = ("question", "document")
 
-
-class QLLM(CustomLLM):
+class QLLM(CustomLLM, ProviderSettings):
     """Query-aware long-context LLM: reads up to ``max_input_tokens`` in one call.
 
-    The engine is shared process-wide by ``(source, config, device, dtype)`` and loaded on
-    first use, not here. Pass ``engine=`` to use one you loaded yourself.
+    The settings are those of the LangChain provider, with the same names (see
+    :class:`~qllm_integrations.request.ProviderSettings`). The engine is shared
+    process-wide and loaded on first use, not here; pass ``engine=`` to use one you built.
 
-    Per call, ``question=`` and ``document=`` keyword arguments say which part of the prompt
-    is which; otherwise the question is found in LlamaIndex's templates ("Query: ...") or
-    in the last user message.
+    Per call, ``question=`` and ``document=`` say which part of the prompt is which;
+    otherwise the question is found in LlamaIndex's templates or the last user message. A
+    prompt that fits the local window is answered whole (route ``direct``).
     """
 
-    source: str | None = None
-    """Model: ``None`` for the embedded SmolLM2-135M-Instruct, or a local dir, .gguf, hub id."""
-    config: Any = None
-    """``qllm_core.QLLMConfig``, or ``None`` for the engine's default for ``source``."""
-    device: str | None = None
-    """``"cpu"``, ``"cuda"``, ...; ``None``: CUDA when available."""
-    dtype: str | None = None
-    """``"float32"``, ``"bfloat16"``, ...; ``None``: the engine's default."""
-    max_new_tokens: int = 256
-    """Most tokens generated per answer (LlamaIndex's ``num_output``)."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold."""
-    seed: int | None = None
-    """Sampling seed, for repeatable answers at temperature > 0."""
-    stop: list[str] | None = None
-    """Strings that end the answer (cut from it)."""
-    mode: str | None = None
-    """Attention mode override: ``qllm``, ``infllm``, ``streaming`` or ``full``."""
     guard: GuardPolicy = "warn"
-    """When LlamaIndex would split or truncate the text: ``warn``, ``raise`` or ``off``."""
+    """When LlamaIndex would split or truncate the text: ``warn`` (once per QLLM),
+    ``raise`` or ``off``."""
 
-    _engine: Any = PrivateAttr(default=None)
+    _warned: set[str] = PrivateAttr(default_factory=set)
 
-    def __init__(self, *, engine: QLLMEngine | None = None, **data: Any) -> None:
-        super().__init__(**data)
-        self._engine = engine
+    def __init__(self, *, engine: EngineProtocol | None = None, **data: Any) -> None:
+        super().__init__(**self._checked_kwargs(data))
+        self._init_settings(engine)
 
     @classmethod
     def class_name(cls) -> str:
@@ -91,103 +95,82 @@ class QLLM(CustomLLM):
         return "quickllama_qllm"
 
     @property
-    def engine(self) -> QLLMEngine:
+    def engine(self) -> EngineProtocol:
         """The engine (loaded on first access, then shared)."""
-        if self._engine is None:
-            from qllm_integrations.engines import get_engine
-
-            self._engine = get_engine(
-                self.source, config=self.config, device=self.device, dtype=self.dtype
-            )
-        return self._engine
+        return self.get_engine()
 
     @property
     def metadata(self) -> LLMMetadata:
         """The engine's real input limit as ``context_window`` (never the trained context)."""
-        engine = self.engine
         return LLMMetadata(
-            context_window=engine.max_input_tokens,
+            context_window=self.max_input_tokens(),
             num_output=self.max_new_tokens,
             is_chat_model=True,
-            model_name=engine.model_name,
+            model_name=self.model_label(),
         )
 
     def to_payload(self) -> dict[str, Any]:
-        """What LlamaIndex's events report about this LLM; never loads the engine.
-
-        (The default reads ``metadata``, which would load the model on the event loop the
-        first time an async method is called.)
-        """
-        payload: dict[str, Any] = {
-            "class_name": self.class_name(),
-            "source": self.source,
-            "num_output": self.max_new_tokens,
-            "is_chat_model": True,
-        }
-        if self._engine is not None:
-            payload.update(
-                context_window=self._engine.max_input_tokens, model_name=self._engine.model_name
-            )
-        return payload
+        """What LlamaIndex's events report about this LLM; never loads the engine."""
+        return {"class_name": self.class_name(), **self.identifying_params()}
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Answer the question found in ``prompt`` about the rest of it."""
-        split = split_prompt(prompt, **_split_args(kwargs))
-        return _completion(self._answer(split, kwargs), split)
+        request = self._text(prompt, kwargs)
+        return _completion(request, request.run())
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Like :meth:`complete`, yielding the answer piece by piece."""
-        split = split_prompt(prompt, **_split_args(kwargs))
-        return self._stream_completions(split, kwargs)
+        request = self._text(prompt, kwargs)
+        return _chunks(request, answer_events(request.start()))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Answer the last user message about the earlier messages (or its own context)."""
-        split = split_messages(messages, **_split_args(kwargs))
-        return _chat(_completion(self._answer(split, kwargs), split))
+        request = self._chat(messages, kwargs)
+        return _chat(_completion(request, request.run()))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Like :meth:`chat`, yielding the answer piece by piece."""
-        split = split_messages(messages, **_split_args(kwargs))
-        return (_chat(r) for r in self._stream_completions(split, kwargs))
+        request = self._chat(messages, kwargs)
+        return (_chat(r) for r in _chunks(request, answer_events(request.start())))
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """:meth:`complete` with the engine in a worker thread."""
-        split = split_prompt(prompt, **_split_args(kwargs))
-        return _completion(await run_in_thread(self._answer, split, kwargs), split)
+        request = self._text(prompt, kwargs)
+        return _completion(request, await run_in_thread(request.run))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """:meth:`stream_complete` with the engine in a worker thread."""
-        split = split_prompt(prompt, **_split_args(kwargs))
-        return iterate_in_thread(lambda: self._stream_completions(split, kwargs))
+        request = self._text(prompt, kwargs)
+        return iterate_in_thread(lambda: _chunks(request, answer_events(request.start())))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """:meth:`chat` with the engine in a worker thread."""
-        split = split_messages(messages, **_split_args(kwargs))
-        return _chat(_completion(await run_in_thread(self._answer, split, kwargs), split))
+        request = self._chat(messages, kwargs)
+        return _chat(_completion(request, await run_in_thread(request.run)))
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` with the engine in a worker thread."""
-        split = split_messages(messages, **_split_args(kwargs))
+        request = self._chat(messages, kwargs)
 
         async def chats() -> ChatResponseAsyncGen:
             async for response in iterate_in_thread(
-                lambda: self._stream_completions(split, kwargs)
+                lambda: _chunks(request, answer_events(request.start()))
             ):
                 yield _chat(response)
 
@@ -198,77 +181,50 @@ class QLLM(CustomLLM):
         messages = super()._get_messages(prompt, **prompt_args)
         prompt_type = prompt.metadata.get("prompt_type")
         prompt_type = getattr(prompt_type, "value", prompt_type)
-        check_call(self, prompt_type, self.guard)
+        check_call(prompt_type, self.guard, self._warned)
         variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
         return add_template_hint(messages, variables, prompt_type)
 
-    def generation_options(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``engine.answer``: the fields, then per-call overrides."""
-        options: dict[str, Any] = {name: getattr(self, name) for name in _OPTIONS}
-        overrides = dict(overrides or {})
-        if "max_tokens" in overrides:
-            options["max_new_tokens"] = overrides.pop("max_tokens")
-        options.update({k: overrides.pop(k) for k in _OPTIONS if k in overrides})
-        if overrides:
-            logger.debug("QLLM ignores keyword arguments %s", sorted(overrides))
-        return options
+    def _text(self, prompt: object, kwargs: dict[str, Any]) -> Request:
+        options = call_options(self, kwargs.pop("stop", None), kwargs)
+        return text_request(self.get_engine(), self.model_label(), prompt, options)
 
-    def _answer(self, split: PromptSplit, kwargs: dict[str, Any]) -> Answer:
-        return self.engine.answer(split.document, split.question, **self.generation_options(kwargs))
-
-    def _stream_completions(
-        self, split: PromptSplit, kwargs: dict[str, Any]
-    ) -> Generator[CompletionResponse, None, None]:
-        """Start the engine's stream now (so bad input raises here) and wrap its pieces."""
-        stream = self.engine.stream(
-            split.document, split.question, **self.generation_options(kwargs)
-        )
-        return _completion_chunks(stream, split)
+    def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request:
+        options = call_options(self, kwargs.pop("stop", None), kwargs)
+        hint = template_hint(messages)
+        if not options.explicit and hint is not None:
+            if hint.get("document") is not None and hint.get("prompt_type") != "refine":
+                hinted = CallOptions(**{**vars(options), **_question_document(hint)})
+                return text_request(self.get_engine(), self.model_label(), "", hinted)
+            # A refine prompt also carries the previous answer: the whole rendered text
+            # is the document, the template's question the question.
+            options = CallOptions(**{**vars(options), "question": hint["question"]})
+        turns = flatten_messages(messages)
+        return chat_request(self.get_engine(), self.model_label(), turns, options)
 
 
-def usage(answer: Answer, split: PromptSplit) -> dict[str, Any]:
-    """The ``raw`` of a response: usage, finish reason, split route and stats.
-
-    ``usage`` is OpenAI-style, which LlamaIndex's token counter reads instead of
-    re-tokenizing the whole document.
-    """
-    stats = answer.stats
-    return {
-        "usage": {
-            "prompt_tokens": stats.tokens_read,
-            "completion_tokens": stats.tokens_generated,
-            "total_tokens": stats.tokens_read + stats.tokens_generated,
-        },
-        "finish_reason": answer.finish_reason,
-        "split_route": split.route,
-        "stats": dataclasses.asdict(stats),
-    }
+def _question_document(hint: Mapping[str, Any]) -> dict[str, Any]:
+    return {"question": hint["question"], "document": hint["document"]}
 
 
-def _completion_chunks(
-    stream: AnswerStream, split: PromptSplit
+def _chunks(
+    request: Request, events: Generator[str | Answer, None, None]
 ) -> Generator[CompletionResponse, None, None]:
-    """Completion chunks; the last one carries the usage (one piece is held back for it)."""
+    """Completion chunks; the last one carries ``raw`` (one piece is held back for it)."""
     text, held = "", None
-    try:
-        for piece in stream:
-            if held is not None:
-                yield CompletionResponse(text=text, delta=held)
-            text, held = text + piece, piece
-    finally:
-        # Closing the engine's generator now releases its lock even when the consumer
-        # stops early (waiting for garbage collection could hold it indefinitely).
-        close = getattr(stream.pieces, "close", None)
-        if callable(close):
-            close()
-    assert stream.result is not None, "the engine's stream ended without a result"
-    final = _completion(stream.result, split)
-    final.delta = held or ""
-    yield final
+    for item in events:
+        if isinstance(item, Answer):
+            final = _completion(request, item)
+            final.delta = held or ""
+            yield final
+            return
+        if held is not None:
+            yield CompletionResponse(text=text, delta=held)
+        text, held = text + item, item
 
 
-def _completion(answer: Answer, split: PromptSplit) -> CompletionResponse:
-    return CompletionResponse(text=answer.text, raw=usage(answer, split))
+def _completion(request: Request, answer: Answer) -> CompletionResponse:
+    return CompletionResponse(text=answer.text, raw=request.metadata(answer))
 
 
 def _chat(response: CompletionResponse) -> ChatResponse:
@@ -279,6 +235,72 @@ def _chat(response: CompletionResponse) -> ChatResponse:
     )
 
 
-def _split_args(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Remove ``question=``/``document=`` from ``kwargs`` and return them."""
-    return {name: kwargs.pop(name) for name in _SPLIT_ARGS if name in kwargs}
+def add_template_hint(
+    messages: list[ChatMessage], prompt_args: Mapping[str, Any], prompt_type: str | None
+) -> list[ChatMessage]:
+    """Attach the template's question and context to the last message (a copy of it).
+
+    Messages are returned unchanged when the template has no string ``query_str``.
+    """
+    question = prompt_args.get("query_str")
+    if not messages or not isinstance(question, str) or not question.strip():
+        return messages
+    texts = (_text(prompt_args.get(k)) for k in _DOCUMENT_KEYS)
+    document = next((t for t in texts if t is not None and t.strip()), None)
+    last = messages[-1].model_copy(deep=False)
+    last.additional_kwargs = {
+        **last.additional_kwargs,
+        HINT_KEY: {"question": question, "document": document, "prompt_type": prompt_type},
+    }
+    return [*messages[:-1], last]
+
+
+def template_hint(messages: Sequence[ChatMessage]) -> dict[str, Any] | None:
+    """The hint :func:`add_template_hint` left on the last message, if any."""
+    if not messages:
+        return None
+    hint = messages[-1].additional_kwargs.get(HINT_KEY)
+    return hint if isinstance(hint, dict) else None
+
+
+def flatten_messages(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """``(role, text)`` turns for the provider core.
+
+    Text blocks of one message are joined by newlines; a ``text/plain`` document block
+    becomes a turn of its own, placed before the rest of its message.
+
+    Raises:
+        InvalidDocumentError: a block that is not text (image, audio, PDF, ...).
+    """
+    turns: list[tuple[str, str]] = []
+    for message in messages:
+        role = _ROLES.get(MessageRole(message.role), "user")
+        texts: list[str] = []
+        for block in message.blocks:
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, DocumentBlock) and _is_plain_text(block):
+                raw = block.resolve_document().read()
+                turns.append((role, decode_document(raw, block.title or "document block")))
+            else:
+                raise InvalidDocumentError(
+                    f"a {type(block).__name__} in a {role} message is not text; quickllama "
+                    "reads text only: extract the text first and pass it as a TextBlock or "
+                    "a text/plain DocumentBlock"
+                )
+        turns.append((role, "\n".join(texts)))
+    return turns
+
+
+def _text(value: object) -> str | None:
+    """A template variable as text: a string, or a list of strings joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    return None
+
+
+def _is_plain_text(block: DocumentBlock) -> bool:
+    mimetype = block.document_mimetype or ""
+    return mimetype.startswith("text/") or mimetype in ("application/json", "application/xml")

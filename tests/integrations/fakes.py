@@ -3,30 +3,33 @@
 The tiny engine runs a randomly initialized two-layer Llama (seeded, so answers are
 reproducible) with the embedded model's tokenizer: it tests plumbing, not answers.
 
-It follows docs/ENGINE_API.md: ``answer``/``stream`` (document + question), ``generate``/
-``stream_ids`` (token ids), ``count_tokens``, ``tokenizer``, ``model_name``,
-``max_input_tokens``, ``config``; requests are serialized by a lock like the real engine.
+``FakeEngine`` implements :class:`qllm_core.protocol.EngineProtocol` (mypy checks it:
+``_fake_conforms`` below), plus ``answer``/``generate``; like the real engine it takes its
+lock for each step, never between steps, and returns a real ``AnswerStream``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 
 from qllm_core.config import QLLMConfig
-from qllm_core.errors import EmptyInputError, InputTooLongError
+from qllm_core.documents import check_text
+from qllm_core.errors import InputTooLongError
 from qllm_core.loading import load_tokenizer
+from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 
 _WORD = re.compile(r"\s*\S+|\s+")
@@ -124,11 +127,11 @@ class FakeEngine:
         return len(self.tokenizer.encode(text))
 
     def answer(self, document: str, question: str, **options: Any) -> Answer:
-        return _drain(self.stream(document, question, **options))
+        return self.stream(document, question, **options).collect()
 
     def stream(self, document: str, question: str, **options: Any) -> AnswerStream:
-        if not document.strip() or not question.strip():
-            raise EmptyInputError("the document or question is empty")
+        check_text("document", document)
+        check_text("question", question)
         self.calls.append(Call("stream", document, question, dict(options)))
         text = self.reply(document, question) if callable(self.reply) else self.reply
         tokens_read = self.count_tokens(document) + 2 * self.count_tokens(question) + 8
@@ -141,7 +144,7 @@ class FakeEngine:
         question_span: tuple[int, int] | None = None,
         **options: Any,
     ) -> Answer:
-        return _drain(self.stream_ids(input_ids, question_span=question_span, **options))
+        return self.stream_ids(input_ids, question_span=question_span, **options).collect()
 
     def stream_ids(
         self,
@@ -165,58 +168,75 @@ class FakeEngine:
     ) -> AnswerStream:
         if tokens_read > self.max_input_tokens:
             raise InputTooLongError(f"{tokens_read} tokens over {self.max_input_tokens}")
-        stream = AnswerStream(pieces=iter(()))
-        stream.pieces = self._run(stream, text, tokens_read, blocks, dict(options))
-        return stream
+        mode = options.get("mode") or self.config.mode
+
+        def cancelled(so_far: str) -> Answer:
+            return Answer(so_far, "cancelled", _stats(mode, tokens_read, so_far, 0.0, blocks))  # type: ignore[arg-type]
+
+        return AnswerStream(
+            self._run(text, tokens_read, blocks, dict(options), mode), cancelled=cancelled
+        )
 
     def _run(
         self,
-        stream: AnswerStream,
         text: str,
         tokens_read: int,
         blocks: tuple[RetrievedBlock, ...],
         options: dict[str, Any],
-    ) -> Iterator[str]:
+        mode: str,
+    ) -> Generator[str, None, Answer]:
+        """Like the real engine: the lock is held for each step, never between steps."""
         max_new = options.get("max_new_tokens", 256)
         stops = options.get("stop") or ()
-        mode = options.get("mode") or self.config.mode
-        with self._lock:
-            self._active += 1
-            self.max_active = max(self.max_active, self._active)
-            try:
-                t0 = time.perf_counter()
-                pieces = _WORD.findall(text)
-                finish = "eos"
-                if len(pieces) > max_new:
-                    pieces, finish = pieces[:max_new], "length"
-                out = ""
-                for piece in pieces:
-                    cut = _stop_at(out + piece, stops)
-                    if cut is not None:
-                        if cut > len(out):
-                            yield (out + piece)[len(out) : cut]
-                        out, finish = (out + piece)[:cut], "stop"
-                        break
+        t0 = time.perf_counter()
+        pieces = _WORD.findall(text)
+        finish = "eos"
+        if len(pieces) > max_new:
+            pieces, finish = pieces[:max_new], "length"
+        out = ""
+        for piece in pieces:
+            with self._step():
+                cut = _stop_at(out + piece, stops)
+                if cut is None:
                     if self.delay:
                         time.sleep(self.delay)
                     if self.loop_gate is not None:
                         self.loop_gate.clear()
                         if not self.loop_gate.wait(timeout=10):
                             raise RuntimeError("the event loop did not run while the engine worked")
-                    out += piece
-                    yield piece
-                stats = AnswerStats(
-                    mode=mode,
-                    tokens_read=tokens_read,
-                    tokens_generated=len(_WORD.findall(out)),
-                    prefill_seconds=0.001,
-                    decode_seconds=time.perf_counter() - t0,
-                    question_found=bool(blocks),
-                    retrieved_blocks=blocks,
-                )
-                stream.result = Answer(text=out, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+            if cut is not None:
+                if cut > len(out):
+                    yield (out + piece)[len(out) : cut]
+                out, finish = (out + piece)[:cut], "stop"
+                break
+            out += piece
+            yield piece
+        stats = _stats(mode, tokens_read, out, time.perf_counter() - t0, blocks)
+        return Answer(text=out, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+            try:
+                yield
             finally:
                 self._active -= 1
+
+
+def _stats(
+    mode: str, tokens_read: int, out: str, seconds: float, blocks: tuple[RetrievedBlock, ...]
+) -> AnswerStats:
+    return AnswerStats(
+        mode=mode,
+        tokens_read=tokens_read,
+        tokens_generated=len(_WORD.findall(out)),
+        prefill_seconds=0.001,
+        decode_seconds=seconds,
+        question_found=bool(blocks),
+        retrieved_blocks=blocks,
+    )
 
 
 def _stop_at(text: str, stops: Sequence[str]) -> int | None:
@@ -232,18 +252,16 @@ def _blocks(document: str, question: str) -> tuple[RetrievedBlock, ...]:
             start, end = max(0, at - 20), min(len(document), at + 60)
             return (
                 RetrievedBlock(
-                    token_start=20, token_end=36, count=3, char_start=start, char_end=end
+                    token_start=20,
+                    token_end=36,
+                    count=3,
+                    char_start=start,
+                    char_end=end,
+                    score=0.6,
                 ),
-                RetrievedBlock(token_start=0, token_end=4, count=1),
+                RetrievedBlock(token_start=0, token_end=4, count=1, score=0.1),
             )
     return ()
-
-
-def _drain(stream: AnswerStream) -> Answer:
-    for _ in stream:
-        pass
-    assert stream.result is not None
-    return stream.result
 
 
 @functools.cache
@@ -272,3 +290,7 @@ async def keep_gate_open(gate: threading.Event) -> None:
     while True:
         gate.set()
         await asyncio.sleep(0.001)
+
+
+def _fake_conforms(engine: FakeEngine) -> EngineProtocol:
+    return engine  # mypy fails here when the fake drifts from the protocol

@@ -1,0 +1,488 @@
+"""The provider core: settings, options, route and request, shared by LangChain and LlamaIndex.
+
+Both providers are translators. They turn their framework's messages into ``(role, text)``
+turns (or take a plain prompt), call :func:`chat_request` or :func:`text_request`, and turn
+the :class:`Request`'s stream and :meth:`Request.metadata` back into framework types.
+Everything that decides something lives here, once:
+
+- **Names.** One set of option names on both sides (:data:`GENERATION_NAMES`, plus
+  ``question``/``document`` per call and the engine settings of :class:`ProviderSettings`).
+  ``max_tokens`` is accepted as another spelling of ``max_new_tokens`` (LangChain's
+  standard parameter); any other name raises
+  :class:`~qllm_core.errors.InvalidOptionError` naming the closest valid one, at
+  construction or at the call.
+- **Route.** Explicit ``question=``/``document=`` first; else a prompt short enough for the
+  local window is sent whole in the model's chat template (route ``direct``: Q-LLM then
+  attends to every token, like the model's own attention); else it is split
+  (:mod:`qllm_integrations.split`).
+- **Roles.** ``system``, ``user``, ``assistant`` and ``tool``. A tool result is context:
+  it is never taken as the question, and in a chat template it is a user turn that says it
+  is a tool result.
+- **Input checks.** Prompts, questions and documents go through
+  :func:`qllm_core.documents.check_text`, so non-text and empty input raise the same named
+  errors on both sides, before the engine is asked.
+
+This module imports pydantic, but neither LangChain nor LlamaIndex nor torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from qllm_core.config import MODES, QLLMConfig
+from qllm_core.documents import check_text
+from qllm_core.errors import EmptyInputError, InvalidOptionError
+from qllm_core.loading import EMBEDDED_MODEL_NAME
+from qllm_core.options import GenerationOptions
+from qllm_core.protocol import EngineProtocol, TextStream
+from qllm_core.results import Answer, AnswerStats
+from qllm_core.spec import EngineSpec
+from qllm_integrations.engines import get_engine
+from qllm_integrations.evidence import Evidence, collect_evidence, plain_text
+from qllm_integrations.split import PromptSplit, split_chat, split_text
+
+logger = logging.getLogger(__name__)
+
+PROVIDER: Final = "quickllama"
+"""``model_provider`` in every response's metadata."""
+
+DIRECT: Final = "direct"
+"""Route of prompts that fit the local window: sent whole, in the chat template."""
+
+GENERATION_NAMES: tuple[str, ...] = (*GenerationOptions.names(), "mode")
+"""Decoding options, as settings and per call: ``max_new_tokens``, ``temperature``,
+``top_p``, ``seed``, ``stop`` and ``mode``."""
+
+CALL_NAMES: tuple[str, ...] = (*GENERATION_NAMES, "question", "document")
+"""What a call accepts besides the prompt: the decoding options, ``question``, ``document``."""
+
+ALIASES: Mapping[str, str] = {"max_tokens": "max_new_tokens"}
+"""Other spellings accepted for an option (the value is the name it stands for)."""
+
+HINTS: Mapping[str, str] = {
+    "source": "model",
+    "model_name": "model",
+    "num_output": "max_new_tokens",
+    "max_length": "max_new_tokens",
+    "preset": "config",
+}
+"""Names of other libraries, and the option meant by them (used in error messages)."""
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+"""Roles of the turns the providers pass in."""
+
+_SHORT_CHARS_PER_TOKEN = 16
+"""No tokenizer packs more characters than this into one token: longer texts skip counting."""
+_TOOL_LABEL = "Tool result:\n"
+
+
+def check_names(names: Iterable[str], valid: Iterable[str], where: str) -> None:
+    """Raise when a name is neither valid nor an alias, naming the closest valid one.
+
+    Raises:
+        InvalidOptionError: the first unknown name, with a suggestion.
+    """
+    valid = tuple(valid)
+    for name in names:
+        if name in valid or (name in ALIASES and ALIASES[name] in valid):
+            continue
+        close = HINTS.get(name) or next(
+            iter(difflib.get_close_matches(str(name), [*valid, *ALIASES], n=1)), None
+        )
+        hint = f"; did you mean {ALIASES.get(close, close)!r}?" if close else ""
+        raise InvalidOptionError(
+            f"{where} got an unknown option {name!r}{hint} Valid options: {', '.join(valid)}"
+        )
+
+
+def resolve_aliases(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with aliases renamed (``max_tokens`` -> ``max_new_tokens``).
+
+    Raises:
+        InvalidOptionError: an option given under both of its names.
+    """
+    out = dict(values)
+    for alias, name in ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise InvalidOptionError(f"give {name!r} or {alias!r}, not both (the same option)")
+            out[name] = out.pop(alias)
+    return out
+
+
+class ProviderSettings(BaseModel):
+    """The settings both providers' classes have, with the same names and meaning.
+
+    Constructing with an unknown name raises :class:`~qllm_core.errors.InvalidOptionError`
+    naming the closest valid one; an impossible value raises it (or ``ConfigError``) too.
+    """
+
+    model: str | None = None
+    """Model source: ``None`` for the embedded SmolLM2-135M-Instruct; a local model
+    directory, a ``.gguf`` file or a hub id otherwise."""
+    config: QLLMConfig | str | None = None
+    """Engine settings, or a preset name (``llama3``, ``mistral``, ``smollm2``, ...);
+    ``None``: the engine's default for the model."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``, ...; ``None``: CUDA when available."""
+    dtype: str | None = None
+    """``float32``, ``bfloat16``, ``float16``; ``None``: float32 on CPU, bfloat16 on GPU."""
+    max_new_tokens: int = 256
+    """Most tokens to generate per answer (``max_tokens`` is accepted as well)."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest token set with this much probability."""
+    seed: int | None = None
+    """Seed of the sampler, for reproducible sampling at temperature > 0."""
+    stop: list[str] | None = None
+    """Strings that end the answer (cut from it); a ``stop`` given per call replaces these."""
+    mode: str | None = None
+    """Attention mode of every request (``auto``, ``qllm``, ``infllm``, ``streaming``,
+    ``full``); ``None`` keeps the engine config's mode."""
+    max_evidence: int = Field(default=3, ge=0)
+    """Most evidence passages in each response's metadata (``evidence``)."""
+
+    _engine: EngineProtocol | None = PrivateAttr(default=None)
+
+    def _init_settings(self, engine: EngineProtocol | None) -> None:
+        """Validate the settings (after pydantic's own checks) and keep a given engine."""
+        self._engine = engine
+        self.engine_spec()
+        call_options(self, None, {})
+
+    @classmethod
+    def _checked_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments with aliases resolved; unknown names raise."""
+        check_names(kwargs, cls.model_fields, cls.__name__)
+        return resolve_aliases(kwargs)
+
+    def engine_spec(self) -> EngineSpec:
+        """The :class:`~qllm_core.spec.EngineSpec` these settings describe."""
+        preset = self.config if isinstance(self.config, str) else None
+        config = self.config if isinstance(self.config, QLLMConfig) else None
+        return EngineSpec(
+            source=self.model, preset=preset, config=config, device=self.device, dtype=self.dtype
+        )
+
+    def get_engine(self) -> EngineProtocol:
+        """The engine given at construction, else the shared one (loaded on first use)."""
+        if self._engine is None:
+            self._engine = get_engine(self.engine_spec())
+        return self._engine
+
+    def model_label(self) -> str:
+        """The model's name, without loading it: the source, else the given engine's."""
+        if self.model is not None:
+            return self.model
+        if self._engine is not None:
+            return self._engine.model_name
+        return EMBEDDED_MODEL_NAME
+
+    def max_input_tokens(self) -> int:
+        """The engine's prompt limit, known without loading the model."""
+        if self._engine is not None:
+            return self._engine.max_input_tokens
+        return self.engine_spec().resolved_config().max_input_tokens
+
+    def identifying_params(self) -> dict[str, Any]:
+        """The settings, JSON-ready (the config as a dict or a preset name)."""
+        config = self.config
+        return {
+            "model": self.model_label(),
+            "source": self.model,
+            "config": asdict(config) if isinstance(config, QLLMConfig) else config,
+            **{name: getattr(self, name) for name in ("device", "dtype", *GENERATION_NAMES)},
+        }
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """One call's validated options: the engine's keyword arguments and the explicit split."""
+
+    engine_options: dict[str, Any]
+    """``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``mode``."""
+    question: str | None = None
+    document: str | None = None
+    max_evidence: int = 3
+    """Most evidence passages in the response metadata (a setting, not a call option)."""
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the caller said which part is the question or the document."""
+        return self.question is not None or self.document is not None
+
+
+def call_options(
+    settings: ProviderSettings, stop: Sequence[str] | None, kwargs: Mapping[str, Any]
+) -> CallOptions:
+    """The settings overridden by one call's keyword arguments, validated.
+
+    Args:
+        settings: the provider object's settings.
+        stop: a ``stop`` passed separately (LangChain does); it replaces the settings' stop.
+        kwargs: the call's keyword arguments (names from :data:`CALL_NAMES`).
+
+    Raises:
+        InvalidOptionError: an unknown name (the closest valid one is named) or a bad value.
+    """
+    check_names(kwargs, CALL_NAMES, "the call")
+    given = resolve_aliases(kwargs)
+    if stop is not None:
+        given["stop"] = list(stop)
+    values = {name: given.get(name, getattr(settings, name)) for name in GENERATION_NAMES}
+    mode = values.pop("mode")
+    if mode is not None and mode not in MODES:
+        raise InvalidOptionError(f"mode must be one of {MODES} or None, got {mode!r}")
+    options = GenerationOptions.from_kwargs(**values)
+    engine_options = {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
+    return CallOptions(
+        engine_options, given.get("question"), given.get("document"), settings.max_evidence
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request ready to run: the engine, its input, its options and its route."""
+
+    engine: EngineProtocol
+    model_name: str
+    """Reported as ``model_name`` in the metadata."""
+    route: str
+    """How the question was found: a :data:`~qllm_integrations.split.Route` or ``direct``."""
+    options: Mapping[str, Any]
+    """The engine's keyword arguments."""
+    split: PromptSplit | None = None
+    """Document and question for ``engine.stream``; ``None`` on the direct route."""
+    input_ids: tuple[int, ...] = field(default=())
+    """Token ids for ``engine.stream_ids`` on the direct route."""
+    max_evidence: int = 3
+    """Most evidence passages in :meth:`metadata`."""
+
+    def start(self) -> TextStream:
+        """Start the request; iterate the stream for text, close it to stop early."""
+        if self.split is None:
+            return self.engine.stream_ids(list(self.input_ids), **self.options)
+        logger.debug(
+            "route %s: %d document chars, question %r",
+            self.route,
+            len(self.split.document),
+            self.split.question[:80],
+        )
+        return self.engine.stream(self.split.document, self.split.question, **self.options)
+
+    def run(self) -> Answer:
+        """Run the request to its end."""
+        with self.start() as stream:
+            return stream.collect()
+
+    def metadata(self, answer: Answer) -> dict[str, Any]:
+        """Model, finish reason, route, usage and the engine's stats, JSON-ready.
+
+        The same dict on both sides: LangChain's ``response_metadata``, LlamaIndex's
+        ``raw``. ``qllm`` is :func:`stats_dict`.
+        """
+        return {
+            "model_name": self.model_name,
+            "model_provider": PROVIDER,
+            "finish_reason": answer.finish_reason,
+            "split_route": self.route,
+            "usage": usage(answer),
+            "evidence": [e.to_dict() for e in self.evidence(answer)],
+            "qllm": stats_dict(answer.stats),
+        }
+
+    def evidence(self, answer: Answer) -> list[Evidence]:
+        """The passages of the document most relevant to the question, best first."""
+        if self.split is None:
+            return []
+        joined = plain_text(self.split.document)
+        return collect_evidence(joined, answer.stats.retrieved_blocks, limit=self.max_evidence)
+
+
+def answer_events(stream: TextStream) -> Generator[str | Answer, None, None]:
+    """The stream's text deltas, then its :class:`Answer`; closing this closes the stream.
+
+    A consumer that stops early (``break``, an exception, garbage collection of this
+    generator) releases the engine at once.
+    """
+    with stream:
+        yield from stream
+        yield stream.collect()
+
+
+def stats_dict(stats: AnswerStats) -> dict[str, Any]:
+    """The stats as JSON-ready data, blocks included, plus ``seconds`` in all."""
+    return {**asdict(stats), "seconds": stats.prefill_seconds + stats.decode_seconds}
+
+
+def usage(answer: Answer) -> dict[str, int]:
+    """Tokens read and generated: ``input_tokens``, ``output_tokens``, ``total_tokens``."""
+    read, generated = answer.stats.tokens_read, answer.stats.tokens_generated
+    return {"input_tokens": read, "output_tokens": generated, "total_tokens": read + generated}
+
+
+def text_request(
+    engine: EngineProtocol, model_name: str, prompt: object, options: CallOptions
+) -> Request:
+    """The request for a plain prompt.
+
+    Raises:
+        InvalidDocumentError, EmptyInputError: the prompt is not text, or is empty.
+    """
+    if options.explicit and prompt == "":
+        prompt_text = ""  # everything is explicit; the prompt may be empty
+    else:
+        prompt_text = check_text("prompt", prompt)
+    if not options.explicit and fits_window(engine, prompt_text):
+        return _direct(engine, model_name, [("user", prompt_text)], options)
+    split = split_text(prompt_text, question=options.question, document=options.document)
+    return _split(engine, model_name, split, options)
+
+
+def chat_request(
+    engine: EngineProtocol,
+    model_name: str,
+    turns: Sequence[tuple[str, str]],
+    options: CallOptions,
+) -> Request:
+    """The request for chat turns (``(role, text)``, role in :data:`ROLES`).
+
+    Raises:
+        InvalidDocumentError, EmptyInputError: a turn is not text; the question is empty.
+        ValueError: an unknown role.
+    """
+    turns = [(role, _checked_turn(role, text)) for role, text in turns]
+    if not options.explicit:
+        asked = [text for role, text in turns if role == "user"]
+        if not asked:
+            raise EmptyInputError(
+                "the chat has no user message to take the question from; add one, or "
+                "pass question= explicitly"
+            )
+        check_text("question", asked[-1])
+        if fits_window(engine, "\n\n".join(text for _, text in turns)):
+            return _direct(engine, model_name, turns, options)
+    context = [("assistant" if role == "tool" else role, text) for role, text in turns]
+    split = split_chat(context, question=options.question, document=options.document)
+    return _split(engine, model_name, split, options)
+
+
+def fits_window(engine: EngineProtocol, text: str) -> bool:
+    """Whether ``text`` fits the local window, where Q-LLM equals full attention."""
+    window = engine.config.n_local
+    return len(text) <= window * _SHORT_CHARS_PER_TOKEN and engine.count_tokens(text) <= window
+
+
+def chat_prompt_ids(tokenizer: Any, turns: Sequence[tuple[str, str]]) -> list[int]:
+    """Token ids of the conversation in the tokenizer's chat template, ready to answer.
+
+    The turns' text is tokenized with special tokens split, so text that looks like the
+    template's markers (``<|im_start|>``) stays text. Consecutive turns of one role are
+    merged (some templates insist on alternation); a template that rejects system turns
+    gets them folded into the first user turn. Without a chat template the turns are
+    written as ``role: text`` lines.
+    """
+    merged: list[dict[str, str]] = []
+    for role, text in turns:
+        if role == "tool":
+            role, text = "user", _TOOL_LABEL + text
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"] += "\n\n" + text
+        else:
+            merged.append({"role": role, "content": text})
+    contents = [turn["content"] for turn in merged]
+    if not getattr(tokenizer, "chat_template", None):
+        rendered = "".join(f"{t['role']}: {_slot(i)}\n" for i, t in enumerate(merged))
+        return _tokenize_slots(tokenizer, rendered + "assistant:", contents)
+    slotted = [{"role": t["role"], "content": _slot(i)} for i, t in enumerate(merged)]
+    try:
+        rendered = _render(tokenizer, slotted)
+    except Exception:  # jinja's TemplateError and friends: the template refused system turns
+        system = [i for i, t in enumerate(merged) if t["role"] == "system"]
+        rest = [i for i, t in enumerate(merged) if t["role"] != "system"]
+        if not system or not rest or merged[rest[0]]["role"] != "user":
+            raise
+        first = rest[0]
+        contents[first] = "\n\n".join([*(contents[i] for i in system), contents[first]])
+        rendered = _render(tokenizer, [slotted[i] for i in rest])
+    return _tokenize_slots(tokenizer, rendered, contents)
+
+
+def _slot(index: int) -> str:
+    """A placeholder for a turn's text that no template changes (private-use characters)."""
+    return f"\ue000{index}\ue001"
+
+
+_SLOT = re.compile("\ue000(\\d+)\ue001")
+
+
+def _render(tokenizer: Any, turns: list[dict[str, str]]) -> str:
+    text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    return str(text)
+
+
+def _tokenize_slots(tokenizer: Any, rendered: str, contents: Sequence[str]) -> list[int]:
+    """Template text tokenized as is; each slot's content with special tokens split."""
+    ids: list[int] = []
+    at = 0
+    for match in _SLOT.finditer(rendered):
+        if match.start() > at:
+            ids += _ids(tokenizer, rendered[at : match.start()])
+        ids += _ids(tokenizer, contents[int(match.group(1))], split_special_tokens=True)
+        at = match.end()
+    if at < len(rendered):
+        ids += _ids(tokenizer, rendered[at:])
+    return ids
+
+
+def _ids(tokenizer: Any, text: str, **kwargs: Any) -> list[int]:
+    out = tokenizer(text, add_special_tokens=False, **kwargs)["input_ids"]
+    return [int(i) for i in out]
+
+
+def _checked_turn(role: str, text: object) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown chat role {role!r}; expected one of {ROLES}")
+    if text == "":
+        return ""
+    return check_text(f"{role} message", text)
+
+
+def _direct(
+    engine: EngineProtocol,
+    model_name: str,
+    turns: Sequence[tuple[str, str]],
+    options: CallOptions,
+) -> Request:
+    ids = chat_prompt_ids(engine.tokenizer, [(r, t) for r, t in turns if t.strip()])
+    return Request(
+        engine,
+        model_name,
+        DIRECT,
+        options.engine_options,
+        input_ids=tuple(ids),
+        max_evidence=options.max_evidence,
+    )
+
+
+def _split(
+    engine: EngineProtocol, model_name: str, split: PromptSplit, options: CallOptions
+) -> Request:
+    check_text("document", split.document)
+    check_text("question", split.question)
+    return Request(
+        engine,
+        model_name,
+        split.route,
+        options.engine_options,
+        split=split,
+        max_evidence=options.max_evidence,
+    )
