@@ -27,9 +27,11 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 
+from qllm_core.documents import check_text
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
@@ -85,6 +87,12 @@ class LangChainSettings(ProviderSettings):
             params["ls_stop"] = list(stop or self.stop or [])
         return params
 
+    @staticmethod
+    def _refuse_bytes(model_input: Any) -> None:
+        """Bytes would be read as a list of messages; say what to do instead."""
+        if isinstance(model_input, bytes | bytearray):
+            check_text("prompt", model_input)
+
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
         ids = self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -122,6 +130,10 @@ class ChatQLLM(BaseChatModel, LangChainSettings):
     @property
     def _llm_type(self) -> str:
         return "qllm-chat"
+
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        self._refuse_bytes(model_input)
+        return super()._convert_input(model_input)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -194,7 +206,7 @@ class ChatQLLM(BaseChatModel, LangChainSettings):
                     message=message, generation_info={"finish_reason": answer.finish_reason}
                 )
             ],
-            llm_output={"model_name": request.model_name, "token_usage": usage(answer)},
+            llm_output={"model_name": request.model_name},
         )
 
     async def _agenerate(

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseLLM
+from langchain_core.language_models import BaseLLM, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.prompt_values import PromptValue
 
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
@@ -44,6 +45,10 @@ class QLLM(BaseLLM, LangChainSettings):
     @property
     def _llm_type(self) -> str:
         return "qllm"
+
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        self._refuse_bytes(model_input)
+        return super()._convert_input(model_input)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
