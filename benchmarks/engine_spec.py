@@ -19,22 +19,21 @@ class EngineSpec:
     """Config fields set on top of the preset."""
     device: str | None = None
 
-    def config(self) -> Any:
-        """The ``QLLMConfig`` to build the engine with, or ``None`` for the engine's default."""
-        from qllm_core import QLLMConfig
+    def core(self) -> Any:
+        """The same engine as a ``qllm_core.spec.EngineSpec`` (the one resolution)."""
+        from qllm_core.spec import EngineSpec as CoreSpec
 
-        if self.preset is None and not self.overrides:
-            return None
-        base = QLLMConfig.preset(self.preset) if self.preset else QLLMConfig.default_for(self.model)
-        return base.replace(**self.overrides)
+        return CoreSpec(
+            source=self.model, preset=self.preset, overrides=self.overrides, device=self.device
+        )
+
+    def config(self) -> Any:
+        """The ``QLLMConfig`` to build the engine with."""
+        return self.core().resolved_config()
 
     def load(self) -> Any:
         """Load the model and build a ``QLLMEngine`` (no progress bars)."""
-        from qllm_core.engine import QLLMEngine
-
-        return QLLMEngine.from_pretrained(
-            self.model, config=self.config(), device=self.device, progress=False
-        )
+        return self.core().load(progress=False)
 
     def to_args(self) -> list[str]:
         """Command-line arguments that :func:`add_arguments` parses back into this spec."""

@@ -19,10 +19,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import MODES, OFFLOAD_DTYPES, PRESETS, QLLMConfig
+from .config import MODES, OFFLOAD_DTYPES, PRESETS
 from .documents import check_text, read_document, synthetic_document
 from .errors import QLLMError
 from .results import Answer
+from .spec import EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -180,15 +181,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def load_engine(args: argparse.Namespace) -> Any:
     """The engine for ``args`` (model, preset, device, dtype, progress)."""
-    config = QLLMConfig.preset(args.preset) if args.preset else QLLMConfig.default_for(args.model)
     offload = {"offload_dtype": args.offload_dtype, "offload_dir": args.offload_dir}
-    config = config.replace(**{k: v for k, v in offload.items() if v is not None})
+    spec = EngineSpec(
+        source=args.model,
+        preset=args.preset,
+        overrides={k: v for k, v in offload.items() if v is not None},
+        device=args.device,
+        dtype=args.dtype,
+    )
     started = time.perf_counter()
     engine = _engine_class().from_pretrained(
-        source=args.model,
-        config=config,
-        device=args.device,
-        dtype=_dtype(args.dtype),
+        source=spec.source,
+        config=spec.resolved_config(),
+        device=spec.device,
+        dtype=spec.torch_dtype(),
         progress=False if args.no_progress else None,
     )
     logger.info("loaded %s in %.1f s", engine.model_name, time.perf_counter() - started)
@@ -269,14 +275,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def _dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    import torch
-
-    return getattr(torch, name)
 
 
 def _err(text: str) -> None:

@@ -290,11 +290,18 @@ class QLLMEngine:
 def _evidence(
     memory: RequestMemory | None, config: QLLMConfig, layout: PromptLayout | None
 ) -> tuple[RetrievedBlock, ...]:
-    """Blocks retrieved while answering, most chosen first, with document char spans."""
+    """Blocks retrieved while answering and the ``topk`` most relevant, best first.
+
+    Ranked by relevance to the question (:func:`_question_scores`), with document char
+    spans and how often each was retrieved while answering.
+    """
     if memory is None:
         return ()
+    scores = _question_scores(memory)
+    best = sorted(range(len(scores)), key=lambda b: -scores[b])[: config.topk]
+    chosen = set(memory.counts) | set(best)
     blocks = []
-    for block_id, count in memory.counts.most_common():
+    for block_id in chosen:
         start = config.n_init + block_id * config.block_size
         end = start + config.block_size
         chars = layout.char_span(start, end) if layout else None
@@ -302,12 +309,33 @@ def _evidence(
             RetrievedBlock(
                 token_start=start,
                 token_end=end,
-                count=count,
+                count=memory.counts[block_id],
                 char_start=chars[0] if chars else None,
                 char_end=chars[1] if chars else None,
+                score=scores[block_id] if block_id < len(scores) else 0.0,
             )
         )
-    return tuple(blocks)
+    return tuple(sorted(blocks, key=lambda b: (-b.score, -b.count, b.token_start)))
+
+
+def _question_scores(memory: RequestMemory) -> list[float]:
+    """Per memory block, its share of the question's attention over all blocks.
+
+    Per layer and head, a softmax over the blocks of ``question . representative /
+    sqrt(head_dim)``, averaged over heads and layers: the scores sum to 1. Empty when no
+    layer has a question vector (no question span) or no block. Cheap: one dot product
+    per block, layer and head.
+    """
+    rows = []
+    for layer in memory.layers.values():
+        reprs = layer.store.representatives
+        if layer.question is None or not len(reprs):
+            continue
+        logits = torch.einsum("bhd,hd->hb", reprs.float(), layer.question.float())
+        rows.append((logits / reprs.shape[-1] ** 0.5).softmax(dim=-1).mean(dim=0))
+    if not rows:
+        return []
+    return [float(x) for x in torch.stack(rows).mean(dim=0)]
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:

@@ -24,6 +24,9 @@ class RetrievedBlock:
     count: int
     char_start: int | None = None
     char_end: int | None = None
+    score: float = 0.0
+    """Relevance to the question: the block's share of the question's attention over all
+    memory blocks, averaged over layers (0 when the request had no question)."""
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ def test_stats_json(
         "count": 7,
         "char_start": 4,
         "char_end": 30,
+        "score": 0.0,
     }
 
 
