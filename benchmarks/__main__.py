@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import commands, machine, throughput
+from . import compare as compare_mod
 from .engine_spec import add_arguments, from_arguments
 from .paths import REPO_ROOT, Paths
 from .sizes import SIZES
@@ -38,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--point-timeout", type=float, default=3600.0, help="seconds allowed per speed/memory point"
     )
     add_arguments(run)
+
+    compare = sub.add_parser(
+        "compare", help="named engine configs on the same samples: paired table and frontier"
+    )
+    compare.add_argument("--size", choices=sorted(SIZES), default="standard")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument(
+        "--systems",
+        nargs="+",
+        default=["qllm", "qllm-reread", "rag", "full"],
+        help=f"run one after another, in this order; from {', '.join(compare_mod.SYSTEMS)}",
+    )
+    add_arguments(compare)
 
     speed = sub.add_parser("throughput", help="prefill tokens/s and peak memory, qllm vs full")
     speed.add_argument("--lengths", type=int, nargs="+", default=list(commands.THROUGHPUT_LENGTHS))
@@ -81,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
             lengths=tuple(args.lengths),
             timeout=args.timeout,
             memory_fraction=args.memory_fraction,
+            command=machine.command_line(),
+        )
+    elif args.command == "compare":
+        compare_mod.run_compare(
+            spec.load(),
+            SIZES[args.size],
+            paths,
+            args.systems,
+            seed=args.seed,
             command=machine.command_line(),
         )
     else:

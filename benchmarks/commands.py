@@ -47,7 +47,7 @@ def run_suite(
     systems.append(RagSystem(engine, embeddings or minilm_embeddings(), rag_settings))
     main_count = (
         len(size.needle_lengths) * len(size.needle_depths)
-        + 3 * len(size.task_lengths) * size.task_samples
+        + len(size.tasks) * len(size.task_lengths) * size.task_samples
     )
     records = runner.run(
         systems,

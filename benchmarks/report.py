@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import figures, tables
+from .compare_report import compare_section
 from .paths import Paths, load_json, save_json
 from .throughput import Point
 
@@ -41,6 +42,8 @@ def render(paths: Paths) -> str:
     throughput = load_json(paths.results / THROUGHPUT_RESULTS)
     if throughput:
         sections.append(_throughput_section(throughput, paths))
+    for compare in sorted(paths.results.glob("compare-*.json")):
+        sections.append(compare_section(load_json(compare), paths))
     history = load_json(paths.results / THROUGHPUT_HISTORY)
     if history:
         sections.append(_history_section(history))

@@ -25,11 +25,11 @@ def main_samples(tokenizer: Any, size: Size, seed: int) -> Iterator[Sample]:
     """The needle grid, then passkey, kv and multi_needle at random depths."""
     for length in size.needle_lengths:
         for depth in size.needle_depths:
-            yield _capped(make_sample(tokenizer, "needle", length, depth, seed), size)
-    for task in ("passkey", "kv", "multi_needle"):
+            yield capped(make_sample(tokenizer, "needle", length, depth, seed), size)
+    for task in size.tasks:
         for length in size.task_lengths:
             for index in range(size.task_samples):
-                yield _capped(make_sample(tokenizer, task, length, None, seed, index), size)
+                yield capped(make_sample(tokenizer, task, length, None, seed, index), size)
 
 
 def sweep_samples(tokenizer: Any, size: Size, seed: int) -> Iterator[Sample]:
@@ -38,10 +38,11 @@ def sweep_samples(tokenizer: Any, size: Size, seed: int) -> Iterator[Sample]:
         for length in size.sweep_lengths:
             for index in range(size.sweep_samples):
                 sample = make_sample(tokenizer, task, length, None, seed + 1, index)
-                yield _capped(sample, size)
+                yield capped(sample, size)
 
 
-def _capped(sample: Sample, size: Size) -> Sample:
+def capped(sample: Sample, size: Size) -> Sample:
+    """``sample`` with its answer length capped by the size (plumbing sizes only)."""
     if size.max_new_tokens is None:
         return sample
     return dataclasses.replace(
@@ -71,7 +72,7 @@ def run(
         for sample in tqdm(samples, total=total, desc=experiment, unit="sample"):
             doc_tokens = haystack.count_tokens(tokenizer, sample.document)
             for system in systems:
-                record = _answer(system, sample, doc_tokens, full_max_tokens)
+                record = answer_record(system, sample, doc_tokens, full_max_tokens)
                 record.update({"experiment": experiment, **(labels or {}).get(system.name, {})})
                 out.write(json.dumps(record) + "\n")
                 out.flush()
@@ -79,9 +80,10 @@ def run(
     return records
 
 
-def _answer(
+def answer_record(
     system: System, sample: Sample, doc_tokens: int, full_max_tokens: int | None
 ) -> dict[str, Any]:
+    """One record: ``system``'s answer to ``sample``, scored, or why it was not run."""
     record: dict[str, Any] = {
         "system": system.name,
         "task": sample.task,

@@ -31,6 +31,8 @@ class Size:
     """Longest document run in ``full`` mode; longer ones are reported as not run."""
     max_new_tokens: int | None = None
     """Cap on answer tokens (only for plumbing tests; real sizes use each task's own)."""
+    tasks: tuple[str, ...] = ("passkey", "kv", "multi_needle")
+    """Tasks run at ``task_lengths`` (``run``'s main part, and every sample of ``compare``)."""
 
 
 SIZES: dict[str, Size] = {
@@ -60,6 +62,21 @@ SIZES: dict[str, Size] = {
         sweep_samples=1,
         speed_lengths=(1 * K, 4 * K),
         full_max_tokens=8 * K,
+    ),
+    # The accuracy comparison at 4x the embedded model's window (``compare``): about 1-2 h per
+    # engine system on a 2-core CPU. 4K and 8K are the in-window reference lengths.
+    "standard": Size(
+        "standard",
+        needle_lengths=(),
+        needle_depths=(),
+        task_lengths=(4 * K, 8 * K, 16 * K, 32 * K),
+        task_samples=5,
+        sweep_weights=(),
+        sweep_lengths=(),
+        sweep_samples=0,
+        speed_lengths=(),
+        full_max_tokens=8 * K,
+        tasks=("needle", "multi_needle", "two_hop"),
     ),
     # Hours: run on purpose, on a quiet machine.
     "full": Size(

@@ -5,6 +5,8 @@
 - ``kv``: InfiniteBench-style key-value retrieval: find one UUID key among many UUID pairs.
 - ``multi_needle``: two or three magic numbers for the same key, spread through the prose;
   the answer must give all of them.
+- ``two_hop``: two facts planted apart, "the X office is run by P" and "P's badge number
+  is N"; the question names only X, so the second fact is found only through the first.
 
 Document lengths are in tokens of the model's tokenizer.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 from . import haystack, prose
 
-TASKS: tuple[str, ...] = ("passkey", "needle", "kv", "multi_needle")
+TASKS: tuple[str, ...] = ("passkey", "needle", "kv", "multi_needle", "two_hop")
 
 _FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -46,6 +48,19 @@ _CITIES = (
     "Winnipeg",
     "Bergen",
     "Quito",
+)
+
+_PEOPLE = (
+    "Ilse Varga",
+    "Tomas Quell",
+    "Mara Okafor",
+    "Dov Lindqvist",
+    "Anouk Brandt",
+    "Rafe Moreau",
+    "Suvi Kettunen",
+    "Lior Abend",
+    "Neve Castell",
+    "Pim Haagen",
 )
 
 
@@ -145,6 +160,30 @@ def _multi_needle(
     )
 
 
+def _two_hop(
+    tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str
+) -> Sample:
+    city, person = rng.choice(_CITIES), rng.choice(_PEOPLE)
+    value = str(rng.randrange(1_000_000, 10_000_000))
+    second = round(rng.random(), 3)
+    facts = [
+        (depth, f"The {city} office is run by {person}."),
+        (second, f"The badge number of {person} is {value}."),
+    ]
+    planted = _planted(tokenizer, _prose(rng, length), length, facts)
+    return Sample(
+        "two_hop",
+        sample_id,
+        length,
+        depth,
+        planted.document,
+        f"What is the badge number of the person who runs the {city} office?",
+        (value,),
+        planted.spans,
+        32,
+    )
+
+
 def _kv(tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str) -> Sample:
     def new_uuid() -> str:
         return str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -197,4 +236,5 @@ _MAKERS: dict[str, Callable[[Any, int, float, random.Random, str], Sample]] = {
     "needle": _needle,
     "kv": _kv,
     "multi_needle": _multi_needle,
+    "two_hop": _two_hop,
 }

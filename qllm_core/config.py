@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-Mode = Literal["qllm", "infllm", "streaming", "full"]
-MODES: tuple[str, ...] = ("qllm", "infllm", "streaming", "full")
+Mode = Literal["auto", "qllm", "infllm", "streaming", "full"]
+MODES: tuple[str, ...] = ("auto", "qllm", "infllm", "streaming", "full")
 OFFLOAD_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 
@@ -22,9 +22,10 @@ class QLLMConfig:
     :class:`~qllm_core.errors.ConfigError` naming the field.
     """
 
-    mode: Mode = "qllm"
-    """``qllm``; ``infllm`` (question_weight forced to 0); ``streaming`` (initial
-    tokens + local window only); ``full`` (the model's own attention)."""
+    mode: Mode = "auto"
+    """``auto`` (``full`` when the prompt plus the answer fits ``full_attention_max_tokens``,
+    ``qllm`` beyond); ``qllm``; ``infllm`` (question_weight forced to 0); ``streaming``
+    (initial tokens + local window only); ``full`` (the model's own attention)."""
     n_init: int = 128
     """Initial tokens (attention sinks) that every query attends to."""
     n_local: int = 1024
@@ -52,6 +53,18 @@ class QLLMConfig:
     the OS can write out and page back in; for inputs whose keys and values exceed RAM."""
     max_input_tokens: int = 1_048_576
     """Longest prompt accepted; longer inputs raise ``InputTooLongError``."""
+    full_attention_max_tokens: int | None = None
+    """Longest prompt plus answer that mode ``auto`` runs with the model's own attention;
+    ``None``: the model's trained context (``max_position_embeddings``)."""
+    reread_tokens: int = 0
+    """Two-pass answering (beyond the paper; 0 = off, the paper's single pass). After the
+    Q-LLM read, the document passages that drew the most attention from the question's
+    queries, up to this many document tokens, are read again, in document order, with the
+    model's own attention; the answer is generated from that second read. Must fit the
+    model's trained context together with the prompt template and the answer."""
+    reread_margin: int = 32
+    """Tokens of context added on each side of a block chosen for the re-read, so that a
+    sentence cut by a block boundary is read whole."""
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
     """Kernels of the two-stage attention: ``torch`` (CPU and GPU), ``triton`` (CUDA
     GPUs, needs the ``triton`` extra), or ``auto``: triton on a CUDA device when it is
@@ -71,12 +84,12 @@ class QLLMConfig:
         ):
             value = getattr(self, name)
             _check(
-                isinstance(value, int) and value >= 1,
+                _is_int(value) and value >= 1,
                 name,
                 f"must be an integer >= 1, got {value!r}",
             )
         _check(
-            isinstance(self.n_init, int) and self.n_init >= 0,
+            _is_int(self.n_init) and self.n_init >= 0,
             "n_init",
             f"must be an integer >= 0, got {self.n_init!r}",
         )
@@ -122,6 +135,21 @@ class QLLMConfig:
             f"must be None or a directory path, got {self.offload_dir!r}",
         )
         _check(
+            self.full_attention_max_tokens is None
+            or (_is_int(self.full_attention_max_tokens) and self.full_attention_max_tokens >= 1),
+            "full_attention_max_tokens",
+            f"must be None or an integer >= 1, got {self.full_attention_max_tokens!r}",
+        )
+        for name in ("reread_tokens", "reread_margin"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= 0, name, f"must be an integer >= 0, got {value!r}")
+        _check(
+            self.reread_tokens == 0 or self.reread_tokens >= self.block_size,
+            "reread_tokens",
+            f"({self.reread_tokens}) must be 0 (off) or at least block_size "
+            f"({self.block_size}): the re-read takes whole memory blocks",
+        )
+        _check(
             self.attention_backend in ATTENTION_BACKENDS,
             "attention_backend",
             f"must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}",
@@ -151,6 +179,10 @@ class QLLMConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name].replace(**overrides)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(ok: bool, field: str, message: str) -> None:

@@ -17,12 +17,13 @@ from .backends import select_attention
 from .capacity import check_fits
 from .config import QLLMConfig
 from .documents import check_text
-from .errors import InputTooLongError
+from .errors import ConfigError, InputTooLongError
 from .forward import Forward, NativeForward, QLLMForward
 from .host_allocator import tune_host_allocator
 from .layer_memory import RequestMemory, RequestPlan
 from .patching import AttachedModel
 from .progress import prefill_progress
+from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
 from .prompt import PromptLayout, build_prompt
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .rope import RotaryTable
@@ -80,6 +81,7 @@ class QLLMEngine:
         select_attention(self.config.attention_backend, self.device)  # fails early if it can't run
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
         self._eos = _eos_ids(model, tokenizer)
+        self._separator = list(tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
 
     @classmethod
     def from_pretrained(
@@ -189,6 +191,12 @@ class QLLMEngine:
                 f"{config.max_input_tokens:,}; shorten the document or raise "
                 "QLLMConfig.max_input_tokens"
             )
+        config = self._resolve_mode(config, len(ids) + opts.max_new_tokens)
+        rereads = (
+            layout is not None and config.reread_tokens > 0 and config.mode in ("qllm", "infllm")
+        )
+        if rereads and layout is not None:
+            self._check_reread_fits(layout, config, opts.max_new_tokens)
         check_fits(
             len(ids) + opts.max_new_tokens,
             model_config=self.model.config,
@@ -197,7 +205,11 @@ class QLLMEngine:
             dtype=self.dtype,
         )
         stream = AnswerStream(pieces=iter(()))
-        plan = RequestPlan(question_span=question_span, record_from=record_from)
+        plan = RequestPlan(
+            question_span=question_span,
+            record_from=record_from,
+            rank_span=layout.final_question_span if rereads and layout else None,
+        )
         stream.pieces = self._run(stream, ids, plan, layout, config, opts)
         return stream
 
@@ -215,6 +227,9 @@ class QLLMEngine:
             step = self.new_forward(config, plan)
             memory = step.memory if isinstance(step, QLLMForward) else None
             logits = self._prefill(step, ids, config)
+            passages: list[Passage] = []
+            if memory is not None and plan.rank_span is not None and layout is not None:
+                passages, step, logits = self._reread(memory, ids, layout, config)
             prefill_seconds = time.perf_counter() - t0
             text = TextAccumulator(self.tokenizer, opts.stop)
             generator = None
@@ -249,9 +264,70 @@ class QLLMEngine:
                 prefill_seconds=prefill_seconds,
                 decode_seconds=time.perf_counter() - t1,
                 question_found=plan.question_span is not None,
-                retrieved_blocks=_evidence(memory, config, layout),
+                retrieved_blocks=(
+                    _passage_evidence(passages, layout)
+                    if passages
+                    else _evidence(memory, config, layout)
+                ),
+                reread_tokens=sum(p.end - p.start for p in passages),
             )
             stream.result = Answer(text=text.text, finish_reason=finish, stats=stats)
+
+    def window_tokens(self, config: QLLMConfig | None = None) -> int:
+        """Longest prompt plus answer read with the model's own attention in mode ``auto``."""
+        config = config or self.config
+        trained = getattr(self.model.config, "max_position_embeddings", None)
+        if config.full_attention_max_tokens is not None:
+            return config.full_attention_max_tokens
+        if not isinstance(trained, int):
+            raise ConfigError(
+                "the model's config has no max_position_embeddings; set "
+                "QLLMConfig.full_attention_max_tokens to its trained context"
+            )
+        return trained
+
+    def _resolve_mode(self, config: QLLMConfig, tokens: int) -> QLLMConfig:
+        """Mode ``auto`` made concrete: ``full`` when ``tokens`` fit the window, else ``qllm``."""
+        if config.mode != "auto":
+            return config
+        return config.replace(mode="full" if tokens <= self.window_tokens(config) else "qllm")
+
+    def _check_reread_fits(
+        self, layout: PromptLayout, config: QLLMConfig, max_new_tokens: int
+    ) -> None:
+        doc_start, doc_end = layout.document_span
+        longest = max_reread_length(
+            len(layout.input_ids),
+            doc_end - doc_start,
+            config.reread_tokens,
+            config.block_size,
+            len(self._separator),
+        )
+        window = self.window_tokens(config)
+        if longest + max_new_tokens > window:
+            raise ConfigError(
+                f"the re-read prompt ({longest:,} tokens at most) plus max_new_tokens="
+                f"{max_new_tokens:,} exceeds the {window:,}-token window of the model's own "
+                "attention; lower QLLMConfig.reread_tokens or max_new_tokens"
+            )
+
+    def _reread(
+        self, memory: RequestMemory, ids: list[int], layout: PromptLayout, config: QLLMConfig
+    ) -> tuple[list[Passage], NativeForward, torch.Tensor]:
+        """Second pass: the passages the question attended to most, read with full attention."""
+        relevance = memory.block_relevance()
+        passages = choose_passages(
+            relevance.sum(dim=0) if relevance.numel() else relevance.new_zeros(0),
+            document_span=layout.document_span,
+            n_init=config.n_init,
+            block_size=config.block_size,
+            budget=config.reread_tokens,
+            margin=config.reread_margin,
+        )
+        step = NativeForward(self.model)
+        reread = reread_ids(ids, passages, layout.document_span, self._separator)
+        logits = self._prefill(step, reread, config.replace(mode="full"))
+        return passages, step, logits
 
     def new_forward(
         self, config: QLLMConfig | None = None, plan: RequestPlan | None = None
@@ -336,6 +412,25 @@ def _question_scores(memory: RequestMemory) -> list[float]:
     if not rows:
         return []
     return [float(x) for x in torch.stack(rows).mean(dim=0)]
+
+
+def _passage_evidence(
+    passages: list[Passage], layout: PromptLayout | None
+) -> tuple[RetrievedBlock, ...]:
+    """The re-read passages as evidence, best first (scored passages before the always-kept)."""
+    blocks = []
+    for passage in sorted(passages, key=lambda p: -p.score):
+        chars = layout.char_span(passage.start, passage.end) if layout else None
+        blocks.append(
+            RetrievedBlock(
+                token_start=passage.start,
+                token_end=passage.end,
+                count=1,
+                char_start=chars[0] if chars else None,
+                char_end=chars[1] if chars else None,
+            )
+        )
+    return tuple(blocks)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:

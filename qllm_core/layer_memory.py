@@ -28,7 +28,14 @@ from .attention import two_stage_attention as torch_two_stage_attention
 from .backends import TwoStageAttention, select_attention
 from .config import QLLMConfig
 from .memory import BlockStore
-from .retrieval import current_vector, question_vector, representative_keys, select_blocks
+from .retrieval import (
+    block_log_mass,
+    block_relevance,
+    current_vector,
+    question_vector,
+    representative_keys,
+    select_blocks,
+)
 from .rope import RotaryTable, rotate
 from .window import RecentTokens
 
@@ -39,11 +46,14 @@ class RequestPlan:
 
     ``question_span``: token span ``(start, end)`` of the question (end exclusive), or
     ``None`` (then Q-LLM degrades to InfLLM). ``record_from``: retrievals by queries at or
-    after this position are counted in the request's evidence statistics.
+    after this position are counted in the request's evidence statistics. ``rank_span``:
+    token span whose queries are kept to rank the memory blocks after the read
+    (:meth:`LayerMemory.block_relevance`), or ``None``.
     """
 
     question_span: tuple[int, int] | None
     record_from: int
+    rank_span: tuple[int, int] | None = None
 
 
 class LayerMemory:
@@ -93,6 +103,8 @@ class LayerMemory:
         )
         self.question: torch.Tensor | None = None
         self._question_queries: list[torch.Tensor] = []
+        self._rank_queries: list[torch.Tensor] = []
+        self._scaling = 1.0
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
@@ -130,6 +142,7 @@ class LayerMemory:
         )
         recent.scores[:, first:].add_(local_probs)
         self._track_question(q_global, start, n)
+        self._keep_rank_queries(q_global, start, n, scaling)
         self.position += n
         return out.reshape(heads, n, dim)
 
@@ -198,6 +211,37 @@ class LayerMemory:
             self.question = question_vector(queries, scores, self.config.repr_topk)
             self._question_queries = []
 
+    def _keep_rank_queries(
+        self, q_global: torch.Tensor, start: int, n: int, scaling: float
+    ) -> None:
+        span = self.plan.rank_span
+        if span is None:
+            return
+        lo, hi = max(span[0], start), min(span[1], start + n)
+        if lo < hi:
+            self._rank_queries.append(q_global[:, :, lo - start : hi - start].clone())
+            self._scaling = scaling
+
+    def block_relevance(self) -> torch.Tensor:
+        """Share of the rank span's attention that each memory block draws: (num_blocks,).
+
+        The rank span's queries (rotated for the global stage) are scored against every key
+        of every block (all at position 0), a softmax over all blocks' keys per query, summed
+        per block and averaged over heads and queries; sums to 1 (empty without blocks or
+        without a rank span).
+        """
+        if not self._rank_queries or not len(self.store):
+            return torch.zeros(len(self.store))
+        queries = torch.cat(self._rank_queries, dim=2)
+        log_mass = torch.cat(
+            [
+                block_log_mass(queries, page.to(queries.device), self._scaling)
+                for page in self.store.host_key_pages()
+            ],
+            dim=-1,
+        )
+        return block_relevance(log_mass).cpu()
+
 
 class RequestMemory:
     """All layers' Q-LLM state for one request; handed to the attention via ``model(...)``."""
@@ -237,3 +281,11 @@ class RequestMemory:
                 two_stage_attention=self.two_stage_attention,
             )
         return layer.attend(q, k, v, scaling)
+
+    def block_relevance(self) -> torch.Tensor:
+        """Per layer, the share of the rank span's attention each block draws: (layers, blocks).
+
+        See :meth:`LayerMemory.block_relevance`; rows in layer order.
+        """
+        rows = [self.layers[i].block_relevance() for i in sorted(self.layers)]
+        return torch.stack(rows) if rows else torch.zeros(0, 0)

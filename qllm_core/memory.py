@@ -12,10 +12,14 @@ path runs, so it is tested everywhere.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
+
+from .errors import InsufficientMemoryError
 
 PAGE_BYTES = 64 * 2**20
 """Size of one host page of blocks (unpinned host memory).
@@ -112,6 +116,11 @@ class BlockStore:
         self._reprs[first : self._count] = representatives
         return range(first, self._count)
 
+    def host_key_pages(self) -> Iterator[torch.Tensor]:
+        """Keys of all blocks in id order, one host page at a time: each (n, H, block_size, D)."""
+        for page, keys in enumerate(self._host_keys):
+            yield keys[: min(self._page_blocks, self._count - page * self._page_blocks)]
+
     def _new_page(self) -> torch.Tensor:
         if self._offload_dir is not None:
             return _mapped_page(self._offload_dir, self._page_shape, self._offload_dtype)
@@ -165,12 +174,25 @@ class BlockStore:
 
 
 def _mapped_page(directory: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A page backed by a new file in ``directory``, sparse until written.
+    """A page backed by a new file in ``directory``, its space reserved on disk.
 
-    The file is unlinked once mapped: the mapping is all that holds it, so nothing
-    outlives the process.
+    The space is reserved (``posix_fallocate``) before the file is mapped: a full disk is
+    an :class:`~qllm_core.errors.InsufficientMemoryError` here, not a SIGBUS when a page
+    with no space behind it is first written. The file is unlinked once mapped: the mapping
+    is all that holds it, so nothing outlives the process.
     """
     numel = math.prod(shape)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix="quickllama-", suffix=".kv") as file:
-        file.truncate(numel * dtype.itemsize)
-        return torch.from_file(file.name, shared=True, size=numel, dtype=dtype).view(shape)
+    size = numel * dtype.itemsize
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix="quickllama-", suffix=".kv") as file:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(file.fileno(), 0, size)
+            else:  # no reservation possible (macOS): sparse, as the OS allows
+                file.truncate(size)
+            return torch.from_file(file.name, shared=True, size=numel, dtype=dtype).view(shape)
+    except OSError as error:
+        raise InsufficientMemoryError(
+            f"cannot reserve {size / 2**20:,.0f} MiB for a memory page in offload_dir "
+            f"{directory!r}: {error.strerror or error}; free space there, point offload_dir "
+            "at a larger disk, or shorten the document"
+        ) from error

@@ -40,7 +40,9 @@ class AnswerStats:
     decode_seconds: float
     question_found: bool
     retrieved_blocks: tuple[RetrievedBlock, ...] = ()
-    """Blocks chosen while answering, most chosen first."""
+    """Blocks chosen while answering, most chosen first (with a re-read: its passages)."""
+    reread_tokens: int = 0
+    """Document tokens of the second, full-attention read (0: a single pass)."""
 
     @property
     def prefill_tokens_per_second(self) -> float:

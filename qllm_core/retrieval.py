@@ -59,3 +59,22 @@ def select_blocks(
     scores = torch.einsum("bhd,hd->b", representatives.float(), target.float())
     chosen = scores.topk(min(topk, scores.shape[0])).indices
     return sorted(chosen.tolist())
+
+
+def block_log_mass(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Log of the unnormalized attention each query gives each block (logsumexp of its logits).
+
+    queries: (H, G, n, D) rotated for the global stage; keys: (B, H, S, D), ``B`` blocks of
+    ``S`` keys at position 0. Returns (H, G, n, B) in float32; a softmax over the last
+    dimension gives the share of each query's attention over these blocks that each gets.
+    """
+    logits = torch.einsum("hgnd,bhsd->hgnbs", queries.float(), keys.float()) * scaling
+    return logits.logsumexp(dim=-1)
+
+
+def block_relevance(log_mass: torch.Tensor) -> torch.Tensor:
+    """Mean share of attention per block over heads and queries: (H, G, n, B) -> (B,).
+
+    Each query's attention over the blocks sums to 1, so the result sums to 1 too.
+    """
+    return log_mass.softmax(dim=-1).mean(dim=(0, 1, 2))

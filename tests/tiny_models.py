@@ -24,6 +24,7 @@ ARCHITECTURES: dict[str, tuple[str, str, dict]] = {
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"partial_rotary_factor": 0.5, "pad_token_id": 0}),
 }
 TINY_ENGINE_CONFIG = QLLMConfig(
+    mode="qllm",
     n_init=4,
     n_local=64,
     block_size=16,

@@ -1,0 +1,188 @@
+"""Engine configs compared on the same samples: paired results and the accuracy/speed frontier.
+
+``python -m benchmarks compare --size standard --systems qllm qllm-reread rag full`` answers
+every sample of the size's tasks and lengths (in rounds of one sample per task and length)
+with each named system in turn, so that pairs accumulate evenly, appending one record per
+(sample, system) to ``benchmarks/out/compare-<size>/records.jsonl``. A rerun skips the pairs already there,
+so an interrupted run resumes. After every sample the summary
+(``benchmarks/results/compare-<size>.json``) and BENCHMARKS.md are rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import haystack, machine, runner
+from .paths import Paths, save_json
+from .rag import EMBEDDING_NAME, RagSettings, RagSystem, minilm_embeddings
+from .sizes import Size
+from .systems import EngineSystem, System, engine_with
+from .tasks import Sample, make_sample
+
+_PAPER = {"reread_tokens": 0}
+_PUBLISHED = {"n_local": 1024, "block_size": 128, "topk": 8, "exec_block_size": 512}
+VARIANTS: dict[str, dict[str, Any]] = {
+    # the paper's method (single pass) at the engine's default budget, and its baselines
+    "qllm": {"mode": "qllm", **_PAPER},
+    "infllm": {"mode": "infllm", **_PAPER},
+    "streaming": {"mode": "streaming", **_PAPER},
+    "full": {"mode": "full"},
+    # the paper's method at larger budgets
+    "qllm-published": {"mode": "qllm", **_PAPER, **_PUBLISHED},
+    "qllm-half-window": {
+        "mode": "qllm",
+        **_PAPER,
+        **_PUBLISHED,
+        "n_local": 2048,
+        "topk": 16,
+    },
+    # beyond the paper: re-read the passages the question attended to, with full attention
+    "qllm-reread": {"mode": "qllm", "reread_tokens": 3072},
+    "qllm-reread-1k": {"mode": "qllm", "reread_tokens": 1024},
+    "infllm-reread": {"mode": "infllm", "reread_tokens": 3072},
+}
+"""Engine systems by name: config fields set on top of the engine's own config."""
+SYSTEMS: tuple[str, ...] = (*VARIANTS, "rag")
+
+
+def results_name(size: Size) -> str:
+    """File name of a size's summary under ``benchmarks/results``."""
+    return f"compare-{size.name}.json"
+
+
+def compare_samples(tokenizer: Any, size: Size, seed: int) -> list[Sample]:
+    """Every (task, length, index) of the size, in rounds: sample 0 of every task and
+    length, then sample 1, ...; so a run stopped early is still balanced."""
+    return [
+        runner.capped(make_sample(tokenizer, task, length, None, seed, index), size)
+        for index in range(size.task_samples)
+        for length in size.task_lengths
+        for task in size.tasks
+    ]
+
+
+def build_system(name: str, engine: Any, embeddings: Callable[[], Any]) -> System:
+    """The named system over ``engine`` (``rag`` asks ``embeddings`` for its model)."""
+    if name == "rag":
+        return RagSystem(engine, embeddings(), RagSettings())
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+    changes = VARIANTS[name]
+    return EngineSystem(engine_with(engine, **changes), changes["mode"], name=name)
+
+
+def run_compare(
+    engine: Any,
+    size: Size,
+    paths: Paths,
+    systems: Sequence[str],
+    *,
+    seed: int = 0,
+    embeddings: Any = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Answer the size's samples with each system in turn; resumes from earlier records."""
+    from .report import write_report
+
+    started = time.perf_counter()
+    records_path = paths.out / f"compare-{size.name}" / "records.jsonl"
+    records_path.parent.mkdir(parents=True, exist_ok=True)
+    records = runner.read_records(records_path)
+    done = {(r["system"], r["sample_id"]) for r in records}
+    samples = compare_samples(engine.tokenizer, size, seed)
+    doc_tokens = {s.sample_id: haystack.count_tokens(engine.tokenizer, s.document) for s in samples}
+    meta = {
+        "command": command or "benchmarks.compare.run_compare",
+        "machine": machine.describe(str(engine.model.device)),
+        "model": engine.model_name,
+        "base_config": dataclasses.asdict(engine.config),
+        "variants": {name: VARIANTS.get(name, {}) for name in systems},
+        "size": dataclasses.asdict(size),
+        "seed": seed,
+        "rag": dataclasses.asdict(RagSettings()) | {"embedding": EMBEDDING_NAME},
+    }
+
+    def save() -> dict[str, Any]:
+        summary = {
+            "meta": meta | {"date": machine.now(), "wall_seconds": time.perf_counter() - started},
+            "records": records,
+        }
+        save_json(paths.results / results_name(size), summary)
+        write_report(paths)
+        return summary
+
+    summary = save()
+    built = [
+        build_system(name, engine, lambda: embeddings or minilm_embeddings()) for name in systems
+    ]
+    with records_path.open("a", encoding="utf-8") as out:
+        for sample in tqdm(samples, desc=f"compare {size.name}", unit="sample"):
+            for system in built:
+                if (system.name, sample.sample_id) in done:
+                    continue
+                record = runner.answer_record(
+                    system, sample, doc_tokens[sample.sample_id], size.full_max_tokens
+                ) | {"experiment": "compare"}
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                records.append(record)
+            summary = save()
+    return summary
+
+
+def paired_rows(
+    records: list[dict[str, Any]], baseline: str, systems: Sequence[str]
+) -> list[list[Any]]:
+    """Per system, on the samples both it and ``baseline`` answered: wins, losses, ties."""
+    by_key = {(r["system"], r["sample_id"]): r for r in records if r["status"] != "skipped"}
+    rows = []
+    for system in systems:
+        if system == baseline:
+            continue
+        wins = losses = both = neither = 0
+        for (name, sample_id), record in by_key.items():
+            base = by_key.get((baseline, sample_id))
+            if name != system or base is None:
+                continue
+            new, old = bool(record["correct"]), bool(base["correct"])
+            wins += new and not old
+            losses += old and not new
+            both += new and old
+            neither += not new and not old
+        if wins + losses + both + neither:
+            rows.append([system, wins, losses, both, neither, wins + losses + both + neither])
+    return rows
+
+
+def speed_rows(records: list[dict[str, Any]], systems: Sequence[str]) -> list[list[Any]]:
+    """Per system and length: mean prefill and decode tokens/s over the samples run."""
+    rows = []
+    lengths = sorted({r["length"] for r in records})
+    for system in systems:
+        for length in lengths:
+            mine = [
+                r
+                for r in records
+                if r["system"] == system and r["length"] == length and r["status"] == "ok"
+            ]
+            if not mine:
+                continue
+            prefill = sum(r["tokens_read"] for r in mine) / sum(r["prefill_seconds"] for r in mine)
+            generated = sum(r["tokens_generated"] for r in mine)
+            decode = generated / max(1e-9, sum(r["decode_seconds"] for r in mine))
+            rows.append([system, length, len(mine), round(prefill), round(decode, 1)])
+    return rows
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a saved summary (empty when there is none)."""
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text(encoding="utf-8"))["records"])

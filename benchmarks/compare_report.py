@@ -1,0 +1,88 @@
+"""The ``compare`` command's section of BENCHMARKS.md: accuracy, paired table, frontier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tabulate import tabulate
+
+from . import figures, tables
+from .compare import paired_rows, speed_rows
+from .paths import Paths
+
+BASELINE = "qllm"
+"""The paper's method: every other system is compared with it sample by sample."""
+
+
+def compare_section(data: dict[str, Any], paths: Paths) -> str:
+    """Markdown for one saved ``compare`` summary (drawing its frontier figure)."""
+    meta, records = data["meta"], data["records"]
+    size = meta["size"]
+    systems = tables.system_order(records)
+    variants = "\n".join(
+        f"- `{name}`: {_changes(changes)}" for name, changes in meta["variants"].items()
+    )
+    out = [
+        f"## Paired comparison (size `{size['name']}`)\n",
+        _meta(meta),
+        f"Tasks {', '.join(f'`{t}`' for t in size['tasks'])} at "
+        f"{', '.join(tables.k_tokens(n) for n in size['task_lengths'])} document tokens, "
+        f"{size['task_samples']} samples each (seed {meta['seed']}); `full` is not run over "
+        f'{size["full_max_tokens"]:,} document tokens. `two_hop`: "the X office is run by P" '
+        'and "the badge number of P is N" planted apart; the question names only X. '
+        "Systems, as config fields set on the engine's own config:\n",
+        variants + "\n- `rag`: chunk-and-embed RAG answered by the same model in `full` mode\n",
+        "### Accuracy\n",
+    ]
+    for task in dict.fromkeys(r["task"] for r in records):
+        out += [f"#### {task}\n", tables.accuracy_table(records, task) + "\n"]
+    paired = paired_rows(records, BASELINE, systems)
+    if paired:
+        out += [
+            f"### Paired with `{BASELINE}` (the paper's method), sample by sample\n",
+            "win: this system right and `qllm` wrong; loss: the reverse.\n",
+            tabulate(
+                paired,
+                ["system", "wins", "losses", "both right", "both wrong", "samples"],
+                tablefmt="github",
+            )
+            + "\n",
+        ]
+    out += [
+        "### Was the fact retrieved?\n",
+        "For the single-pass modes: a memory block retrieved while answering overlapped a "
+        "planted fact. For the re-read variants: a planted fact lies inside the re-read "
+        "passages. For `rag`: a retrieved chunk contains one.\n",
+        tables.evidence_table(records) + "\n",
+        "### Speed on the same run\n",
+        tabulate(
+            speed_rows(records, systems),
+            ["system", "length", "samples", "prefill tok/s", "decode tok/s"],
+            tablefmt="github",
+        )
+        + "\n",
+    ]
+    figure = figures.frontier(records, paths.figures / f"frontier-{size['name']}.png")
+    out.append(f"![accuracy against speed]({paths.link(figure)})\n")
+    return "\n".join(out)
+
+
+def _changes(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "the engine's config"
+
+
+def _meta(meta: dict[str, Any]) -> str:
+    machine = meta["machine"]
+    config = meta["base_config"]
+    base = ", ".join(
+        f"{k}={config[k]}"
+        for k in ("n_init", "n_local", "block_size", "topk", "exec_block_size", "question_weight")
+    )
+    return (
+        f"- Command: `{meta['command']}` ({meta['date']}, {meta['wall_seconds'] / 60:.0f} min "
+        "so far when written)\n"
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB RAM; "
+        f"device `{machine['device']}`; torch {machine['torch']}, transformers "
+        f"{machine['transformers']}\n"
+        f"- Model: {meta['model']}; engine config: `{base}`\n"
+    )

@@ -1,0 +1,112 @@
+"""Two-pass answering: choose the passages the question drew attention to, then re-read them.
+
+The Q-LLM read (question, document, question) leaves every memory block's keys in memory.
+The final question's queries, scored against all of them, say which blocks the model
+itself finds relevant (:meth:`~qllm_core.layer_memory.RequestMemory.block_relevance`).
+The best blocks, widened by a margin and merged, are laid out in document order in place
+of the document, and that shorter prompt is read with the model's own attention: exact,
+with true positions, inside the trained window. Tokens the first read held outside memory
+blocks (the document's start among the initial tokens, its end in the local window) are
+always kept, since they have no block to be scored by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SEPARATOR = "\n[...]\n"
+"""Text placed between passages that are not adjacent in the document."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Prompt tokens ``[start, end)`` kept for the re-read.
+
+    ``score`` is their blocks' share of the question's attention (0 for the always-kept
+    start and end of the document).
+    """
+
+    start: int
+    end: int
+    score: float
+
+
+def choose_passages(
+    relevance: torch.Tensor,
+    *,
+    document_span: tuple[int, int],
+    n_init: int,
+    block_size: int,
+    budget: int,
+    margin: int,
+) -> list[Passage]:
+    """Passages of the document to re-read, in document order.
+
+    relevance: (num_blocks,) share of the question's attention per memory block; block
+    ``b`` holds prompt tokens ``[n_init + b * block_size, n_init + (b + 1) * block_size)``.
+    The document's tokens before the first block and after the last are always kept;
+    blocks are then added best first, each widened by ``margin`` tokens on both sides
+    (clipped to the document), while the total stays within ``budget`` tokens.
+    """
+    doc_start, doc_end = document_span
+    kept = bytearray(doc_end - doc_start)  # 1 where a document token is kept
+    blocks_end = n_init + relevance.shape[0] * block_size
+    for lo, hi in ((doc_start, min(doc_end, n_init)), (max(doc_start, blocks_end), doc_end)):
+        kept[max(0, lo - doc_start) : max(0, hi - doc_start)] = b"\x01" * max(0, hi - lo)
+    used = sum(kept)
+    scores = [0.0] * len(kept)
+    for block in relevance.argsort(descending=True, stable=True).tolist():
+        lo = max(doc_start, n_init + block * block_size - margin) - doc_start
+        hi = min(doc_end, n_init + (block + 1) * block_size + margin) - doc_start
+        if hi <= lo:
+            continue  # a block of the prompt template, not of the document
+        new = (hi - lo) - sum(kept[lo:hi])
+        if used + new > budget:
+            continue  # a smaller addition (next to a kept block) may still fit
+        kept[lo:hi] = b"\x01" * (hi - lo)
+        used += new
+        share = float(relevance[block]) / (hi - lo)
+        for i in range(lo, hi):
+            scores[i] += share
+    passages, i = [], 0
+    while i < len(kept):
+        if not kept[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(kept) and kept[j]:
+            j += 1
+        passages.append(Passage(doc_start + i, doc_start + j, sum(scores[i:j])))
+        i = j
+    return passages
+
+
+def reread_ids(
+    ids: list[int],
+    passages: list[Passage],
+    document_span: tuple[int, int],
+    separator: list[int],
+) -> list[int]:
+    """``ids`` with the document replaced by ``passages``, ``separator`` between gaps."""
+    doc_start, doc_end = document_span
+    out = ids[:doc_start]
+    previous = doc_start
+    for passage in passages:
+        if passage.start > previous:
+            out += separator
+        out += ids[passage.start : passage.end]
+        previous = passage.end
+    if previous < doc_end:
+        out += separator
+    return out + ids[doc_end:]
+
+
+def max_reread_length(
+    prompt_tokens: int, document_tokens: int, budget: int, block_size: int, separator: int
+) -> int:
+    """Upper bound on the length of the re-read prompt (for checking it fits up front)."""
+    kept = min(document_tokens, budget)
+    gaps = kept // max(1, block_size) + 2
+    return prompt_tokens - document_tokens + kept + gaps * separator

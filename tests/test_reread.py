@@ -1,0 +1,143 @@
+"""Two-pass answering (``reread_tokens``) and mode ``auto``: exact checks on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qllm_core import ConfigError, QLLMConfig, QLLMEngine
+from qllm_core.prompt import build_prompt
+from qllm_core.reread import Passage, choose_passages, max_reread_length, reread_ids
+from qllm_core.retrieval import block_log_mass, block_relevance
+
+DOC = " ".join(f"Item {i} of the list is the colour number {i * 7 % 13}." for i in range(90))
+QUESTION = "What is the colour number of item 42?"
+
+
+def test_block_relevance_is_the_softmax_mass_per_block():
+    torch.manual_seed(0)
+    queries = torch.randn(2, 3, 5, 8)  # (H, G, n, D)
+    keys = torch.randn(4, 2, 6, 8)  # (B, H, S, D)
+    scaling = 0.3
+    relevance = block_relevance(block_log_mass(queries, keys, scaling))
+    expected = torch.zeros(4, dtype=torch.float64)
+    for h in range(2):
+        flat = keys[:, h].reshape(-1, 8).double()  # (B * S, D)
+        for g in range(3):
+            for i in range(5):
+                probs = (flat @ queries[h, g, i].double() * scaling).softmax(0)
+                expected += probs.view(4, 6).sum(1)
+    expected /= 2 * 3 * 5
+    torch.testing.assert_close(relevance.double(), expected, atol=1e-6, rtol=1e-5)
+    assert math.isclose(float(relevance.sum()), 1.0, rel_tol=1e-5)
+
+
+def test_choose_passages_keeps_start_and_end_then_best_blocks_with_margins():
+    # prompt: 10 template tokens, document at [10, 200); blocks of 20 from n_init = 30:
+    # block b holds [30 + 20 b, 50 + 20 b); 7 blocks end at 170; tail [170, 200) is kept.
+    relevance = torch.tensor([0.05, 0.1, 0.5, 0.05, 0.2, 0.05, 0.05])
+    passages = choose_passages(
+        relevance, document_span=(10, 200), n_init=30, block_size=20, budget=110, margin=2
+    )
+    # always: head [10, 30) (20 tokens) and tail [170, 200) (30 tokens) -> 60 left;
+    # block 2 [70, 90) widened to [68, 92) (24), block 4 [110, 130) -> [108, 132) (24);
+    # block 1 [50, 70) -> [48, 72) adds 20 more than block 2's span: 68 > 60, skipped
+    spans = [(p.start, p.end) for p in passages]
+    assert spans == [(10, 30), (68, 92), (108, 132), (170, 200)]
+    assert sum(e - s for s, e in spans) <= 110
+    scores = {(p.start, p.end): p.score for p in passages}
+    assert scores[(10, 30)] == 0 and scores[(170, 200)] == 0
+    assert scores[(68, 92)] == pytest.approx(0.5) and scores[(108, 132)] == pytest.approx(0.2)
+
+
+def test_choose_passages_merges_neighbours_and_clips_to_the_document():
+    relevance = torch.tensor([0.6, 0.4])  # blocks [4, 12) and [12, 20); document [2, 20)
+    passages = choose_passages(
+        relevance, document_span=(2, 20), n_init=4, block_size=8, budget=100, margin=3
+    )
+    assert [(p.start, p.end) for p in passages] == [(2, 20)]
+
+
+def test_reread_ids_puts_a_separator_in_every_gap():
+    ids = list(range(100, 130))  # document at [5, 25)
+    passages = [Passage(5, 8, 0.0), Passage(12, 15, 1.0), Passage(15, 18, 0.5)]
+    out = reread_ids(ids, passages, (5, 25), separator=[-1])
+    assert out == ids[:5] + ids[5:8] + [-1] + ids[12:18] + [-1] + ids[25:]
+    bound = max_reread_length(len(ids), 20, budget=9, block_size=3, separator=1)
+    assert len(out) <= bound
+
+
+def test_reread_of_the_whole_document_equals_full_attention(tiny_engine):
+    """A budget covering the document re-reads the prompt unchanged: the answer is ``full``'s."""
+    config = tiny_engine.config.replace(reread_tokens=4096)
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    two_pass = engine.answer(DOC, QUESTION, max_new_tokens=8)
+    full = engine.answer(DOC, QUESTION, max_new_tokens=8, mode="full")
+    layout = build_prompt(engine.tokenizer, DOC, QUESTION)
+    assert two_pass.stats.reread_tokens == layout.document_span[1] - layout.document_span[0]
+    assert two_pass.text == full.text
+    assert two_pass.stats.mode == "qllm"
+
+
+def test_reread_answers_from_its_passages_with_full_attention(tiny_engine):
+    """The answer is exactly full attention over the prompt with only the chosen passages."""
+    config = tiny_engine.config.replace(reread_tokens=160, reread_margin=4)
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    answer = engine.answer(DOC, QUESTION, max_new_tokens=8)
+    layout = build_prompt(engine.tokenizer, DOC, QUESTION)
+    spans = sorted((b.token_start, b.token_end) for b in answer.stats.retrieved_blocks)
+    assert 0 < answer.stats.reread_tokens == sum(e - s for s, e in spans) <= 160
+    passages = [Passage(s, e, 0.0) for s, e in spans]
+    separator = list(engine.tokenizer("\n[...]\n", add_special_tokens=False)["input_ids"])
+    ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)
+    assert len(ids) < len(layout.input_ids)
+    reference = engine.generate(ids, mode="full", max_new_tokens=8)
+    assert answer.text == reference.text
+
+
+def test_reread_that_cannot_fit_the_window_is_refused_before_reading(tiny_engine):
+    config = tiny_engine.config.replace(reread_tokens=4000, full_attention_max_tokens=1024)
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    with pytest.raises(ConfigError, match="reread_tokens"):
+        engine.answer(DOC * 3, QUESTION, max_new_tokens=8)
+
+
+def test_auto_mode_reads_with_full_attention_when_the_prompt_fits(tiny_engine):
+    config = tiny_engine.config.replace(mode="auto")
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    answer = engine.answer(DOC, QUESTION, max_new_tokens=6)
+    assert answer.stats.mode == "full"
+    assert answer.text == engine.answer(DOC, QUESTION, max_new_tokens=6, mode="full").text
+    tokens = answer.stats.tokens_read + 6
+    capped = QLLMEngine(
+        engine.model,
+        engine.tokenizer,
+        config=config.replace(full_attention_max_tokens=tokens - 1),
+        progress=False,
+    )
+    beyond = capped.answer(DOC, QUESTION, max_new_tokens=6)
+    assert beyond.stats.mode == "qllm"
+    assert beyond.text == engine.answer(DOC, QUESTION, max_new_tokens=6, mode="qllm").text
+    exact = QLLMEngine(
+        engine.model,
+        engine.tokenizer,
+        config=config.replace(full_attention_max_tokens=tokens),
+        progress=False,
+    )
+    assert exact.answer(DOC, QUESTION, max_new_tokens=6).stats.mode == "full"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("reread_tokens", -1), ("reread_tokens", 8), ("reread_margin", -2), ("reread_tokens", True)],
+)
+def test_reread_fields_are_validated(field, value):
+    with pytest.raises(ConfigError, match=field):
+        QLLMConfig(block_size=16, n_local=64, exec_block_size=32, **{field: value})
+
+
+def test_auto_is_the_default_mode():
+    assert QLLMConfig().mode == "auto"
+    assert QLLMConfig.preset("smollm2").mode == "auto"
