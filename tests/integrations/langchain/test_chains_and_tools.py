@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +12,13 @@ from langchain_core.document_loaders import BaseLoader
 from langchain_core.documents import Document
 from langchain_core.messages import ToolMessage
 
+from qllm_core.results import RetrievedBlock
+from qllm_integrations.evidence import Source, collect_evidence, format_evidence, join_texts
 from qllm_integrations.langchain import (
     ChatQLLM,
     create_document_qa_chain,
     create_document_reader_tool,
 )
-from qllm_integrations.langchain.evidence import collect_evidence, format_evidence, join_texts
 
 FILLER = "The harbour office kept a ledger of every ship. " * 20
 FACT = "The pass key is 71432."
@@ -41,7 +43,7 @@ def test_chain_over_a_string(chat: ChatQLLM, fake_engine: FakeEngine) -> None:
     )
     assert out["answer"] == fake_engine.reply
     assert fake_engine.calls[-1].document == FILLER + FACT
-    assert [e["source"] for e in out["evidence"]] == [None]
+    assert [e["source"] for e in out["evidence"]] == [0]
     assert "pass key" in out["evidence"][0]["text"]
 
 
@@ -102,15 +104,32 @@ def test_tool_reads_a_path(chat: ChatQLLM, fake_engine: FakeEngine, tmp_path: Pa
     assert fake_engine.calls[-1].document == FILLER + FACT
 
 
-def test_tool_errors_go_back_to_the_agent(chat: ChatQLLM, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"question": "q", "path": "/no/such/file"}, "not found"),
+        ({"question": "q", "document": "   "}, "empty"),
+        ({"question": "q", "document": "x", "path": "y"}, "exactly one.*got both"),
+        ({"question": "q"}, "exactly one.*got neither"),
+        ({"document": "some text"}, "bad arguments.*question"),
+        ({"question": 3, "document": "x"}, "bad arguments"),
+    ],
+)
+def test_tool_errors_go_back_to_the_agent(
+    chat: ChatQLLM, arguments: dict[str, object], message: str
+) -> None:
     tool = create_document_reader_tool(chat)
-    assert "not found" in tool.invoke({"question": "q", "path": str(tmp_path / "missing")})
+    reply = tool.invoke(arguments)
+    assert isinstance(reply, str) and reply.startswith("error:")
+    assert re.search(message, reply), reply
+
+
+def test_tool_error_for_binary_files(chat: ChatQLLM, tmp_path: Path) -> None:
     binary = tmp_path / "b.bin"
     binary.write_bytes(b"\x00\x01" * 100)
-    assert "binary" in tool.invoke({"question": "q", "path": str(binary)})
-    assert "empty" in tool.invoke({"question": "q", "document": "   "})
-    with pytest.raises(ValueError, match="exactly one"):
-        tool.invoke({"question": "q", "document": "x", "path": "y"})
+    assert "binary" in create_document_reader_tool(chat).invoke(
+        {"question": "q", "path": str(binary)}
+    )
 
 
 async def test_tool_async(chat: ChatQLLM) -> None:
@@ -121,19 +140,23 @@ async def test_tool_async(chat: ChatQLLM) -> None:
 
 
 def test_evidence_helpers() -> None:
-    text, spans = join_texts(["abc", "", "defg"], "--")
-    assert text == "abc----defg"
-    assert spans == [(0, 3), (5, 5), (7, 11)]
+    joined = join_texts(
+        [
+            (Source(str(i), f"doc {i}", meta), [(text, 0)])
+            for i, (text, meta) in enumerate([("abc", {}), ("", {}), ("defg", {"page": 2})])
+        ],
+        separator="--",
+    )
+    assert joined.text == "abc----defg"
     blocks = [
-        {"char_start": 8, "char_end": 10, "count": 5},
-        {"char_start": None, "char_end": None, "count": 9},
-        {"char_start": 0, "char_end": 2, "count": 2},
-        {"char_start": 1, "char_end": 3, "count": 1},
+        RetrievedBlock(0, 1, count=5, char_start=7, char_end=9, score=0.5),
+        RetrievedBlock(1, 2, count=9, score=0.3),
+        RetrievedBlock(2, 3, count=2, char_start=0, char_end=2, score=0.1),
+        RetrievedBlock(3, 4, count=1, char_start=1, char_end=3, score=0.05),
     ]
-    evidence = collect_evidence(blocks, text, spans=spans, metadata=[{}, {}, {"page": 2}])
-    assert [(e.char_start, e.char_end, e.count, e.source) for e in evidence] == [
-        (0, 3, 3, 0),
-        (8, 10, 5, 2),
-    ]
-    assert "page 2" in format_evidence(evidence)
+    evidence = collect_evidence(joined, blocks)
+    assert [(e.char_start, e.char_end, e.source) for e in evidence] == [(0, 4, 2), (0, 3, 0)]
+    assert evidence[0].score == 0.5 and round(evidence[1].score, 2) == 0.15
+    text = format_evidence(evidence)
+    assert "page 2" in text and "score 0.50" in text
     assert "no part" in format_evidence([])

@@ -14,8 +14,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 
 from qllm_core.config import QLLMConfig
 from qllm_core.errors import EmptyInputError
+from qllm_integrations import request as params_module
 from qllm_integrations.langchain import ChatQLLM
-from qllm_integrations.langchain import _params as params_module
 from qllm_integrations.split import QuestionNotFoundWarning
 
 DOC = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes import FakeEngine, tiny_engine, tiny_model_dir
+from fakes import tiny_engine, tiny_model_dir
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from qllm_integrations.langchain import ChatQLLM
@@ -34,6 +34,10 @@ class TestChatQLLMIntegration(ChatModelIntegrationTests):
         return tiny_model_dir()
 
     @property
+    def supports_model_override(self) -> bool:
+        return False  # the model is a constructor setting (EngineSpec), not a call option
+
+    @property
     def has_tool_calling(self) -> bool:
         return False  # no tool-calling format: the engine answers questions about text
 
@@ -49,38 +53,6 @@ class TestChatQLLMIntegration(ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return False  # see has_structured_output
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supported_usage_metadata_details(self) -> dict[str, list[Any]]:
-        return {"invoke": [], "stream": []}
-
-
-class TestChatQLLMStructuredOutputIntegration(ChatModelIntegrationTests):
-    """The whole suite again, structured output included, on a fake engine replying in JSON.
-
-    This checks ChatQLLM's structured-output plumbing (prompting, parsing, validation,
-    callbacks, streaming, async) the standard way, with a "model" that complies.
-    """
-
-    @property
-    def chat_model_class(self) -> type[ChatQLLM]:
-        return ChatQLLM
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"engine": FakeEngine(reply=JOKE, direct_reply=JOKE, model_name="fake-json")}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
     @property
     def returns_usage_metadata(self) -> bool:

@@ -22,6 +22,12 @@ class TestChatQLLMUnit(ChatModelUnitTests):
         return {"engine": FakeEngine()}
 
     @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        params.pop("api_key")  # a local engine has no API key
+        return params
+
+    @property
     def has_tool_calling(self) -> bool:
         return False  # the engine answers questions; it has no tool-calling format
 

@@ -7,7 +7,13 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import NodeRelationship, TextNode
 
 from qllm_core.results import RetrievedBlock
-from qllm_integrations.llamaindex import evidence_nodes, join_documents
+from qllm_integrations.evidence import collect_evidence
+from qllm_integrations.llamaindex import evidence_node, join_documents
+
+
+def evidence_nodes(joined, blocks, max_sources=4):
+    return [evidence_node(e) for e in collect_evidence(joined, blocks, limit=max_sources)]
+
 
 TEXT_A = " ".join(f"Alpha sentence number {i} talks about apples." for i in range(300))
 TEXT_B = " ".join(f"Beta sentence number {i} talks about bridges." for i in range(217))
