@@ -317,7 +317,7 @@ class QLLMEngine:
         """Second pass: the passages the question attended to most, read with full attention."""
         relevance = memory.block_relevance()
         passages = choose_passages(
-            relevance.sum(dim=0) if relevance.numel() else relevance.new_zeros(0),
+            relevance.mean(dim=0) if relevance.numel() else relevance.new_zeros(0),
             document_span=layout.document_span,
             n_init=config.n_init,
             block_size=config.block_size,
@@ -428,6 +428,7 @@ def _passage_evidence(
                 count=1,
                 char_start=chars[0] if chars else None,
                 char_end=chars[1] if chars else None,
+                score=passage.score,
             )
         )
     return tuple(blocks)
