@@ -93,8 +93,7 @@ class LangChainSettings(ProviderSettings):
         if isinstance(model_input, bytes | bytearray):
             check_text("prompt", model_input)
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
+    def _token_ids(self, text: str) -> list[int]:
         ids = self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
         return [int(i) for i in ids]
 
@@ -134,6 +133,10 @@ class ChatQLLM(BaseChatModel, LangChainSettings):
     def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
         self._refuse_bytes(model_input)
         return super()._convert_input(model_input)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
+        return self._token_ids(text)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

@@ -50,6 +50,10 @@ class QLLM(BaseLLM, LangChainSettings):
         self._refuse_bytes(model_input)
         return super()._convert_input(model_input)
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
+        return self._token_ids(text)
+
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return self.identifying_params()
@@ -71,12 +75,15 @@ class QLLM(BaseLLM, LangChainSettings):
         generations = []
         totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         for prompt in prompts:
-            request = self._request(prompt, stop, kwargs)
-            answer = request.run()
-            generations.append(
-                [Generation(text=answer.text, generation_info=_info(request, answer))]
-            )
-            for key, value in usage(answer).items():
+            if self.streaming:  # callbacks see every token
+                chunks = list(self._stream(prompt, stop, run_manager, **kwargs))
+                text, info = "".join(c.text for c in chunks), chunks[-1].generation_info or {}
+            else:
+                request = self._request(prompt, stop, kwargs)
+                answer = request.run()
+                text, info = answer.text, _info(request, answer)
+            generations.append([Generation(text=text, generation_info=info)])
+            for key, value in info["usage"].items():
                 totals[key] += value
         return LLMResult(
             generations=generations,

@@ -111,7 +111,12 @@ class QLLM(CustomLLM, ProviderSettings):
 
     def to_payload(self) -> dict[str, Any]:
         """What LlamaIndex's events report about this LLM; never loads the engine."""
-        return {"class_name": self.class_name(), **self.identifying_params()}
+        return {
+            "class_name": self.class_name(),
+            **self.identifying_params(),
+            "num_output": self.max_new_tokens,
+            "is_chat_model": True,
+        }
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:

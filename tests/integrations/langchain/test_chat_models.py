@@ -13,7 +13,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 
 from qllm_core.config import QLLMConfig
-from qllm_core.errors import EmptyInputError
+from qllm_core.errors import EmptyInputError, InvalidOptionError
+from qllm_core.spec import EngineSpec
 from qllm_integrations import request as params_module
 from qllm_integrations.langchain import ChatQLLM
 from qllm_integrations.split import QuestionNotFoundWarning
@@ -166,7 +167,7 @@ def test_stop_and_max_tokens_cut_the_answer(chat: ChatQLLM) -> None:
 
 
 def test_unknown_keyword_is_refused(chat: ChatQLLM) -> None:
-    with pytest.raises(TypeError, match="max_new_token"):
+    with pytest.raises(InvalidOptionError, match="did you mean 'max_new_tokens'"):
         chat.invoke("Hello", max_new_token=3)
 
 
@@ -207,7 +208,7 @@ def test_profile_reports_the_engine_limit_without_loading(monkeypatch: pytest.Mo
 def test_identifying_and_tracing_params(chat: ChatQLLM) -> None:
     params = chat._identifying_params
     assert params["model"] == "fake-model"
-    assert params["max_tokens"] == 256
+    assert params["max_new_tokens"] == 256
     ls = chat._get_ls_params(stop=["a"], model="other")
     assert ls["ls_provider"] == "quickllama"
     assert ls["ls_model_name"] == "other"
@@ -302,11 +303,11 @@ def _refuse(*args: Any, **kwargs: Any) -> Any:
 
 
 def test_engine_is_loaded_lazily_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    loads: list[tuple[Any, ...]] = []
+    loads: list[EngineSpec] = []
     engine = FakeEngine()
 
-    def fake_get_engine(source: Any = None, **kwargs: Any) -> FakeEngine:
-        loads.append((source, kwargs["config"], kwargs["device"], kwargs["dtype"]))
+    def fake_get_engine(spec: EngineSpec) -> FakeEngine:
+        loads.append(spec)
         return engine
 
     monkeypatch.setattr(params_module, "get_engine", fake_get_engine)
@@ -314,7 +315,6 @@ def test_engine_is_loaded_lazily_from_the_registry(monkeypatch: pytest.MonkeyPat
     assert not loads
     chat.invoke("Hello")
     chat.invoke("Hello")
-    assert loads == [("/models/x", QLLMConfig.preset("smollm2"), "cpu", "float32")]
-    reply = chat.invoke("Hello", model="/models/y")
-    assert loads[-1][0] == "/models/y"
-    assert reply.response_metadata["model_name"] == "/models/y"
+    assert loads == [EngineSpec("/models/x", preset="smollm2", device="cpu", dtype="float32")]
+    with pytest.raises(InvalidOptionError, match="unknown option 'model'"):
+        chat.invoke("Hello", model="/models/y")

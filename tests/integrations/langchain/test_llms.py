@@ -8,6 +8,7 @@ import pytest
 from fakes import FakeEngine
 from langchain_core.callbacks import BaseCallbackHandler
 
+from qllm_core.errors import InvalidOptionError
 from qllm_integrations.langchain import QLLM
 
 DOC = "The harbour office kept a ledger of every ship. " * 40 + "The pass key is 71432."
@@ -33,10 +34,10 @@ def test_long_prompt_is_split_and_answered(llm: QLLM, fake_engine: FakeEngine) -
     assert (call.document, call.question) == (DOC, "What is the pass key?")
 
 
-def test_short_prompt_is_completed_as_is(llm: QLLM, fake_engine: FakeEngine) -> None:
+def test_short_prompt_is_one_user_turn(llm: QLLM, fake_engine: FakeEngine) -> None:
     assert llm.invoke("Once upon a time") == fake_engine.direct_reply
     assert fake_engine.tokenizer.decode(fake_engine.calls[-1].input_ids or []) == (
-        "Once upon a time"
+        "<|user|>\nOnce upon a time\n<|assistant|>\n"
     )
 
 
@@ -79,6 +80,6 @@ async def test_async(llm: QLLM, fake_engine: FakeEngine) -> None:
     assert "".join(pieces) == "".join(recorder.tokens) == fake_engine.direct_reply
 
 
-def test_response_format_is_for_chat_only(llm: QLLM) -> None:
-    with pytest.raises(TypeError, match="with_structured_output"):
+def test_response_format_is_refused(llm: QLLM) -> None:
+    with pytest.raises(InvalidOptionError, match="response_format"):
         llm.invoke("x", response_format={"type": "json_object"})

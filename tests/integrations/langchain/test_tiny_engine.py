@@ -100,4 +100,4 @@ def test_model_from_a_directory_through_the_registry() -> None:
     assert reply.response_metadata["model_name"] == tiny_model_dir()
     assert reply.response_metadata["qllm"]["tokens_read"] > 200
     again = ChatQLLM(model=tiny_model_dir(), config=chat.config, device="cpu")
-    assert again._get_engine() is chat._get_engine()
+    assert again.get_engine() is chat.get_engine()

@@ -35,11 +35,16 @@ def test_refine_raises_with_the_fix(index, fake_engine):
         engine.query(QUESTION)
 
 
-def test_refine_warns_by_default_and_still_answers(index, llm):
+def test_refine_warns_once_and_still_answers(index, llm, fake_engine):
     engine = index.as_query_engine(llm=llm, response_mode="refine")
-    with pytest.warns(ContextSplitWarning, match="once per retrieved chunk"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         response = engine.query(QUESTION)
+        engine.query(QUESTION)
     assert str(response)
+    assert len(fake_engine.calls) > 2  # one call per chunk, every time
+    split = [w for w in caught if issubclass(w.category, ContextSplitWarning)]
+    assert len(split) == 1 and "refine prompt reached QLLM" in str(split[0].message)
 
 
 def test_async_refine_is_caught_too(index, fake_engine):
@@ -50,12 +55,12 @@ def test_async_refine_is_caught_too(index, fake_engine):
 
 
 @pytest.mark.parametrize("mode", ["compact", "simple_summarize", "tree_summarize"])
-def test_stale_prompt_helper_is_caught(index, llm, clean_settings, mode):
+def test_stale_prompt_helper_is_caught_up_front(index, llm, clean_settings, mode):
     clean_settings.prompt_helper = PromptHelper(context_window=3900)
     engine = index.as_query_engine(llm=llm, response_mode=mode)
     assert check_query_engine(engine, policy="off")
     with pytest.warns(ContextSplitWarning, match="context_window=3900"):
-        engine.query(QUESTION)
+        check_query_engine(engine, policy="warn")
 
 
 @pytest.mark.parametrize("mode", ["compact", "simple_summarize", "tree_summarize"])

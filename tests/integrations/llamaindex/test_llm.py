@@ -11,6 +11,7 @@ from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.prompts import PromptTemplate
 
+from qllm_core.config import QLLMConfig
 from qllm_integrations.llamaindex import QLLM
 
 DOC = "The vault code is 4812. " * 20
@@ -32,9 +33,9 @@ def test_engine_is_not_loaded_on_construction(monkeypatch, make_engine):
     monkeypatch.setattr(engines, "get_engine", lambda *a, **k: calls.append(a) or make_engine())
     llm = QLLM(max_new_tokens=32)
     assert llm.to_payload()["num_output"] == 32
-    assert calls == []
     assert llm.metadata.num_output == 32
-    assert len(calls) == 1
+    assert llm.metadata.context_window == QLLMConfig.default_for(None).max_input_tokens
+    assert calls == []  # the metadata is known without loading the model
 
 
 def test_complete_splits_llamaindex_template(llm, fake_engine):
@@ -45,7 +46,7 @@ def test_complete_splits_llamaindex_template(llm, fake_engine):
     assert "Query:" not in call.document
     assert response.text == fake_engine.reply
     usage = response.raw["usage"]
-    assert usage["prompt_tokens"] > 100 and usage["completion_tokens"] == 9
+    assert usage["input_tokens"] > 100 and usage["output_tokens"] == 9
     assert response.raw["split_route"] == "pattern"
 
 
@@ -62,7 +63,7 @@ def test_stream_complete_puts_usage_on_the_last_chunk(llm, fake_engine):
     assert "".join(c.delta for c in chunks) == fake_engine.reply
     assert chunks[-1].text == fake_engine.reply
     assert all(c.raw is None for c in chunks[:-1])
-    assert chunks[-1].raw["usage"]["completion_tokens"] == len(chunks)
+    assert chunks[-1].raw["usage"]["output_tokens"] == len(chunks)
 
 
 def test_chat_uses_system_message_as_document(llm, fake_engine):
@@ -75,7 +76,7 @@ def test_chat_uses_system_message_as_document(llm, fake_engine):
     assert response.message.content == fake_engine.reply
     assert fake_engine.calls[-1].question == "What is the vault code?"
     assert fake_engine.calls[-1].document.strip() == DOC.strip()
-    assert response.raw["usage"]["prompt_tokens"] > 0
+    assert response.raw["usage"]["input_tokens"] > 0
 
 
 def test_chat_with_context_inside_the_user_message(llm, fake_engine):
@@ -94,7 +95,7 @@ def test_stream_chat(llm, fake_engine):
     chunks = list(llm.stream_chat(messages))
     assert "".join(c.delta for c in chunks) == fake_engine.reply
     assert chunks[-1].message.content == fake_engine.reply
-    assert chunks[-1].raw["usage"]["completion_tokens"] > 0
+    assert chunks[-1].raw["usage"]["output_tokens"] > 0
 
 
 def test_predict_passes_the_templates_own_question(llm, fake_engine):
@@ -111,8 +112,8 @@ def test_token_counter_reads_usage_instead_of_tokenizing(fake_engine):
     llm = QLLM(engine=fake_engine, callback_manager=CallbackManager([counter]))
     response = llm.complete(PROMPT)
     list(llm.stream_complete(PROMPT))
-    assert counter.prompt_llm_token_count == 2 * response.raw["usage"]["prompt_tokens"]
-    assert counter.completion_llm_token_count == 2 * response.raw["usage"]["completion_tokens"]
+    assert counter.prompt_llm_token_count == 2 * response.raw["usage"]["input_tokens"]
+    assert counter.completion_llm_token_count == 2 * response.raw["usage"]["output_tokens"]
     assert counted == []
 
 

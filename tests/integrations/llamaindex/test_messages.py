@@ -30,7 +30,7 @@ def test_flatten_roles_and_text_document_blocks():
         ("system", "Be brief."),
         ("user", DOC),
         ("user", "When was the budget approved?"),
-        ("assistant", "tool said something"),
+        ("tool", "tool said something"),
     ]
 
 

@@ -26,7 +26,7 @@ def test_llm_calls_with_the_real_engine(tiny_engine):
     prompt = PARAGRAPH * 10 + "\nQuery: When do ships leave?\nAnswer: "
     response = llm.complete(prompt)
     usage = response.raw["usage"]
-    assert usage["prompt_tokens"] > 150 and 1 <= usage["completion_tokens"] <= 4
+    assert usage["input_tokens"] > 150 and 1 <= usage["output_tokens"] <= 4
     chunks = list(llm.stream_complete(prompt))
     assert "".join(c.delta for c in chunks) == chunks[-1].text == response.text
     messages = [
@@ -34,14 +34,14 @@ def test_llm_calls_with_the_real_engine(tiny_engine):
         ChatMessage(role=MessageRole.USER, content="When do ships leave?"),
     ]
     chatted = asyncio.run(llm.achat(messages))
-    assert chatted.raw["stats"]["question_found"]
+    assert chatted.raw["qllm"]["question_found"]
 
 
 def test_query_engine_evidence_maps_to_sources(tiny_engine):
     llm = QLLM(engine=tiny_engine, max_new_tokens=2)
     engine = WholeDocumentQueryEngine.from_documents(DOCS, llm=llm, max_sources=10)
     response = engine.query("What is the harbour code?")
-    assert response.metadata["stats"]["retrieved_blocks"]
+    assert response.metadata["qllm"]["retrieved_blocks"]
     assert response.source_nodes
     texts = {d.id_: d.text for d in DOCS}
     for source in response.source_nodes:

@@ -34,7 +34,7 @@ def test_reader_to_whole_document_answer_with_evidence(tmp_path):
     llm = QLLM(max_new_tokens=12)
     engine = WholeDocumentQueryEngine.from_reader(SimpleDirectoryReader(str(tmp_path)), llm=llm)
     response = engine.query("What is the pass key?")
-    stats = response.metadata["stats"]
+    stats = response.metadata["qllm"]
     logger.warning(
         "answer %r; %d tokens read in %.1f s",
         response.response,
