@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,12 +24,14 @@ from typing import Any
 from .config import MODES, OFFLOAD_DTYPES, PRESETS
 from .documents import check_text, read_document, synthetic_document
 from .errors import QLLMError
-from .results import Answer
+from .results import Answer, AnswerStream
 from .spec import EngineSpec
 
 logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: the reader of standard output went away (``| head``)."""
 DEMO_PASS_KEY = "71432"
 DEMO_FACT = (
     f"Remember this: the secret pass key is {DEMO_PASS_KEY}. The pass key is {DEMO_PASS_KEY}."
@@ -58,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:
+        # Standard output was closed early: stop quietly, and keep Python's own flush at
+        # exit from raising again on the dead pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +220,7 @@ def _engine_class() -> Any:
 
 def _answer(engine: Any, document: str, question: str, args: argparse.Namespace) -> Answer:
     """Stream the answer to stdout, then print stats to stderr; returns the answer."""
-    stream = engine.stream(
+    stream: AnswerStream = engine.stream(
         document,
         question,
         max_new_tokens=args.max_new_tokens,
@@ -220,13 +230,13 @@ def _answer(engine: Any, document: str, question: str, args: argparse.Namespace)
         mode=args.mode,
     )
     started = time.perf_counter()
-    for piece in stream:
-        sys.stdout.write(piece)
+    with stream:  # closed however the loop ends (a broken pipe, Ctrl-C)
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
         sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    answer: Answer | None = stream.result
-    assert answer is not None, "the engine's stream ended without a result"
+        answer = stream.collect()
     if args.stats:
         _err(json.dumps(stats_record(answer, time.perf_counter() - started), indent=2))
     else:
@@ -290,8 +300,8 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

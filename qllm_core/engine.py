@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +17,21 @@ from .backends import select_attention
 from .capacity import check_fits
 from .config import QLLMConfig
 from .documents import check_text
-from .errors import ConfigError, InputTooLongError
+from .errors import (
+    ConfigError,
+    EmptyInputError,
+    InputTooLongError,
+    InsufficientMemoryError,
+    InvalidInputError,
+)
 from .forward import Forward, NativeForward, QLLMForward
 from .host_allocator import tune_host_allocator
 from .layer_memory import RequestMemory, RequestPlan
+from .options import GenerationOptions
 from .patching import AttachedModel
 from .progress import prefill_progress
+from .prompt import PromptLayout, build_prompt, encode_text
 from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
-from .prompt import PromptLayout, build_prompt
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .rope import RotaryTable
 from .sampling import TextAccumulator, next_token
@@ -35,29 +42,15 @@ FULL_ATTENTION_CHUNK = 2048
 """Prefill chunk of ``full`` mode: its attention holds chunk x length scores per head."""
 
 
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Decoding settings of one request."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+__all__ = ["GenerationOptions", "QLLMEngine"]
 
 
 class QLLMEngine:
     """Query-aware long-context inference over a loaded causal LM (batch size 1).
 
-    Requests are serialized by a lock; each one starts from fresh memory.
+    Each request starts from fresh memory. Requests (of this engine, or of any engine on
+    the same model) run concurrently step by step: each model forward step holds the
+    model's lock (:func:`~qllm_core.patching.model_lock`), nothing is held between steps.
     """
 
     def __init__(
@@ -73,7 +66,7 @@ class QLLMEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.progress = progress
-        self._lock = threading.Lock()
+        self._vocab_size = _vocab_size(model)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         if self.device.type == "cpu":
@@ -112,8 +105,10 @@ class QLLMEngine:
         return self.config.max_input_tokens
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` in the model's tokenizer."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Tokens of ``text`` in the model's tokenizer, as a document (special tokens split)."""
+        if not isinstance(text, str) or text.strip():
+            check_text("text", text)
+        return len(encode_text(self.tokenizer, text))
 
     def answer(self, document: str, question: str, **options: Any) -> Answer:
         """Answer ``question`` about ``document``; see :meth:`stream` for the options."""
@@ -125,8 +120,12 @@ class QLLMEngine:
         """Stream the answer to ``question`` about ``document``.
 
         Options: ``max_new_tokens`` (256), ``temperature`` (0: greedy), ``top_p`` (1),
-        ``seed``, ``stop`` (strings), ``mode`` (overrides ``config.mode``).
+        ``seed``, ``stop`` (strings), ``mode`` (overrides ``config.mode``). Every option
+        is validated (:meth:`GenerationOptions.from_kwargs`) before the document is read.
         """
+        opts = GenerationOptions.from_kwargs(**options)
+        if mode is not None:
+            self.config.replace(mode=mode)  # a bad mode fails before the document is read
         document = check_text("document", document)
         question = check_text("question", question)
         layout = build_prompt(self.tokenizer, document, question)
@@ -136,7 +135,7 @@ class QLLMEngine:
             layout.final_question_span[0],
             layout,
             mode,
-            options,
+            opts,
         )
 
     def generate(
@@ -158,20 +157,13 @@ class QLLMEngine:
         **options: Any,
     ) -> AnswerStream:
         """Streaming form of :meth:`generate`."""
-        ids = [
-            int(i)
-            for i in (
-                input_ids.flatten().tolist() if isinstance(input_ids, torch.Tensor) else input_ids
-            )
-        ]
-        if not ids:
-            raise ValueError("input_ids is empty; pass at least one token")
-        if question_span is not None and not 0 <= question_span[0] < question_span[1] <= len(ids):
-            raise ValueError(
-                f"question_span {question_span} does not lie inside the {len(ids)} input tokens"
-            )
+        opts = GenerationOptions.from_kwargs(**options)
+        if mode is not None:
+            self.config.replace(mode=mode)
+        ids = _token_ids(input_ids, self._vocab_size)
+        question_span = _span(question_span, len(ids))
         record_from = question_span[1] if question_span else len(ids)
-        return self._stream(ids, question_span, record_from, None, mode, options)
+        return self._stream(ids, question_span, record_from, None, mode, opts)
 
     def _stream(
         self,
@@ -180,11 +172,9 @@ class QLLMEngine:
         record_from: int,
         layout: PromptLayout | None,
         mode: str | None,
-        options: dict[str, Any],
+        opts: GenerationOptions,
     ) -> AnswerStream:
         config = self.config if mode is None else self.config.replace(mode=mode)
-        stop = options.pop("stop", None) or ()
-        opts = GenerationOptions(stop=(stop,) if isinstance(stop, str) else tuple(stop), **options)
         if len(ids) > config.max_input_tokens:
             raise InputTooLongError(
                 f"the prompt has {len(ids):,} tokens, over max_input_tokens="
@@ -197,32 +187,42 @@ class QLLMEngine:
         )
         if rereads and layout is not None:
             self._check_reread_fits(layout, config, opts.max_new_tokens)
-        check_fits(
-            len(ids) + opts.max_new_tokens,
-            model_config=self.model.config,
-            config=config,
-            device=self.device,
-            dtype=self.dtype,
-        )
-        stream = AnswerStream(pieces=iter(()))
+        self._check_fits(len(ids), opts.max_new_tokens, config)
         plan = RequestPlan(
             question_span=question_span,
             record_from=record_from,
             rank_span=layout.final_question_span if rereads and layout else None,
         )
-        stream.pieces = self._run(stream, ids, plan, layout, config, opts)
-        return stream
+        progress = _Progress(mode=config.mode, question_found=question_span is not None)
+        return AnswerStream(
+            self._run(progress, ids, plan, layout, config, opts), cancelled=progress.cancelled
+        )
+
+    def _check_fits(self, prompt_tokens: int, max_new_tokens: int, config: QLLMConfig) -> None:
+        """``check_fits`` for prompt plus answer, naming ``max_new_tokens`` when it is the cause."""
+        fits = {"model_config": self.model.config, "config": config, "device": self.device}
+        try:
+            check_fits(prompt_tokens + max_new_tokens, dtype=self.dtype, **fits)
+        except InsufficientMemoryError as error:
+            check_fits(prompt_tokens, dtype=self.dtype, **fits)  # the prompt alone fails: as is
+            raise InsufficientMemoryError(
+                f"max_new_tokens={max_new_tokens:,} does not fit: the prompt's "
+                f"{prompt_tokens:,} tokens fit, but not with that many new ones; lower "
+                f"max_new_tokens ({error})"
+            ) from error
 
     def _run(
         self,
-        stream: AnswerStream,
+        progress: _Progress,
         ids: list[int],
         plan: RequestPlan,
         layout: PromptLayout | None,
         config: QLLMConfig,
         opts: GenerationOptions,
-    ) -> Iterator[str]:
-        with self._lock, torch.inference_mode():
+    ) -> Generator[str, None, Answer]:
+        # Inference mode is entered for each stretch of work, never across a ``yield``:
+        # it is thread-local state that would leak into the consumer's code.
+        with torch.inference_mode():
             t0 = time.perf_counter()
             step = self.new_forward(config, plan)
             memory = step.memory if isinstance(step, QLLMForward) else None
@@ -230,33 +230,36 @@ class QLLMEngine:
             passages: list[Passage] = []
             if memory is not None and plan.rank_span is not None and layout is not None:
                 passages, step, logits = self._reread(memory, ids, layout, config)
-            prefill_seconds = time.perf_counter() - t0
-            text = TextAccumulator(self.tokenizer, opts.stop)
-            generator = None
-            if opts.seed is not None:
-                generator = torch.Generator().manual_seed(opts.seed)
-            finish: FinishReason = "length"
-            generated = 0
-            t1 = time.perf_counter()
-            while generated < opts.max_new_tokens:
-                token = next_token(
-                    logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
-                )
-                if token in self._eos:
-                    finish = "eos"
-                    break
-                generated += 1
-                delta = text.add(token)
-                if delta:
-                    yield delta
-                if text.stopped:
-                    finish = "stop"
-                    break
-                if generated < opts.max_new_tokens:
-                    logits = step([token])
-            tail = text.flush()
-            if tail:
-                yield tail
+        prefill_seconds = time.perf_counter() - t0
+        progress.read(len(ids), prefill_seconds)
+        text = TextAccumulator(self.tokenizer, opts.stop)
+        generator = None
+        if opts.seed is not None:
+            generator = torch.Generator().manual_seed(opts.seed)
+        finish: FinishReason = "length"
+        generated = 0
+        t1 = time.perf_counter()
+        while generated < opts.max_new_tokens:
+            token = next_token(
+                logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
+            )
+            if token in self._eos:
+                finish = "eos"
+                break
+            generated += 1
+            progress.generated = generated
+            delta = text.add(token)
+            if delta:
+                yield delta
+            if text.stopped:
+                finish = "stop"
+                break
+            if generated < opts.max_new_tokens:
+                logits = step([token])
+        tail = text.flush()
+        if tail:
+            yield tail
+        with torch.inference_mode():
             stats = AnswerStats(
                 mode=config.mode,
                 tokens_read=len(ids),
@@ -271,7 +274,7 @@ class QLLMEngine:
                 ),
                 reread_tokens=sum(p.end - p.start for p in passages),
             )
-            stream.result = Answer(text=text.text, finish_reason=finish, stats=stats)
+        return Answer(text=text.text, finish_reason=finish, stats=stats)
 
     def window_tokens(self, config: QLLMConfig | None = None) -> int:
         """Longest prompt plus answer read with the model's own attention in mode ``auto``."""
@@ -446,7 +449,89 @@ def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
 
 
 def _drain(stream: AnswerStream) -> Answer:
-    for _ in stream:
-        pass
-    assert stream.result is not None
-    return stream.result
+    with stream:
+        return stream.collect()
+
+
+@dataclass
+class _Progress:
+    """How far a request got: what :meth:`AnswerStream.close` reports as the partial answer."""
+
+    mode: str
+    question_found: bool
+    tokens_read: int = 0
+    prefill_seconds: float = 0.0
+    generated: int = 0
+    decode_started: float | None = None
+
+    def read(self, tokens: int, seconds: float) -> None:
+        """The prompt was read: ``tokens`` in ``seconds``."""
+        self.tokens_read, self.prefill_seconds = tokens, seconds
+        self.decode_started = time.perf_counter()
+
+    def cancelled(self, text: str) -> Answer:
+        """The partial answer: ``text`` delivered so far, finish reason ``cancelled``."""
+        decode = time.perf_counter() - self.decode_started if self.decode_started else 0.0
+        stats = AnswerStats(
+            mode=self.mode,
+            tokens_read=self.tokens_read,
+            tokens_generated=self.generated,
+            prefill_seconds=self.prefill_seconds,
+            decode_seconds=decode,
+            question_found=self.question_found,
+        )
+        return Answer(text=text, finish_reason="cancelled", stats=stats)
+
+
+def _vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the input embedding: every valid token id is below it."""
+    embeddings = model.get_input_embeddings()
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def _token_ids(input_ids: object, vocab_size: int) -> list[int]:
+    """``input_ids`` (a sequence of ints or an integer tensor) as a checked list of ids."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise InvalidInputError(f"input_ids must hold integers, got a {input_ids.dtype} tensor")
+        values: list[Any] = input_ids.flatten().tolist()
+    elif isinstance(input_ids, str | bytes | bytearray) or not isinstance(input_ids, Sequence):
+        raise InvalidInputError(
+            f"input_ids must be a sequence of token ids or a tensor, got "
+            f"{type(input_ids).__name__}; pass text to answer()/stream() instead"
+        )
+    else:
+        values = list(input_ids)
+    if not values:
+        raise EmptyInputError("input_ids is empty; pass at least one token")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InvalidInputError(
+                f"input_ids[{i}] must be an int token id, got {type(value).__name__} {value!r}"
+            )
+        if not 0 <= int(value) < vocab_size:
+            raise InvalidInputError(
+                f"input_ids[{i}] = {value} is not a token id of this model (0 to "
+                f"{vocab_size - 1}); encode text with the engine's tokenizer"
+            )
+    return [int(v) for v in values]
+
+
+def _span(span: object, length: int) -> tuple[int, int] | None:
+    """``question_span`` checked against a prompt of ``length`` tokens."""
+    if span is None:
+        return None
+    ok = (
+        isinstance(span, tuple | list)
+        and len(span) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+    )
+    if not ok or not 0 <= span[0] < span[1] <= length:  # type: ignore[index]
+        raise InvalidInputError(
+            f"question_span {span!r} must be (start, end) with 0 <= start < end <= {length}, "
+            "the question's token positions in input_ids"
+        )
+    return int(span[0]), int(span[1])  # type: ignore[index]

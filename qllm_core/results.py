@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Literal
 
-FinishReason = Literal["stop", "length", "eos"]
+FinishReason = Literal["stop", "length", "eos", "cancelled"]
+"""Why the answer ended: a stop string, ``max_new_tokens``, the model's end-of-sequence
+token, or :meth:`AnswerStream.close` before the end."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,96 @@ class Answer:
     stats: AnswerStats
 
 
-@dataclass
 class AnswerStream:
-    """Iterate to receive the answer text piece by piece; ``result`` is set at the end."""
+    """The answer to one request as text deltas: iterate once, then read :attr:`result`.
 
-    pieces: Iterator[str]
-    result: Answer | None = field(default=None)
+    Built complete around ``pieces``, a generator that yields text deltas and returns the
+    final :class:`Answer` (empty deltas are skipped). The stream holds no lock while it is
+    not being iterated, so it may be paused, abandoned (``break``, ``del``, an exception in
+    the consumer) or interleaved with other requests at no cost.
+
+    :meth:`close` (also on leaving a ``with`` block) stops generating: :attr:`result` is
+    then the partial answer, the text delivered so far with ``finish_reason`` ``"cancelled"``,
+    built by ``cancelled(text_so_far)``; ``None`` if no ``cancelled`` was given. Closing
+    from another thread waits for the step in progress (a decode step or a prefill).
+    After an exception from the engine, :attr:`result` stays ``None``.
+    """
+
+    def __init__(
+        self,
+        pieces: Generator[str, None, Answer],
+        *,
+        cancelled: Callable[[str], Answer] | None = None,
+    ) -> None:
+        self._pieces = pieces
+        self._cancelled = cancelled
+        self._delivered: list[str] = []
+        self._result: Answer | None = None
+        self._done = False
+        self._close_requested = False
+        self._lock = threading.Lock()
+
+    @property
+    def result(self) -> Answer | None:
+        """The answer once the stream ended or was closed (``None`` before)."""
+        return self._result
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream ended, failed or was closed."""
+        return self._done
 
     def __iter__(self) -> Iterator[str]:
-        return self.pieces
+        return self
+
+    def __next__(self) -> str:
+        with self._lock:
+            while not self._done:
+                if self._close_requested:
+                    self._cancel()
+                    break
+                try:
+                    piece = next(self._pieces)
+                except StopIteration as end:
+                    self._done = True
+                    self._result = end.value
+                    break
+                except BaseException:
+                    self._done = True
+                    raise
+                if piece:
+                    self._delivered.append(piece)
+                    return piece
+            raise StopIteration
+
+    def collect(self) -> Answer:
+        """Iterate to the end (or what is left of it) and return :attr:`result`."""
+        for _ in self:
+            pass
+        if self._result is None:
+            raise RuntimeError("the stream was closed and has no partial answer")
+        return self._result
+
+    def close(self) -> None:
+        """Stop generating; :attr:`result` becomes the partial answer. Idempotent."""
+        self._close_requested = True
+        with self._lock:
+            if not self._done:
+                self._cancel()
+
+    def _cancel(self) -> None:
+        self._done = True
+        self._pieces.close()
+        if self._cancelled is not None:
+            self._result = self._cancelled("".join(self._delivered))
+
+    def __enter__(self) -> AnswerStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +55,11 @@ class FakeEngine:
             question_found=True,
             retrieved_blocks=blocks,
         )
-        stream = AnswerStream(iter(()))
-
-        def pieces() -> Iterator[str]:
+        def pieces() -> Generator[str, None, Answer]:
             yield from self.pieces
-            stream.result = Answer(text=text, finish_reason="eos", stats=stats)
+            return Answer(text=text, finish_reason="eos", stats=stats)
 
-        stream.pieces = pieces()
-        return stream
+        return AnswerStream(pieces())
 
 
 @pytest.fixture
