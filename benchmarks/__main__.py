@@ -10,8 +10,9 @@ from pathlib import Path
 
 from . import commands, machine, throughput
 from . import compare as compare_mod
+from . import recall as recall_mod
 from .engine_spec import add_arguments, from_arguments
-from .paths import REPO_ROOT, Paths
+from .paths import REPO_ROOT, Paths, save_json
 from .sizes import SIZES
 
 
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run one after another, in this order; from {', '.join(compare_mod.SYSTEMS)}",
     )
     add_arguments(compare)
+
+    recall = sub.add_parser(
+        "recall", help="rank of the block holding each planted fact, per scoring (calibration)"
+    )
+    recall.add_argument("--tasks", nargs="+", default=["needle", "multi_needle", "two_hop"])
+    recall.add_argument("--lengths", type=int, nargs="+", default=[16384])
+    recall.add_argument("--samples", type=int, default=3)
+    recall.add_argument("--seed", type=int, default=1000, help="calibration seed (not 0)")
+    add_arguments(recall)
 
     speed = sub.add_parser("throughput", help="prefill tokens/s and peak memory, qllm vs full")
     speed.add_argument("--lengths", type=int, nargs="+", default=list(commands.THROUGHPUT_LENGTHS))
@@ -97,6 +107,21 @@ def main(argv: list[str] | None = None) -> int:
             memory_fraction=args.memory_fraction,
             command=machine.command_line(),
         )
+    elif args.command == "recall":
+        ranks = recall_mod.run_recall(
+            spec.load(), args.tasks, args.lengths, args.samples, args.seed
+        )
+        table = recall_mod.recall_table(ranks)
+        save_json(
+            paths.results / "recall.json",
+            {
+                "meta": {"command": machine.command_line(), "date": machine.now()},
+                "ranks": [dataclasses.asdict(r) for r in ranks],
+                "table": table,
+            },
+        )
+        print(table)
+        return 0
     elif args.command == "compare":
         compare_mod.run_compare(
             spec.load(),

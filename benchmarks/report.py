@@ -44,6 +44,15 @@ def render(paths: Paths) -> str:
         sections.append(_throughput_section(throughput, paths))
     for compare in sorted(paths.results.glob("compare-*.json")):
         sections.append(compare_section(load_json(compare), paths))
+    recall = load_json(paths.results / "recall.json")
+    if recall:
+        sections.append(
+            "## Retrieval recall (calibration samples)\n\n"
+            f"- Command: `{recall['meta']['command']}` ({recall['meta']['date']})\n\n"
+            "Rank (0 = best) of the memory block holding each planted fact after the `qllm` "
+            "read, under the paper's question term and under the final question's attention "
+            "(what the re-read ranks by); see `benchmarks/recall.py`.\n\n" + recall["table"] + "\n"
+        )
     history = load_json(paths.results / THROUGHPUT_HISTORY)
     if history:
         sections.append(_history_section(history))

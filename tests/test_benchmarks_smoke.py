@@ -150,6 +150,24 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
     assert (paths.figures / "frontier-tiny.png").stat().st_size > 1000
 
 
+def test_recall_ranks_the_block_that_holds_each_fact(tokenizer, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks import recall
+    from qllm_core import QLLMConfig
+    from qllm_core.engine import QLLMEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = QLLMEngine(model, tokenizer, config=QLLMConfig(**TINY_CONFIG), progress=False)
+    ranks = recall.run_recall(engine, ["needle", "two_hop"], [400], samples=1, seed=1000)
+    assert [r.task for r in ranks] == ["needle", "two_hop", "two_hop"]  # one rank per fact
+    for r in ranks:
+        if r.attention is not None:
+            assert 0 <= r.best_layer_attention <= r.median_layer_attention < r.blocks
+            assert 0 <= r.attention < r.blocks and 0 <= r.repr_score < r.blocks
+    assert "recall@8" in recall.recall_table(ranks)
+
+
 def test_throughput_points_run_in_fresh_processes(tmp_path, tiny_model_dir):
     spec = EngineSpec(model=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
     paths = Paths(tmp_path)
