@@ -8,10 +8,13 @@ from .errors import (
     InputTooLongError,
     InsufficientMemoryError,
     InvalidDocumentError,
+    InvalidInputError,
+    InvalidOptionError,
     ModelLoadError,
     QLLMError,
     UnsupportedModelError,
 )
+from .options import GenerationOptions
 from .results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 
 __all__ = [
@@ -21,9 +24,12 @@ __all__ = [
     "AnswerStream",
     "ConfigError",
     "EmptyInputError",
+    "GenerationOptions",
     "InputTooLongError",
     "InsufficientMemoryError",
     "InvalidDocumentError",
+    "InvalidInputError",
+    "InvalidOptionError",
     "ModelLoadError",
     "QLLMConfig",
     "QLLMEngine",
