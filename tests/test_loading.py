@@ -190,3 +190,65 @@ def test_load_model_from_gguf_file_converts_once(
     assert model.config.name_or_path == "Tiny-Model.Q8_0"  # not the hashed cache dir
     assert not again.training and len(tokenizer) == 64
     assert len(loading.load_tokenizer(gguf)) == 64  # reuses the converted dir
+
+
+@pytest.fixture
+def weighty_converter(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """A fake conversion writing a 24 MiB ``model.safetensors`` of varied bytes."""
+    calls: list[Path] = []
+
+    def convert(gguf_path: Path, out: Path) -> None:
+        calls.append(gguf_path)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(os.urandom(24 * 2**20))
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    return calls
+
+
+def _overwrite(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+
+
+def test_overwritten_cache_is_converted_again(
+    cache: Path, weighty_converter: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = loading.embedded_model_dir()
+    weights = entry / "model.safetensors"
+    _overwrite(weights, 8 * 2**20, b"\x00" * 8 * 2**20)  # same size, 8 MiB in the middle
+    assert loading.cache_problem(entry) is not None
+    again = loading.embedded_model_dir()
+    assert again == entry and len(weighty_converter) == 2
+    assert "damaged" in caplog.text and "model.safetensors" in caplog.text
+    assert loading.cache_problem(again) is None
+    assert [p.name for p in cache.iterdir()] == [entry.name]  # the damaged copy is gone
+
+
+def test_truncated_cache_is_converted_again(cache: Path, weighty_converter: list[Path]) -> None:
+    entry = loading.embedded_model_dir()
+    os.truncate(entry / "model.safetensors", 5 * 2**20)
+    loading.embedded_model_dir()
+    assert len(weighty_converter) == 2
+    assert (entry / "model.safetensors").stat().st_size == 24 * 2**20
+
+
+def test_full_check_finds_one_changed_byte(
+    cache: Path, weighty_converter: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = loading.embedded_model_dir()
+    _overwrite(entry / "model.safetensors", 3 * 2**20 + 12345, b"\x01")  # between samples
+    assert loading.cache_problem(entry) is None  # the sampled check misses a single byte
+    assert loading.cache_problem(entry, full=True) is not None
+    monkeypatch.setenv(loading.VERIFY_ENV_VAR, "full")
+    loading.embedded_model_dir()
+    assert len(weighty_converter) == 2
+
+
+def test_entry_without_manifest_is_converted_again(cache: Path, fake_converter: list[Path]) -> None:
+    entry = loading._cache_entry(loading.embedded_gguf_path())
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text('{"old": true}')  # written by an older quickllama
+    loading.embedded_model_dir()
+    assert len(fake_converter) == 1 and (entry / loading.MANIFEST).is_file()
