@@ -152,8 +152,12 @@ class ProviderSettings(BaseModel):
 
     _engine: EngineProtocol | None = PrivateAttr(default=None)
 
-    def _init_settings(self, engine: EngineProtocol | None) -> None:
-        """Validate the settings (after pydantic's own checks) and keep a given engine."""
+    def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
+        """Validate names, then (after pydantic's own checks) values; keep ``engine``.
+
+        Framework classes put this class first among their bases, so this runs first.
+        """
+        super().__init__(**self._checked_kwargs(kwargs))
         self._engine = engine
         self.engine_spec()
         call_options(self, None, {})

@@ -11,7 +11,7 @@ import base64
 import binascii
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
@@ -53,7 +53,11 @@ _SKIPPED_BLOCKS = frozenset(
 
 
 class LangChainSettings(ProviderSettings):
-    """The provider settings plus LangChain's standard parameters, for both classes."""
+    """The provider settings plus LangChain's standard parameters and hooks, for both classes.
+
+    Listed first among the bases of ``ChatQLLM`` and ``QLLM``, so its methods take the
+    place of ``BaseLanguageModel``'s.
+    """
 
     streaming: bool = False
     """Whether ``invoke`` streams internally (so callbacks see every token)."""
@@ -62,22 +66,26 @@ class LangChainSettings(ProviderSettings):
     max_retries: int | None = None
     """LangChain's standard parameter; a local engine is not retried (a warning says so)."""
 
-    def _setup(self, engine: EngineProtocol | None) -> None:
-        self._init_settings(engine)
+    def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
+        super().__init__(engine=engine, **kwargs)
         ignored = [n for n in ("timeout", "max_retries") if getattr(self, n) is not None]
         if ignored:
             warnings.warn(
                 f"{type(self).__name__} ignores {', '.join(ignored)}: the engine runs in this "
                 "process, so nothing times out or is retried",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
 
-    def _ls(self, model_type: Literal["chat", "llm"], stop: Any, kwargs: Any) -> LangSmithParams:
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self.identifying_params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider=PROVIDER,
             ls_model_name=kwargs.get("model") or self.model_label(),
-            ls_model_type=model_type,
+            ls_model_type="chat" if isinstance(self, BaseChatModel) else "llm",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get(
                 "max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)
@@ -87,18 +95,18 @@ class LangChainSettings(ProviderSettings):
             params["ls_stop"] = list(stop or self.stop or [])
         return params
 
-    @staticmethod
-    def _refuse_bytes(model_input: Any) -> None:
-        """Bytes would be read as a list of messages; say what to do instead."""
-        if isinstance(model_input, bytes | bytearray):
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        if isinstance(model_input, bytes | bytearray):  # else read as a list of messages
             check_text("prompt", model_input)
+        return super()._convert_input(model_input)  # type: ignore[misc]
 
-    def _token_ids(self, text: str) -> list[int]:
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
         ids = self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
         return [int(i) for i in ids]
 
 
-class ChatQLLM(BaseChatModel, LangChainSettings):
+class ChatQLLM(LangChainSettings, BaseChatModel):
     """Chat model over a quickllama engine: pass a whole document, ask about it.
 
     The last user message is the question; system messages, earlier messages, tool results
@@ -121,29 +129,13 @@ class ChatQLLM(BaseChatModel, LangChainSettings):
     """
 
     def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
-        super().__init__(**self._checked_kwargs(kwargs))
-        self._setup(engine)
+        super().__init__(engine=engine, **kwargs)
         if engine is not None and kwargs.get("profile") is None:  # computed before the engine
             self.profile = self._resolve_model_profile()
 
     @property
     def _llm_type(self) -> str:
         return "qllm-chat"
-
-    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
-        self._refuse_bytes(model_input)
-        return super()._convert_input(model_input)
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
-        return self._token_ids(text)
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self.identifying_params()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return self._ls("chat", stop, kwargs)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         return ModelProfile(

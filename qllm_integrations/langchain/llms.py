@@ -6,19 +6,16 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseLLM, LanguageModelInput
-from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from langchain_core.prompt_values import PromptValue
 
-from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.langchain.chat_models import LangChainSettings
 from qllm_integrations.request import Request, answer_events, call_options, text_request, usage
 
 
-class QLLM(BaseLLM, LangChainSettings):
+class QLLM(LangChainSettings, BaseLLM):
     r"""Text-completion model over a quickllama engine.
 
     A long prompt is split into document and question (explicit ``question=``/
@@ -38,28 +35,9 @@ class QLLM(BaseLLM, LangChainSettings):
     ``response_metadata`` (route, usage, evidence, the engine's stats).
     """
 
-    def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
-        super().__init__(**self._checked_kwargs(kwargs))
-        self._setup(engine)
-
     @property
     def _llm_type(self) -> str:
         return "qllm"
-
-    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
-        self._refuse_bytes(model_input)
-        return super()._convert_input(model_input)
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
-        return self._token_ids(text)
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self.identifying_params()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return self._ls("llm", stop, kwargs)
 
     def _request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Request:
         options = call_options(self, stop, kwargs)

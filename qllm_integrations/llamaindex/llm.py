@@ -67,7 +67,7 @@ _DOCUMENT_KEYS = ("context_str", "context_msg")
 """Template variables that hold the retrieved text (QA/summary and refine templates)."""
 
 
-class QLLM(CustomLLM, ProviderSettings):
+class QLLM(ProviderSettings, CustomLLM):
     """Query-aware long-context LLM: reads up to ``max_input_tokens`` in one call.
 
     The settings are those of the LangChain provider, with the same names (see
@@ -84,10 +84,6 @@ class QLLM(CustomLLM, ProviderSettings):
     ``raise`` or ``off``."""
 
     _warned: set[str] = PrivateAttr(default_factory=set)
-
-    def __init__(self, *, engine: EngineProtocol | None = None, **data: Any) -> None:
-        super().__init__(**self._checked_kwargs(data))
-        self._init_settings(engine)
 
     @classmethod
     def class_name(cls) -> str:
