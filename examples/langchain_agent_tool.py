@@ -4,8 +4,9 @@
     python examples/langchain_agent_tool.py report.txt "Who signed the contract?"
 
 The tool takes a question plus the document's text or path, so the agent never puts the
-document in its own context. Its answer ends with the evidence: character ranges of the
-document that Q-LLM recalled while answering. Any tool-calling agent can use it, e.g.
+document in its own context. Its answer ends with the evidence: the passages most relevant
+to the question, each with its score and character range. Problems with the arguments come
+back as an ``error: ...`` message the agent can act on. Any tool-calling agent can use it, e.g.
 ``langchain.agents.create_agent(model, tools=[tool])``; here it is called directly with a
 tool call, as an agent would.
 """
@@ -23,7 +24,7 @@ FACT = "The pass key to the harbour archive is 71432."
 
 
 def main(argv: list[str]) -> int:
-    tool = create_document_reader_tool(ChatQLLM(max_tokens=48))
+    tool = create_document_reader_tool(ChatQLLM(max_new_tokens=48))
     print(f"tool {tool.name!r}: {tool.description}\nargs: {sorted(tool.args)}\n")
     with tempfile.TemporaryDirectory() as scratch:
         if len(argv) == 2:

@@ -17,7 +17,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from qllm_core import QLLMError
 from qllm_core.documents import read_document, synthetic_document
-from qllm_integrations.langchain import ChatQLLM
+from qllm_integrations.langchain import ChatQLLM, get_evidence
 
 FACT = "The pass key to the harbour archive is 71432."
 
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     else:
         document = synthetic_document(40_000, fact=FACT, at=0.3)
         question = "What is the pass key to the harbour archive?"
-    chat = ChatQLLM(max_tokens=64)
+    chat = ChatQLLM(max_new_tokens=64)
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", "Answer from this document.\n\n{document}"),  # the document
@@ -44,18 +44,21 @@ def main(argv: list[str]) -> int:
         return 2
     print()
 
-    # The same model without a template: bind the document, ask, and read the metadata.
-    reply = chat.bind(document=document).invoke(question)
+    # The same chain keeping the evidence next to the answer: one more line.
+    with_evidence = prompt | chat | {"answer": StrOutputParser(), "evidence": get_evidence}
+    out = with_evidence.invoke({"document": document, "question": question})
+    for passage in out["evidence"]:
+        quote = " ".join(passage.text.split())[:120]
+        print(f"  evidence (score {passage.score:.2f}): {quote!r}", file=sys.stderr)
+
+    # Without a template: pass the document explicitly and read the metadata.
+    reply = chat.invoke(question, document=document)
     stats = reply.response_metadata["qllm"]
     print(
         f"route {reply.response_metadata['split_route']}: {stats['tokens_read']} tokens read "
         f"in {stats['seconds']:.1f} s",
         file=sys.stderr,
     )
-    for block in stats["retrieved_blocks"][:3]:
-        if block["char_start"] is not None:
-            quote = document[block["char_start"] : block["char_end"]]
-            print(f"  evidence: {quote!r}", file=sys.stderr)
     return 0
 
 

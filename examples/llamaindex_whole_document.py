@@ -71,7 +71,7 @@ def main() -> None:
         response = engine.query(args.question)
         print(f"A: {response}")
         usage = response.metadata["usage"]
-        print(f"({usage['prompt_tokens']:,} tokens read, {usage['completion_tokens']} generated)")
+        print(f"({usage['input_tokens']:,} tokens read, {usage['output_tokens']} generated)")
         show_sources(response.source_nodes)
 
 
