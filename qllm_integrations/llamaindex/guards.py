@@ -157,11 +157,13 @@ def check_settings(llm: Any = None, *, policy: GuardPolicy = "warn") -> list[str
 
     ``llm`` defaults to ``Settings.llm``; an LLM that is not a QLLM is not checked.
     """
-    llm = llm if llm is not None else Settings.llm
+    # Settings' public getters would create (and install) a default LLM and prompt helper
+    # when none is set, so the stored values are read instead.
+    llm = llm if llm is not None else Settings._llm
     problems = []
     if isinstance(llm, ProviderSettings):
         problem = prompt_helper_problem(
-            Settings.prompt_helper, llm.max_input_tokens(), "Settings.prompt_helper"
+            Settings._prompt_helper, llm.max_input_tokens(), "Settings.prompt_helper"
         )
         problems = [problem] if problem else []
     enforce(problems, policy, stacklevel=3)
