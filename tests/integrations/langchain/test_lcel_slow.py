@@ -42,7 +42,7 @@ def test_lcel_chain_over_a_long_document() -> None:
             ("human", "{question}"),
         ]
     )
-    chat = ChatQLLM(max_tokens=24)
+    chat = ChatQLLM(max_new_tokens=24)
     chain = prompt | chat | StrOutputParser()
     recorder = MetadataRecorder()
     answer = chain.invoke(
@@ -55,7 +55,7 @@ def test_lcel_chain_over_a_long_document() -> None:
     assert meta["split_route"] == "chat"
     stats = meta["qllm"]
     assert stats["question_found"] is True
-    assert stats["tokens_read"] > chat._get_engine().config.n_local
+    assert stats["tokens_read"] > chat.get_engine().config.n_local
     assert stats["retrieved_blocks"]
     fact_at = document.index(FACT)
     recalled = any(
@@ -64,4 +64,4 @@ def test_lcel_chain_over_a_long_document() -> None:
     )
     logger.info("fact recalled: %s; answer has the key: %s", recalled, "71432" in answer)
     assert chat.profile is not None
-    assert chat.profile["max_input_tokens"] == chat._get_engine().max_input_tokens
+    assert chat.profile["max_input_tokens"] == chat.get_engine().max_input_tokens
