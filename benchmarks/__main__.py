@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import commands, machine, throughput
+from . import commands, gpu_check, machine, throughput
 from . import compare as compare_mod
 from . import recall as recall_mod
 from .engine_spec import add_arguments, from_arguments
@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(speed)
 
     sub.add_parser("report", help="re-render BENCHMARKS.md from benchmarks/results")
+    sub.add_parser(
+        "gpu-check",
+        help="set-up, Triton tests, triton/torch throughput on a GPU (make gpu-check); "
+        "options after it go to python -m benchmarks.gpu_check",
+    )
 
     point = sub.add_parser("point", help=argparse.SUPPRESS)
     point.add_argument("--mode", required=True)
@@ -87,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-check"]:
+        return gpu_check.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     paths = Paths(args.root.resolve())

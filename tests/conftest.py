@@ -16,6 +16,10 @@ if not torch.cuda.is_available():
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The embedded SmolLM2 model's tokenizer (vocab 49152)."""

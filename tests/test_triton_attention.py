@@ -21,9 +21,14 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # Triton's interpreter multiplies bfloat16 operands of tl.dot as raw bits (triton-lang/triton
-# issue 11584, "not supported yet"), so bfloat16 is checked on GPUs only; float16 goes
-# through the same low-precision code in the kernels.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+# issue 11584, "not supported yet"), so bfloat16 is checked on GPUs only (`make gpu-check`);
+# float16 goes through the same low-precision code in the kernels.
+GPU = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(DEVICE.type != "cuda", reason="bfloat16 in Triton needs a CUDA device"),
+]
+BFLOAT16 = pytest.param(torch.bfloat16, marks=GPU, id="bfloat16")
+DTYPES = [torch.float32, torch.float16, BFLOAT16]
 
 
 @pytest.fixture
@@ -55,7 +60,15 @@ def test_triton_merge_equals_union_softmax(
     _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=seed, attend=attend)
 
 
-@pytest.mark.parametrize("dim, dtype", [(80, torch.float16), (256, torch.float32)])
+@pytest.mark.parametrize(
+    "dim, dtype",
+    [
+        (80, torch.float16),
+        (256, torch.float32),
+        pytest.param(80, torch.bfloat16, marks=GPU, id="80-bfloat16"),
+        pytest.param(256, torch.bfloat16, marks=GPU, id="256-bfloat16"),
+    ],
+)
 def test_triton_head_dims_off_the_tile(triton_attention, dim, dtype):
     """A head dim that is not a power of two (masked lanes), and one past 128 (float32 tiles
     of half size)."""
@@ -138,6 +151,41 @@ def test_triton_engine_equals_torch_engine(triton_attention, arch):
     assert counts["torch"], "the input must be long enough for blocks to be retrieved"
     torch.testing.assert_close(logits["triton"], logits["torch"], atol=1e-4, rtol=1e-4)
     assert counts["triton"] == counts["torch"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bfloat16 in Triton needs a CUDA device")
+def test_triton_engine_in_bfloat16_within_twice_the_torch_paths_rounding(triton_attention, arch):
+    """Whole engine in bfloat16 on the GPU: against the torch path in float32 (the
+    reference), the Triton path errs at most twice as much as the torch path in bfloat16."""
+    ids = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(3)).tolist()
+    plan = RequestPlan(question_span=(5, 12), record_from=0)
+    logits = {}
+    for backend, dtype in (
+        ("torch", torch.float32),
+        ("torch", torch.bfloat16),
+        ("triton", torch.bfloat16),
+    ):
+        model = make_tiny_model(arch).to(DEVICE, dtype)
+        config = TINY_ENGINE_CONFIG.replace(attention_backend=backend)
+        engine = QLLMEngine(model, _NoTokenizer(), config=config)
+        forward = engine.new_forward(plan=plan)
+        with torch.no_grad():
+            step = torch.stack([forward(ids[:160]), forward(ids[160:161])])
+        logits[backend, dtype] = step.double().cpu()
+    reference = logits["torch", torch.float32]
+    torch_error = (logits["torch", torch.bfloat16] - reference).abs().max().item()
+    triton_error = (logits["triton", torch.bfloat16] - reference).abs().max().item()
+    assert triton_error <= max(2 * torch_error, 1e-3), (triton_error, torch_error)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+def test_auto_takes_the_triton_path_on_cuda():
+    from qllm_core import triton_attention as kernels
+
+    assert select_attention("auto", DEVICE) is kernels.two_stage_attention
 
 
 def test_auto_takes_the_torch_path_on_the_cpu():
