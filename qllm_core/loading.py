@@ -377,6 +377,29 @@ def _reject_missing_path(source: str | os.PathLike[str]) -> None:
         raise ModelLoadError(f"model directory not found: {text}; check the path")
 
 
+def _check_hub_reachable(timeout: float = 5.0) -> None:
+    """Raise :class:`ModelLoadError` unless the HF hub answers a TCP connection quickly."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # from_pretrained gives its own offline-mode error
+    url = urlparse(constants.ENDPOINT)
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise ModelLoadError(
+            f"the model is not in the local HF cache and {host} cannot be reached ({error}); "
+            "connect to the network, or pass a local model directory or a .gguf file"
+        ) from None
+
+
 def _auto_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
@@ -386,8 +409,18 @@ def _auto_tokenizer() -> Any:
 def _from_pretrained(
     loader: Any, where: str, source: str | os.PathLike[str] | None, **kwargs: Any
 ) -> Any:
-    """``loader.from_pretrained(where)`` with failures turned into :class:`ModelLoadError`."""
+    """``loader.from_pretrained(where)`` with failures turned into :class:`ModelLoadError`.
+
+    A hub id is looked up in the local HF cache first; the hub is asked only when it is
+    not there, and only once a quick connection to it succeeds (no minute of retries
+    without a network).
+    """
     try:
+        if not Path(where).is_dir():
+            try:
+                return loader.from_pretrained(where, local_files_only=True, **kwargs)
+            except Exception:  # not (all) in the HF cache: ask the hub
+                _check_hub_reachable()
         return loader.from_pretrained(where, **kwargs)
     except ModelLoadError:
         raise

@@ -626,10 +626,8 @@ def test_disk_full_is_a_clean_error(tmp_path, how) -> None:
 
 
 # ------------------------------------------------------- providers (issue 12's code)
-# These rows check the provider-side items of this issue. The providers are fixed by
-# the provider-core engineer (issue 12) by calling qllm_core's validation; until that
-# lands they may fail, hence xfail (not strict). They use the real tiny engine.
-PROVIDER_XFAIL = pytest.mark.xfail(reason="provider side, issue 12", strict=False)
+# These rows check the provider-side items of this issue, fixed in qllm_integrations
+# (issue 12) by calling qllm_core's validation. They use the real tiny engine.
 
 
 @pytest.fixture
@@ -642,13 +640,11 @@ def providers(tiny_engine):
     return ChatQLLM(engine=tiny_engine, max_tokens=4), QLLM(engine=tiny_engine, max_new_tokens=4)
 
 
-@PROVIDER_XFAIL
 def test_provider_chat_invoke_empty(providers) -> None:
     with pytest.raises(EmptyInputError):
         providers[0].invoke("")
 
 
-@PROVIDER_XFAIL
 def test_provider_chat_whitespace_question_after_document(providers) -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -656,23 +652,22 @@ def test_provider_chat_whitespace_question_after_document(providers) -> None:
         providers[0].invoke([SystemMessage(DOC), HumanMessage("  \n ")])
 
 
-@PROVIDER_XFAIL
 def test_provider_chat_invoke_bytes(providers) -> None:
     with pytest.raises((InvalidDocumentError, InvalidInputError)):
         providers[0].invoke(b"bytes")
 
 
-@PROVIDER_XFAIL
 def test_provider_llamaindex_complete_none(providers) -> None:
     with pytest.raises((InvalidDocumentError, EmptyInputError)):
         providers[1].complete(None)
 
 
-@PROVIDER_XFAIL
-def test_provider_chat_direct_route_splits_special_tokens(providers, tokenizer) -> None:
+def test_provider_chat_direct_route_splits_special_tokens(
+    providers, tiny_engine, tokenizer
+) -> None:
     from langchain_core.messages import HumanMessage
 
-    engine = providers[0]._get_engine()
+    engine = tiny_engine  # the providers' engine
     seen: list[list[int]] = []
     real = engine.stream_ids
 

@@ -120,8 +120,31 @@ def test_hub_failure_becomes_model_load_error(monkeypatch: pytest.MonkeyPatch) -
         raise OSError("We couldn't connect to 'https://huggingface.co'.")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
+    monkeypatch.setattr(loading, "_check_hub_reachable", lambda: None)  # the hub answers
     with pytest.raises(ModelLoadError, match="cannot load 'org/model'.*local model directory"):
         loading.load_model("org/model", device="cpu")
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: one quick connection attempt, not a minute of retried requests."""
+    import socket
+
+    import transformers
+
+    calls: list[dict[str, object]] = []
+
+    def from_pretrained(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        raise OSError("not in the cache")
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(ModelLoadError, match="cannot be reached"):
+        loading.load_model("org/model", device="cpu")
+    assert calls == [{"local_files_only": True, "dtype": torch.float32}]
 
 
 def test_device_and_dtype_defaults() -> None:
