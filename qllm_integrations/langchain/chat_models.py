@@ -223,11 +223,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         for item in answer_events(request.start()):
-            if isinstance(item, Answer):
-                yield _last_chunk(request, item)
-                continue
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
-            if run_manager:
+            chunk = _chat_chunk(request, item)
+            if run_manager and isinstance(item, str):
                 run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
 
@@ -240,11 +237,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = await run_in_thread(self._request, messages, stop, kwargs)
         async for item in iterate_in_thread(lambda: answer_events(request.start())):
-            if isinstance(item, Answer):
-                yield _last_chunk(request, item)
-                continue
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
-            if run_manager:
+            chunk = _chat_chunk(request, item)
+            if run_manager and isinstance(item, str):
                 await run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
 
@@ -269,8 +263,11 @@ def get_evidence(message: BaseMessage) -> list[Evidence]:
     return [Evidence(**item) for item in message.response_metadata.get("evidence", [])]
 
 
-def _last_chunk(request: Request, answer: Answer) -> ChatGenerationChunk:
-    """The closing chunk: no text, the usage and the response metadata."""
+def _chat_chunk(request: Request, item: str | Answer) -> ChatGenerationChunk:
+    """A text delta's chunk; for the Answer, the closing chunk with usage and metadata."""
+    if isinstance(item, str):
+        return ChatGenerationChunk(message=AIMessageChunk(content=item))
+    answer = item
     message = AIMessageChunk(
         content="",
         response_metadata=request.metadata(answer),

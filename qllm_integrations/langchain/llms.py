@@ -87,11 +87,8 @@ class QLLM(LangChainSettings, BaseLLM):
     ) -> Iterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
         for item in answer_events(request.start()):
-            if isinstance(item, Answer):
-                yield GenerationChunk(text="", generation_info=_info(request, item))
-                continue
-            chunk = GenerationChunk(text=item)
-            if run_manager:
+            chunk = _chunk(request, item)
+            if run_manager and isinstance(item, str):
                 run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
 
@@ -104,13 +101,17 @@ class QLLM(LangChainSettings, BaseLLM):
     ) -> AsyncIterator[GenerationChunk]:
         request = await run_in_thread(self._request, prompt, stop, kwargs)
         async for item in iterate_in_thread(lambda: answer_events(request.start())):
-            if isinstance(item, Answer):
-                yield GenerationChunk(text="", generation_info=_info(request, item))
-                continue
-            chunk = GenerationChunk(text=item)
-            if run_manager:
+            chunk = _chunk(request, item)
+            if run_manager and isinstance(item, str):
                 await run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
+
+
+def _chunk(request: Request, item: str | Answer) -> GenerationChunk:
+    """A text delta's chunk; for the Answer, the closing chunk with the metadata."""
+    if isinstance(item, str):
+        return GenerationChunk(text=item)
+    return GenerationChunk(text="", generation_info=_info(request, item))
 
 
 def _info(request: Request, answer: Answer) -> dict[str, Any]:
