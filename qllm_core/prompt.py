@@ -168,6 +168,15 @@ def encode_chat(
     return ids
 
 
+def encode_template(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a chat template's own text, special tokens recognised.
+
+    Only for text the template wrote; caller text goes through :func:`encode_text`. Both
+    hold one lock, so a call of one can never tokenize with the other's setting.
+    """
+    return _encode(tokenizer, text)
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of the template's own text, special tokens recognised."""
     if not text:

@@ -33,7 +33,7 @@ from qllm_core.errors import (
     QLLMError,
 )
 from qllm_core.options import MAX_NEW_TOKENS_LIMIT, GenerationOptions
-from qllm_core.prompt import build_prompt, encode_chat, encode_text
+from qllm_core.prompt import build_prompt, encode_chat, encode_template, encode_text
 
 DOC = "The cat is called Tom. He lives in a blue house by the harbour. " * 6
 QUESTION = "What is the cat called?"
@@ -693,3 +693,46 @@ def test_model_load_errors_are_named(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("QUICKLLAMA_CACHE_DIR", _text_file(tmp_path, b"x", "f"))
     with pytest.raises(ModelLoadError):
         QLLMEngine.from_pretrained(device="cpu")
+
+
+def test_close_from_another_thread_stops_the_stream(tiny_engine) -> None:
+    stream = tiny_engine.stream(DOC, QUESTION, max_new_tokens=200, stop=["\x07never"])
+    started, pieces = threading.Event(), []
+
+    def consume() -> None:
+        for piece in stream:
+            pieces.append(piece)
+            started.set()
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    assert started.wait(60)
+    stream.close()
+    consumer.join(60)
+    assert not consumer.is_alive()
+    assert stream.result is not None and stream.result.finish_reason in ("cancelled", "eos")
+    assert stream.result.text == "".join(pieces)
+
+
+def test_special_token_setting_never_leaks_between_threads(tokenizer) -> None:
+    """Template text keeps its special tokens while other threads encode caller text."""
+    template = "<|im_start|>user\n"
+    expected = encode_template(tokenizer, template)
+    failures: list[list[int]] = []
+
+    def caller_text() -> None:
+        for _ in range(300):
+            encode_text(tokenizer, "<|im_start|> " * 50)
+
+    def template_text() -> None:
+        for _ in range(300):
+            ids = encode_template(tokenizer, template)
+            if ids != expected:
+                failures.append(ids)
+
+    threads = [threading.Thread(target=f) for f in (caller_text, template_text, caller_text)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures
