@@ -11,6 +11,7 @@ import pytest
 from fakes import FakeEngine, keep_gate_open
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from pydantic import BaseModel
 
 from qllm_core.config import QLLMConfig
 from qllm_core.errors import EmptyInputError, InvalidOptionError
@@ -318,3 +319,13 @@ def test_engine_is_loaded_lazily_from_the_registry(monkeypatch: pytest.MonkeyPat
     assert loads == [EngineSpec("/models/x", preset="smollm2", device="cpu", dtype="float32")]
     with pytest.raises(InvalidOptionError, match="unknown option 'model'"):
         chat.invoke("Hello", model="/models/y")
+
+
+def test_tools_and_structured_output_say_what_to_use_instead(chat: ChatQLLM) -> None:
+    class Person(BaseModel):
+        name: str
+
+    for call in (lambda: chat.bind_tools([Person]), lambda: chat.with_structured_output(Person)):
+        with pytest.raises(NotImplementedError, match="create_document_reader_tool"):
+            call()
+    assert chat.profile is not None and chat.profile["structured_output"] is False
