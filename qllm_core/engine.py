@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import time
 from collections.abc import Generator, Sequence
@@ -19,10 +18,8 @@ from .config import QLLMConfig
 from .documents import check_text
 from .errors import (
     ConfigError,
-    EmptyInputError,
     InputTooLongError,
     InsufficientMemoryError,
-    InvalidInputError,
 )
 from .forward import Forward, NativeForward, QLLMForward
 from .host_allocator import tune_host_allocator
@@ -35,6 +32,8 @@ from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, rere
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .rope import RotaryTable
 from .sampling import TextAccumulator, next_token
+from .validation import question_span as checked_span
+from .validation import token_ids, vocab_size
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class QLLMEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.progress = progress
-        self._vocab_size = _vocab_size(model)
+        self._vocab_size = vocab_size(model)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         if self.device.type == "cpu":
@@ -160,8 +159,8 @@ class QLLMEngine:
         opts = GenerationOptions.from_kwargs(**options)
         if mode is not None:
             self.config.replace(mode=mode)
-        ids = _token_ids(input_ids, self._vocab_size)
-        question_span = _span(question_span, len(ids))
+        ids = token_ids(input_ids, self._vocab_size)
+        question_span = checked_span(question_span, len(ids))
         record_from = question_span[1] if question_span else len(ids)
         return self._stream(ids, question_span, record_from, None, mode, opts)
 
@@ -481,57 +480,3 @@ class _Progress:
             question_found=self.question_found,
         )
         return Answer(text=text, finish_reason="cancelled", stats=stats)
-
-
-def _vocab_size(model: PreTrainedModel) -> int:
-    """Rows of the input embedding: every valid token id is below it."""
-    embeddings = model.get_input_embeddings()
-    weight = getattr(embeddings, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return int(weight.shape[0])
-    return int(model.config.vocab_size)
-
-
-def _token_ids(input_ids: object, vocab_size: int) -> list[int]:
-    """``input_ids`` (a sequence of ints or an integer tensor) as a checked list of ids."""
-    if isinstance(input_ids, torch.Tensor):
-        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-            raise InvalidInputError(f"input_ids must hold integers, got a {input_ids.dtype} tensor")
-        values: list[Any] = input_ids.flatten().tolist()
-    elif isinstance(input_ids, str | bytes | bytearray) or not isinstance(input_ids, Sequence):
-        raise InvalidInputError(
-            f"input_ids must be a sequence of token ids or a tensor, got "
-            f"{type(input_ids).__name__}; pass text to answer()/stream() instead"
-        )
-    else:
-        values = list(input_ids)
-    if not values:
-        raise EmptyInputError("input_ids is empty; pass at least one token")
-    for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise InvalidInputError(
-                f"input_ids[{i}] must be an int token id, got {type(value).__name__} {value!r}"
-            )
-        if not 0 <= int(value) < vocab_size:
-            raise InvalidInputError(
-                f"input_ids[{i}] = {value} is not a token id of this model (0 to "
-                f"{vocab_size - 1}); encode text with the engine's tokenizer"
-            )
-    return [int(v) for v in values]
-
-
-def _span(span: object, length: int) -> tuple[int, int] | None:
-    """``question_span`` checked against a prompt of ``length`` tokens."""
-    if span is None:
-        return None
-    ok = (
-        isinstance(span, tuple | list)
-        and len(span) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
-    )
-    if not ok or not 0 <= span[0] < span[1] <= length:  # type: ignore[index]
-        raise InvalidInputError(
-            f"question_span {span!r} must be (start, end) with 0 <= start < end <= {length}, "
-            "the question's token positions in input_ids"
-        )
-    return int(span[0]), int(span[1])  # type: ignore[index]
