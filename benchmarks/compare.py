@@ -3,8 +3,8 @@
 ``python -m benchmarks compare --size standard --systems qllm qllm-reread rag full`` answers
 every sample of the size's tasks and lengths (in rounds of one sample per task and length)
 with each named system in turn, so that pairs accumulate evenly, appending one record per
-(sample, system) to ``benchmarks/out/compare-<size>/records.jsonl``. A rerun skips the pairs already there,
-so an interrupted run resumes. After every sample the summary
+(sample, system) to ``benchmarks/out/compare-<size>/records.jsonl``. A rerun skips the
+pairs already there, so an interrupted run resumes. After every sample the summary
 (``benchmarks/results/compare-<size>.json``) and BENCHMARKS.md are rewritten.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,15 +104,23 @@ def run_compare(
         "machine": machine.describe(str(engine.model.device)),
         "model": engine.model_name,
         "base_config": dataclasses.asdict(engine.config),
-        "variants": {name: VARIANTS.get(name, {}) for name in systems},
+        "variants": {name: VARIANTS[name] for name in systems if name in VARIANTS},
         "size": dataclasses.asdict(size),
         "seed": seed,
         "rag": dataclasses.asdict(RagSettings()) | {"embedding": EMBEDDING_NAME},
     }
 
+    loads: list[float] = []
+
     def save() -> dict[str, Any]:
+        loads.append(round(os.getloadavg()[0], 2))
         summary = {
-            "meta": meta | {"date": machine.now(), "wall_seconds": time.perf_counter() - started},
+            "meta": meta
+            | {
+                "date": machine.now(),
+                "wall_seconds": time.perf_counter() - started,
+                "load_average": {"min": min(loads), "max": max(loads)},
+            },
             "records": records,
         }
         save_json(paths.results / results_name(size), summary)

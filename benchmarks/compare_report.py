@@ -84,5 +84,16 @@ def _meta(meta: dict[str, Any]) -> str:
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB RAM; "
         f"device `{machine['device']}`; torch {machine['torch']}, transformers "
         f"{machine['transformers']}\n"
-        f"- Model: {meta['model']}; engine config: `{base}`\n"
+        f"- Model: {meta['model']}; engine config: `{base}`\n" + _load_line(meta)
+    )
+
+
+def _load_line(meta: dict[str, Any]) -> str:
+    """The machine's load while the run went on: speeds compare within a run, not across."""
+    load = meta.get("load_average")
+    if not load:
+        return ""
+    return (
+        f"- 1-minute load average while it ran: {load['min']}-{load['max']} on "
+        f"{meta['machine']['cores']} cores (speeds compare within this run, not with others)\n"
     )
