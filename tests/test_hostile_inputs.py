@@ -484,7 +484,7 @@ def test_eight_threads_match_serial_runs(tiny_engine) -> None:
             f"What is request {i} about?",
             {"max_new_tokens": 5, "seed": i, "temperature": 0.8 if i % 2 else 0.0},
         )
-        for i in range(16)
+        for i in range(24)  # 8 threads x 3 requests
     ]
     serial = [tiny_engine.answer(doc, question, **options) for doc, question, options in requests]
     results: dict[int, Any] = {}
