@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import re
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
@@ -44,6 +43,7 @@ from qllm_core.options import GenerationOptions
 from qllm_core.protocol import EngineProtocol, TextStream
 from qllm_core.results import Answer, AnswerStats
 from qllm_core.spec import EngineSpec
+from qllm_integrations.chat_template import chat_prompt_ids
 from qllm_integrations.engines import get_engine
 from qllm_integrations.evidence import Evidence, collect_evidence, plain_text
 from qllm_integrations.split import PromptSplit, split_chat, split_text
@@ -80,7 +80,6 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 _SHORT_CHARS_PER_TOKEN = 16
 """No tokenizer packs more characters than this into one token: longer texts skip counting."""
-_TOOL_LABEL = "Tool result:\n"
 
 
 def check_names(names: Iterable[str], valid: Iterable[str], where: str) -> None:
@@ -383,73 +382,6 @@ def fits_window(engine: EngineProtocol, text: str) -> bool:
     """Whether ``text`` fits the local window, where Q-LLM equals full attention."""
     window = engine.config.n_local
     return len(text) <= window * _SHORT_CHARS_PER_TOKEN and engine.count_tokens(text) <= window
-
-
-def chat_prompt_ids(tokenizer: Any, turns: Sequence[tuple[str, str]]) -> list[int]:
-    """Token ids of the conversation in the tokenizer's chat template, ready to answer.
-
-    The turns' text is tokenized with special tokens split, so text that looks like the
-    template's markers (``<|im_start|>``) stays text. Consecutive turns of one role are
-    merged (some templates insist on alternation); a template that rejects system turns
-    gets them folded into the first user turn. Without a chat template the turns are
-    written as ``role: text`` lines.
-    """
-    merged: list[dict[str, str]] = []
-    for role, text in turns:
-        if role == "tool":
-            role, text = "user", _TOOL_LABEL + text
-        if merged and merged[-1]["role"] == role:
-            merged[-1]["content"] += "\n\n" + text
-        else:
-            merged.append({"role": role, "content": text})
-    contents = [turn["content"] for turn in merged]
-    if not getattr(tokenizer, "chat_template", None):
-        rendered = "".join(f"{t['role']}: {_slot(i)}\n" for i, t in enumerate(merged))
-        return _tokenize_slots(tokenizer, rendered + "assistant:", contents)
-    slotted = [{"role": t["role"], "content": _slot(i)} for i, t in enumerate(merged)]
-    try:
-        rendered = _render(tokenizer, slotted)
-    except Exception:  # jinja's TemplateError and friends: the template refused system turns
-        system = [i for i, t in enumerate(merged) if t["role"] == "system"]
-        rest = [i for i, t in enumerate(merged) if t["role"] != "system"]
-        if not system or not rest or merged[rest[0]]["role"] != "user":
-            raise
-        first = rest[0]
-        contents[first] = "\n\n".join([*(contents[i] for i in system), contents[first]])
-        rendered = _render(tokenizer, [slotted[i] for i in rest])
-    return _tokenize_slots(tokenizer, rendered, contents)
-
-
-def _slot(index: int) -> str:
-    """A placeholder for a turn's text that no template changes (private-use characters)."""
-    return f"\ue000{index}\ue001"
-
-
-_SLOT = re.compile("\ue000(\\d+)\ue001")
-
-
-def _render(tokenizer: Any, turns: list[dict[str, str]]) -> str:
-    text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    return str(text)
-
-
-def _tokenize_slots(tokenizer: Any, rendered: str, contents: Sequence[str]) -> list[int]:
-    """Template text tokenized as is; each slot's content with special tokens split."""
-    ids: list[int] = []
-    at = 0
-    for match in _SLOT.finditer(rendered):
-        if match.start() > at:
-            ids += _ids(tokenizer, rendered[at : match.start()])
-        ids += _ids(tokenizer, contents[int(match.group(1))], split_special_tokens=True)
-        at = match.end()
-    if at < len(rendered):
-        ids += _ids(tokenizer, rendered[at:])
-    return ids
-
-
-def _ids(tokenizer: Any, text: str, **kwargs: Any) -> list[int]:
-    out = tokenizer(text, add_special_tokens=False, **kwargs)["input_ids"]
-    return [int(i) for i in out]
 
 
 def _checked_turn(role: str, text: object) -> str:
