@@ -73,7 +73,6 @@ class QLLMEngine:
         select_attention(self.config.attention_backend, self.device)  # fails early if it can't run
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
         self._eos = _eos_ids(model, tokenizer)
-        self._separator = list(tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"])
 
     @classmethod
     def from_pretrained(
@@ -303,7 +302,7 @@ class QLLMEngine:
             doc_end - doc_start,
             config.reread_tokens,
             config.block_size,
-            len(self._separator),
+            len(encode_text(self.tokenizer, SEPARATOR)),
         )
         window = self.window_tokens(config)
         if longest + max_new_tokens > window:
@@ -327,7 +326,8 @@ class QLLMEngine:
             margin=config.reread_margin,
         )
         step = NativeForward(self.model)
-        reread = reread_ids(ids, passages, layout.document_span, self._separator)
+        separator = encode_text(self.tokenizer, SEPARATOR)
+        reread = reread_ids(ids, passages, layout.document_span, separator)
         logits = self._prefill(step, reread, config.replace(mode="full"))
         return passages, step, logits
 

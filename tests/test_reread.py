@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from qllm_core import ConfigError, QLLMConfig, QLLMEngine
-from qllm_core.prompt import build_prompt
-from qllm_core.reread import Passage, choose_passages, max_reread_length, reread_ids
+from qllm_core.prompt import build_prompt, encode_text
+from qllm_core.reread import (
+    SEPARATOR,
+    Passage,
+    choose_passages,
+    max_reread_length,
+    reread_ids,
+)
 from qllm_core.retrieval import block_log_mass, block_relevance
 
 DOC = " ".join(f"Item {i} of the list is the colour number {i * 7 % 13}." for i in range(90))
@@ -90,7 +96,7 @@ def test_reread_answers_from_its_passages_with_full_attention(tiny_engine):
     spans = sorted((b.token_start, b.token_end) for b in answer.stats.retrieved_blocks)
     assert 0 < answer.stats.reread_tokens == sum(e - s for s, e in spans) <= 160
     passages = [Passage(s, e, 0.0) for s, e in spans]
-    separator = list(engine.tokenizer("\n[...]\n", add_special_tokens=False)["input_ids"])
+    separator = encode_text(engine.tokenizer, SEPARATOR)
     ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)
     assert len(ids) < len(layout.input_ids)
     reference = engine.generate(ids, mode="full", max_new_tokens=8)
