@@ -79,8 +79,8 @@ def _meta(meta: dict[str, Any]) -> str:
         for k in ("n_init", "n_local", "block_size", "topk", "exec_block_size", "question_weight")
     )
     return (
-        f"- Command: `{meta['command']}` ({meta['date']}, {meta['wall_seconds'] / 60:.0f} min "
-        "so far when written)\n"
+        f"- Command: `{meta['command']}` (last written {meta['date']}; its last invocation "
+        f"ran {meta['wall_seconds'] / 60:.0f} min, resuming the records of earlier ones)\n"
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB RAM; "
         f"device `{machine['device']}`; torch {machine['torch']}, transformers "
         f"{machine['transformers']}\n"
@@ -94,6 +94,6 @@ def _load_line(meta: dict[str, Any]) -> str:
     if not load:
         return ""
     return (
-        f"- 1-minute load average while it ran: {load['min']}-{load['max']} on "
+        f"- 1-minute load average during its last invocation: {load['min']}-{load['max']} on "
         f"{meta['machine']['cores']} cores (speeds compare within this run, not with others)\n"
     )

@@ -34,8 +34,8 @@ def test_answer_returns_text_and_stats(tiny_engine):
         assert block.token_end - block.token_start == tiny_engine.config.block_size
         if block.char_start is not None:
             assert 0 <= block.char_start < block.char_end <= len(DOC)
-    counts = [b.count for b in stats.retrieved_blocks]
-    assert counts == sorted(counts, reverse=True)
+    scores = [b.score for b in stats.retrieved_blocks]
+    assert scores == sorted(scores, reverse=True)  # most relevant to the question first
 
 
 def test_stream_pieces_add_up_to_the_answer(tiny_engine):

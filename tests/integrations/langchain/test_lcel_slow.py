@@ -42,7 +42,7 @@ def test_lcel_chain_over_a_long_document() -> None:
             ("human", "{question}"),
         ]
     )
-    chat = ChatQLLM(max_new_tokens=24)
+    chat = ChatQLLM(max_new_tokens=24, mode="qllm")  # the memory path, though it would fit
     chain = prompt | chat | StrOutputParser()
     recorder = MetadataRecorder()
     answer = chain.invoke(

@@ -31,7 +31,7 @@ def test_reader_to_whole_document_answer_with_evidence(tmp_path):
     log = FILLER * 60 + f"The pass key is {KEY}. Remember it. {KEY} is the pass key. " + FILLER * 60
     (tmp_path / "b_log.txt").write_text(log)
 
-    llm = QLLM(max_new_tokens=12)
+    llm = QLLM(max_new_tokens=12, mode="qllm")  # the memory path, though it would fit
     engine = WholeDocumentQueryEngine.from_reader(SimpleDirectoryReader(str(tmp_path)), llm=llm)
     response = engine.query("What is the pass key?")
     stats = response.metadata["qllm"]
