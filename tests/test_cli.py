@@ -55,6 +55,7 @@ class FakeEngine:
             question_found=True,
             retrieved_blocks=blocks,
         )
+
         def pieces() -> Generator[str, None, Answer]:
             yield from self.pieces
             return Answer(text=text, finish_reason="eos", stats=stats)
