@@ -261,6 +261,11 @@ def summary(answer: Answer, document: str, max_blocks: int = 3) -> str:
         f"({stats.prefill_tokens_per_second:,.0f} tok/s); generated {stats.tokens_generated} "
         f"tokens in {stats.decode_seconds:.1f} s; mode {stats.mode}, finish {answer.finish_reason}"
     ]
+    if stats.reread_tokens:
+        lines.append(
+            f"re-read {stats.reread_tokens:,} document tokens of the passages below with the "
+            "model's own attention"
+        )
     if not stats.question_found and stats.mode == "qllm":
         lines.append("note: the question's tokens were not found; retrieval used only context")
     in_document = [b for b in stats.retrieved_blocks if b.char_start is not None]
@@ -268,7 +273,8 @@ def summary(answer: Answer, document: str, max_blocks: int = 3) -> str:
         start, end = block.char_start or 0, block.char_end or 0
         excerpt = " ".join(document[start:end].split())
         excerpt = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
-        lines.append(f"  block chars {start}-{end} (chosen {block.count}x): {excerpt!r}")
+        how = f"relevance {block.score:.3f}" if stats.reread_tokens else f"chosen {block.count}x"
+        lines.append(f"  block chars {start}-{end} ({how}): {excerpt!r}")
     return "\n".join(lines)
 
 

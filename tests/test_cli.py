@@ -296,3 +296,25 @@ def test_prefill_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     shown.close()
     err = capsys.readouterr().err
     assert "reading" in err and "/100" in err and "tok/s" in err
+
+
+def test_summary_of_a_reread_names_its_passages_by_relevance():
+    from qllm_core.cli import summary
+    from qllm_core.results import Answer, AnswerStats, RetrievedBlock
+
+    passage = RetrievedBlock(
+        token_start=3, token_end=9, count=1, char_start=4, char_end=10, score=0.25
+    )
+    stats = AnswerStats(
+        mode="qllm",
+        tokens_read=40,
+        tokens_generated=2,
+        prefill_seconds=1.0,
+        decode_seconds=0.5,
+        question_found=True,
+        retrieved_blocks=(passage,),
+        reread_tokens=6,
+    )
+    text = summary(Answer(text="x", finish_reason="eos", stats=stats), "0123456789abcdef")
+    assert "re-read 6 document tokens" in text
+    assert "block chars 4-10 (relevance 0.250): '456789'" in text
