@@ -49,6 +49,7 @@ def fact_ranks(engine: Any, sample: Sample) -> list[FactRanks]:
     """Read ``sample`` once (mode ``qllm``) and rank every planted fact's block."""
     from qllm_core.layer_memory import RequestPlan
     from qllm_core.prompt import build_prompt
+    from qllm_core.retrieval import question_shares
 
     config = engine.config.replace(mode="qllm", reread_tokens=0)
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)
@@ -65,8 +66,11 @@ def fact_ranks(engine: Any, sample: Sample) -> list[FactRanks]:
         memory = step.memory
         attention = memory.block_relevance()  # (layers, blocks)
         by_repr = torch.stack(
-            [_repr_scores(memory.layers[i]) for i in sorted(memory.layers)]
-        )  # (layers, blocks)
+            [
+                question_shares(memory.layers[i].store.representatives, memory.layers[i].question)
+                for i in sorted(memory.layers)
+            ]
+        ).cpu()  # (layers, blocks)
     out = []
     for span in sample.evidence:
         blocks = _fact_blocks(layout, span, config.n_init, config.block_size, attention.shape[1])
@@ -85,13 +89,6 @@ def fact_ranks(engine: Any, sample: Sample) -> list[FactRanks]:
             )
         )
     return out
-
-
-def _repr_scores(layer: Any) -> torch.Tensor:
-    """(blocks,): softmax over blocks of question . repr / sqrt(D), averaged over heads."""
-    reprs = layer.store.representatives.float()
-    logits = torch.einsum("bhd,hd->hb", reprs, layer.question.float()) / reprs.shape[-1] ** 0.5
-    return logits.softmax(dim=-1).mean(dim=0).cpu()
 
 
 def _fact_blocks(

@@ -30,6 +30,7 @@ from .progress import prefill_progress
 from .prompt import PromptLayout, build_prompt, encode_text
 from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
+from .retrieval import question_shares
 from .rope import RotaryTable
 from .sampling import TextAccumulator, next_token
 from .validation import question_span as checked_span
@@ -409,8 +410,7 @@ def _question_scores(memory: RequestMemory) -> list[float]:
         reprs = layer.store.representatives
         if layer.question is None or not len(reprs):
             continue
-        logits = torch.einsum("bhd,hd->hb", reprs.float(), layer.question.float())
-        rows.append((logits / reprs.shape[-1] ** 0.5).softmax(dim=-1).mean(dim=0))
+        rows.append(question_shares(reprs, layer.question))
     if not rows:
         return []
     return [float(x) for x in torch.stack(rows).mean(dim=0)]

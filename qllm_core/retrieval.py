@@ -78,3 +78,14 @@ def block_relevance(log_mass: torch.Tensor) -> torch.Tensor:
     Each query's attention over the blocks sums to 1, so the result sums to 1 too.
     """
     return log_mass.softmax(dim=-1).mean(dim=(0, 1, 2))
+
+
+def question_shares(representatives: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+    """Each block's share of the question's attention over the representatives of one layer.
+
+    Per head, a softmax over the blocks of ``question . repr / sqrt(D)``, then averaged over
+    heads. representatives: (num_blocks, H, D); question: (H, D). Returns (num_blocks,)
+    float32, summing to 1.
+    """
+    logits = torch.einsum("bhd,hd->hb", representatives.float(), question.float())
+    return (logits / representatives.shape[-1] ** 0.5).softmax(dim=-1).mean(dim=0)
