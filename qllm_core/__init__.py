@@ -1,6 +1,7 @@
 """quickllama's engine: query-aware long-context inference (Q-LLM) on transformers."""
 
 from .config import PRESETS, QLLMConfig
+from .document_memory import DocumentMemory
 from .engine import QLLMEngine
 from .errors import (
     ConfigError,
@@ -10,6 +11,8 @@ from .errors import (
     InvalidDocumentError,
     InvalidInputError,
     InvalidOptionError,
+    MemoryFileError,
+    MemoryMismatchError,
     ModelLoadError,
     QLLMError,
     UnsupportedModelError,
@@ -23,6 +26,7 @@ __all__ = [
     "AnswerStats",
     "AnswerStream",
     "ConfigError",
+    "DocumentMemory",
     "EmptyInputError",
     "GenerationOptions",
     "InputTooLongError",
@@ -30,6 +34,8 @@ __all__ = [
     "InvalidDocumentError",
     "InvalidInputError",
     "InvalidOptionError",
+    "MemoryFileError",
+    "MemoryMismatchError",
     "ModelLoadError",
     "QLLMConfig",
     "QLLMEngine",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from .backends import select_attention
 from .capacity import check_fits
 from .config import QLLMConfig
+from .document_memory import QUESTION_ROOM, DocumentMemory, document_hash, state_nbytes
 from .documents import check_text
 from .errors import (
     ConfigError,
@@ -24,10 +25,11 @@ from .errors import (
 from .forward import Forward, NativeForward, QLLMForward
 from .host_allocator import tune_host_allocator
 from .layer_memory import RequestMemory, RequestPlan
+from .memory_cache import MemoryCache, default_cache_bytes
 from .options import GenerationOptions
 from .patching import AttachedModel
 from .progress import prefill_progress
-from .prompt import PromptLayout, build_prompt, encode_text
+from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
 from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .retrieval import question_shares
@@ -48,9 +50,11 @@ __all__ = ["GenerationOptions", "QLLMEngine"]
 class QLLMEngine:
     """Query-aware long-context inference over a loaded causal LM (batch size 1).
 
-    Each request starts from fresh memory. Requests (of this engine, or of any engine on
-    the same model) run concurrently step by step: each model forward step holds the
-    model's lock (:func:`~qllm_core.patching.model_lock`), nothing is held between steps.
+    A request reads its document afresh (:meth:`answer` with a string), or reads on from a
+    document read once (:meth:`read`, then :meth:`answer` with the memory). Requests (of
+    this engine, or of any engine on the same model) run concurrently step by step: each
+    model forward step holds the model's lock (:func:`~qllm_core.patching.model_lock`),
+    nothing is held between steps.
     """
 
     def __init__(
@@ -60,8 +64,14 @@ class QLLMEngine:
         *,
         config: QLLMConfig | None = None,
         progress: bool | None = None,
+        memory_cache_bytes: int | None = None,
     ) -> None:
         self.config = config or QLLMConfig()
+        self.memories = MemoryCache(
+            default_cache_bytes() if memory_cache_bytes is None else memory_cache_bytes
+        )
+        """Recently read documents (:meth:`memory_for`), bounded in bytes (default: a
+        quarter of the available RAM; 0 keeps none)."""
         self._attached = AttachedModel(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -84,13 +94,20 @@ class QLLMEngine:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         progress: bool | None = None,
+        memory_cache_bytes: int | None = None,
     ) -> QLLMEngine:
         """Load a model (``None``: the embedded SmolLM2-135M) and attach the engine."""
         from .loading import load_model
 
         model, tokenizer = load_model(source, device=device, dtype=dtype)
         config = config or QLLMConfig.default_for(source)
-        return cls(model, tokenizer, config=config, progress=progress)
+        return cls(
+            model,
+            tokenizer,
+            config=config,
+            progress=progress,
+            memory_cache_bytes=memory_cache_bytes,
+        )
 
     @property
     def model_name(self) -> str:
@@ -109,20 +126,36 @@ class QLLMEngine:
             check_text("text", text)
         return len(encode_text(self.tokenizer, text))
 
-    def answer(self, document: str, question: str, **options: Any) -> Answer:
+    def answer(self, document: str | DocumentMemory, question: str, **options: Any) -> Answer:
         """Answer ``question`` about ``document``; see :meth:`stream` for the options."""
         return _drain(self.stream(document, question, **options))
 
     def stream(
-        self, document: str, question: str, *, mode: str | None = None, **options: Any
+        self,
+        document: str | DocumentMemory,
+        question: str,
+        *,
+        mode: str | None = None,
+        **options: Any,
     ) -> AnswerStream:
         """Stream the answer to ``question`` about ``document``.
 
+        ``document``: the text, read for this question (question, document, question:
+        the paper's query-aware read), or a :class:`DocumentMemory` from :meth:`read`,
+        read on from (the question after the document; ``mode`` must then be ``None``).
         Options: ``max_new_tokens`` (256), ``temperature`` (0: greedy), ``top_p`` (1),
         ``seed``, ``stop`` (strings), ``mode`` (overrides ``config.mode``). Every option
         is validated (:meth:`GenerationOptions.from_kwargs`) before the document is read.
         """
         opts = GenerationOptions.from_kwargs(**options)
+        if isinstance(document, DocumentMemory):
+            if mode is not None:
+                raise ConfigError(
+                    f"mode={mode!r} cannot apply to a document memory: it was read in mode "
+                    f"{document.mode!r}; read the document again with engine.read(text, "
+                    f"mode={mode!r})"
+                )
+            return self._stream_memory(document, check_text("question", question), opts)
         if mode is not None:
             self.config.replace(mode=mode)  # a bad mode fails before the document is read
         document = check_text("document", document)
@@ -136,6 +169,58 @@ class QLLMEngine:
             mode,
             opts,
         )
+
+    def read(self, document: str, *, mode: str | None = None) -> DocumentMemory:
+        """Read ``document`` once, with no question, into a memory that questions read on from.
+
+        ``mode`` overrides ``config.mode``; ``auto`` reads with ``full`` attention when the
+        document leaves :data:`~qllm_core.document_memory.QUESTION_ROOM` tokens of the
+        window free, with ``qllm`` beyond. The memory holds the whole state (see
+        :mod:`~qllm_core.document_memory`); :meth:`memory_for` keeps recent ones.
+        """
+        config = self.config if mode is None else self.config.replace(mode=mode)
+        document = check_text("document", document)
+        prompt = build_document_prompt(self.tokenizer, document)
+        ids = prompt.input_ids
+        if len(ids) > config.max_input_tokens:
+            raise InputTooLongError(
+                f"the document takes {len(ids):,} tokens, over max_input_tokens="
+                f"{config.max_input_tokens:,}; shorten the document or raise "
+                "QLLMConfig.max_input_tokens"
+            )
+        config = self._resolve_mode(config, len(ids) + QUESTION_ROOM)
+        self._check_fits(len(ids), QUESTION_ROOM, config)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            step = self.new_forward(config, RequestPlan(None, record_from=len(ids)))
+            self._prefill(step, ids, config)
+        state = step.memory if isinstance(step, QLLMForward) else step.cache
+        from .persistence import engine_identity
+
+        return DocumentMemory(
+            prompt=prompt,
+            config=config,
+            state=state,
+            document_sha256=document_hash(document),
+            identity=engine_identity(self),
+            read_seconds=time.perf_counter() - t0,
+            nbytes=state_nbytes(state),
+        )
+
+    def memory_for(self, document: str, *, mode: str | None = None) -> tuple[DocumentMemory, bool]:
+        """``document``'s memory from :attr:`memories`, or read now and kept there.
+
+        Returns ``(memory, reused)``; the key is the document's hash, the engine's config
+        and ``mode``.
+        """
+        document = check_text("document", document)
+        key = (document_hash(document), self.config, mode)
+        memory = self.memories.get(key)
+        if memory is not None:
+            return memory, True
+        memory = self.read(document, mode=mode)
+        self.memories.put(key, memory)
+        return memory, False
 
     def generate(
         self,
@@ -193,8 +278,52 @@ class QLLMEngine:
             rank_span=layout.final_question_span if rereads and layout else None,
         )
         progress = _Progress(mode=config.mode, question_found=question_span is not None)
+
+        def read() -> tuple[Forward, torch.Tensor]:
+            step = self.new_forward(config, plan)
+            return step, self._prefill(step, ids, config)
+
         return AnswerStream(
-            self._run(progress, ids, plan, layout, config, opts), cancelled=progress.cancelled
+            self._run(progress, read, ids, plan, layout, config, opts),
+            cancelled=progress.cancelled,
+        )
+
+    def _stream_memory(
+        self, memory: DocumentMemory, question: str, opts: GenerationOptions
+    ) -> AnswerStream:
+        """:meth:`stream` from a document memory: the question and answer read on from a fork."""
+        layout = memory.prompt.with_question(self.tokenizer, question)
+        ids, config = layout.input_ids, memory.config
+        if config.mode == "full" and len(ids) + opts.max_new_tokens > self.window_tokens(config):
+            raise InputTooLongError(
+                f"the document was read with the model's own attention, and with the question "
+                f"and max_new_tokens={opts.max_new_tokens:,} the prompt ({len(ids):,} tokens) "
+                f"passes its {self.window_tokens(config):,}-token window; shorten the question, "
+                "lower max_new_tokens, or read the document with mode='qllm'"
+            )
+        rereads = config.reread_tokens > 0 and config.mode in ("qllm", "infllm")
+        if rereads:
+            self._check_reread_fits(layout, config, opts.max_new_tokens)
+        plan = RequestPlan(
+            question_span=layout.question_span,
+            record_from=layout.question_span[1],
+            rank_span=layout.final_question_span if rereads else None,
+        )
+        fed = ids[memory.tokens :]
+
+        def read() -> tuple[Forward, torch.Tensor]:
+            state = memory.fork(plan)
+            step: Forward
+            if isinstance(state, RequestMemory):
+                step = QLLMForward(self.model, self._attached, state)
+            else:
+                step = NativeForward(self.model, cache=state)
+            return step, self._prefill(step, fed, config)
+
+        progress = _Progress(mode=config.mode, question_found=True)
+        return AnswerStream(
+            self._run(progress, read, ids, plan, layout, config, opts, memory_tokens=memory.tokens),
+            cancelled=progress.cancelled,
         )
 
     def _check_fits(self, prompt_tokens: int, max_new_tokens: int, config: QLLMConfig) -> None:
@@ -213,24 +342,31 @@ class QLLMEngine:
     def _run(
         self,
         progress: _Progress,
+        read: Callable[[], tuple[Forward, torch.Tensor]],
         ids: list[int],
         plan: RequestPlan,
         layout: PromptLayout | None,
         config: QLLMConfig,
         opts: GenerationOptions,
+        *,
+        memory_tokens: int = 0,
     ) -> Generator[str, None, Answer]:
+        """Read (``read``: the forward state and the last logits), re-read, then decode.
+
+        ``ids``: the whole prompt, of which the first ``memory_tokens`` come from a document
+        memory (already read).
+        """
         # Inference mode is entered for each stretch of work, never across a ``yield``:
         # it is thread-local state that would leak into the consumer's code.
         with torch.inference_mode():
             t0 = time.perf_counter()
-            step = self.new_forward(config, plan)
+            step, logits = read()
             memory = step.memory if isinstance(step, QLLMForward) else None
-            logits = self._prefill(step, ids, config)
             passages: list[Passage] = []
             if memory is not None and plan.rank_span is not None and layout is not None:
                 passages, step, logits = self._reread(memory, ids, layout, config)
         prefill_seconds = time.perf_counter() - t0
-        progress.read(len(ids), prefill_seconds)
+        progress.read(len(ids) - memory_tokens, prefill_seconds)
         text = TextAccumulator(self.tokenizer, opts.stop)
         generator = None
         if opts.seed is not None:
@@ -261,7 +397,7 @@ class QLLMEngine:
         with torch.inference_mode():
             stats = AnswerStats(
                 mode=config.mode,
-                tokens_read=len(ids),
+                tokens_read=len(ids) - memory_tokens,
                 tokens_generated=generated,
                 prefill_seconds=prefill_seconds,
                 decode_seconds=time.perf_counter() - t1,
@@ -272,6 +408,7 @@ class QLLMEngine:
                     else _evidence(memory, config, layout)
                 ),
                 reread_tokens=sum(p.end - p.start for p in passages),
+                memory_tokens=memory_tokens,
             )
         return Answer(text=text.text, finish_reason=finish, stats=stats)
 

@@ -45,3 +45,14 @@ class InvalidOptionError(QLLMError, ValueError):
 
 class InvalidInputError(QLLMError, ValueError):
     """A request argument other than text that cannot be used: token ids, a question span."""
+
+
+class MemoryFileError(QLLMError, OSError):
+    """A saved document memory that cannot be read.
+
+    Missing, truncated or edited files, or an unknown format or version.
+    """
+
+
+class MemoryMismatchError(QLLMError, ValueError):
+    """A saved document memory made with another model, tokenizer or engine config."""

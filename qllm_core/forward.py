@@ -48,9 +48,10 @@ class QLLMForward:
 class NativeForward:
     """The model's own attention with transformers' DynamicCache (mode ``full``)."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, cache: DynamicCache | None = None) -> None:
+        """``cache``: keys and values of earlier tokens to read on from (default: none)."""
         self.model = model
-        self.cache = DynamicCache(config=model.config)
+        self.cache = DynamicCache(config=model.config) if cache is None else cache
         self._lock = model_lock(model)
         # transformers 5.24 renamed the argument (the old name warns, and goes in 5.40)
         params = inspect.signature(model.forward).parameters

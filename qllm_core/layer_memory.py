@@ -18,8 +18,10 @@ attended in the global stage under a mask.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -91,20 +93,76 @@ class LayerMemory:
             dtype=dtype,
             rope=rope,
         )
-        self.store = BlockStore(
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            block_size=config.block_size,
-            max_cached_blocks=config.max_cached_blocks,
-            device=device,
-            dtype=dtype,
-            offload_dtype=offload_dtype,
-            offload_dir=config.offload_dir,
-        )
+        self._store_args: dict[str, Any] = {
+            "num_kv_heads": num_kv_heads,
+            "head_dim": head_dim,
+            "block_size": config.block_size,
+            "max_cached_blocks": config.max_cached_blocks,
+            "device": device,
+            "dtype": dtype,
+            "offload_dtype": offload_dtype,
+            "offload_dir": config.offload_dir,
+        }
+        self.store = BlockStore(**self._store_args)
         self.question: torch.Tensor | None = None
         self._question_queries: list[torch.Tensor] = []
         self._rank_queries: list[torch.Tensor] = []
         self._scaling = 1.0
+
+    def fork(self, plan: RequestPlan, counts: Counter[int]) -> LayerMemory:
+        """The layer's state to read on from, for a new request with ``plan``.
+
+        Memory blocks and init tokens are shared (copy on write), the recent tokens copied,
+        the question state fresh. Feed this layer no more tokens afterwards.
+        """
+        fork = copy.copy(self)
+        fork.plan, fork.counts = plan, counts
+        fork.recent = self.recent.clone()
+        fork.store = self.store.fork()
+        fork.question = None
+        fork._question_queries, fork._rank_queries = [], []
+        return fork
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The layer's tensors (host copies), for saving; :meth:`restore` reads them back.
+
+        init_k/init_v (H, n_init', D); recent_* (see :meth:`RecentTokens.state`);
+        block_keys/block_values (blocks, H, block_size, D); representatives (blocks, H, D);
+        position (1,).
+        """
+        block_keys, block_values = self.store.host_blocks()
+        recent = {f"recent_{k}": v for k, v in self.recent.state().items()}
+        tensors = {
+            "init_k": self.init_k,
+            "init_v": self.init_v,
+            **recent,
+            "block_keys": block_keys,
+            "block_values": block_values,
+            "representatives": self.store.representatives,
+            "position": torch.tensor([self.position]),
+        }
+        return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Take over a :meth:`state` (of a layer with this config).
+
+        The blocks are adopted as they are (memory-mapped tensors stay mapped) and only
+        read through forks.
+        """
+        device, dtype = self.init_k.device, self.init_k.dtype
+        self.init_k = state["init_k"].to(device, dtype)
+        self.init_v = state["init_v"].to(device, dtype)
+        recent = {k.removeprefix("recent_"): v for k, v in state.items() if k.startswith("recent_")}
+        recent = {k: v if k in ("span", "scores") else v.to(dtype) for k, v in recent.items()}
+        recent = {k: v.to(device) for k, v in recent.items()}
+        self.recent = RecentTokens.from_state(recent, rope=self.rope)
+        self.store = BlockStore.frozen(
+            state["block_keys"],
+            state["block_values"],
+            state["representatives"],
+            **self._store_args,
+        )
+        self.position = int(state["position"][0])
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
@@ -268,19 +326,31 @@ class RequestMemory:
         """q: (heads, n, D); k, v: (kv_heads, n, D) unrotated. Returns (heads, n, D)."""
         layer = self.layers.get(layer_idx)
         if layer is None:
-            layer = self.layers[layer_idx] = LayerMemory(
-                config=self.config,
-                plan=self.plan,
-                rope=self.rope,
-                num_kv_heads=k.shape[0],
-                head_dim=k.shape[-1],
-                device=self.device,
-                dtype=self.dtype,
-                offload_dtype=self.offload_dtype,
-                counts=self.counts,
-                two_stage_attention=self.two_stage_attention,
-            )
+            layer = self.new_layer(layer_idx, k.shape[0], k.shape[-1])
         return layer.attend(q, k, v, scaling)
+
+    def fork(self, plan: RequestPlan) -> RequestMemory:
+        """All layers forked (:meth:`LayerMemory.fork`) for a new request with ``plan``."""
+        fork = copy.copy(self)
+        fork.plan, fork.counts = plan, Counter()
+        fork.layers = {i: layer.fork(plan, fork.counts) for i, layer in self.layers.items()}
+        return fork
+
+    def new_layer(self, layer_idx: int, num_kv_heads: int, head_dim: int) -> LayerMemory:
+        """Layer ``layer_idx``'s empty memory (made on its first :meth:`attend`)."""
+        layer = self.layers[layer_idx] = LayerMemory(
+            config=self.config,
+            plan=self.plan,
+            rope=self.rope,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            device=self.device,
+            dtype=self.dtype,
+            offload_dtype=self.offload_dtype,
+            counts=self.counts,
+            two_stage_attention=self.two_stage_attention,
+        )
+        return layer
 
     def block_relevance(self) -> torch.Tensor:
         """Per layer, the share of the rank span's attention each block draws: (layers, blocks).

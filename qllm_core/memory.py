@@ -11,11 +11,13 @@ path runs, so it is tested everywhere.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -75,6 +77,8 @@ class BlockStore:
         self._host_keys: list[torch.Tensor] = []
         self._host_values: list[torch.Tensor] = []
         self._count = 0
+        self._base: BlockStore | None = None  # a frozen store holding blocks [0, _base_count)
+        self._base_count = 0
         self._reprs = torch.empty(16, num_kv_heads, head_dim, device=device, dtype=dtype)
         self.hits = 0
         self.misses = 0
@@ -102,7 +106,7 @@ class BlockStore:
         first = self._count
         done = 0
         while done < blocks:  # one copy per host page the blocks land on
-            page, row = divmod(first + done, self._page_blocks)
+            page, row = divmod(first - self._base_count + done, self._page_blocks)
             if page == len(self._host_keys):
                 self._host_keys.append(self._new_page())
                 self._host_values.append(self._new_page())
@@ -118,8 +122,52 @@ class BlockStore:
 
     def host_key_pages(self) -> Iterator[torch.Tensor]:
         """Keys of all blocks in id order, one host page at a time: each (n, H, block_size, D)."""
+        if self._base is not None:
+            yield from self._base.host_key_pages()
+        own = self._count - self._base_count
         for page, keys in enumerate(self._host_keys):
-            yield keys[: min(self._page_blocks, self._count - page * self._page_blocks)]
+            yield keys[: min(self._page_blocks, own - page * self._page_blocks)]
+
+    def host_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of all blocks in id order, copied: each (n, H, block_size, D)."""
+        ids = range(len(self))
+        keys = [self._host(b)[0] for b in ids]
+        values = [self._host(b)[1] for b in ids]
+        if not keys:
+            return self._slot_keys[:0].cpu(), self._slot_values[:0].cpu()
+        return torch.stack(keys), torch.stack(values)
+
+    def fork(self) -> BlockStore:
+        """A store that reads this one's blocks and appends its own (copy on write).
+
+        This store must not append afterwards (its blocks are shared, never copied); the
+        fork has its own device slots, representatives and host pages for new blocks.
+        """
+        fork = copy.copy(self)
+        fork._base, fork._base_count = self, self._count
+        fork._host_keys, fork._host_values = [], []
+        fork._slot_keys = torch.empty_like(self._slot_keys)
+        fork._slot_values = torch.empty_like(self._slot_values)
+        fork._slots = OrderedDict()
+        fork._reprs = self._reprs.clone()
+        fork.hits = fork.misses = 0
+        return fork
+
+    @classmethod
+    def frozen(
+        cls, keys: torch.Tensor, values: torch.Tensor, representatives: torch.Tensor, **kwargs: Any
+    ) -> BlockStore:
+        """A store holding ``keys``/``values`` (n, H, block_size, D) as its one host page.
+
+        The tensors are adopted, not copied (a memory-mapped file stays mapped); the store
+        is read through :meth:`fork` only. ``kwargs``: as for the constructor.
+        """
+        store = cls(**kwargs)
+        store._host_keys, store._host_values = [keys], [values]
+        store._page_blocks = max(1, keys.shape[0])
+        store._count = keys.shape[0]
+        store._reprs = representatives.to(store._reprs.device, store._reprs.dtype)
+        return store
 
     def _new_page(self) -> torch.Tensor:
         if self._offload_dir is not None:
@@ -127,7 +175,9 @@ class BlockStore:
         return torch.empty(self._page_shape, dtype=self._offload_dtype, pin_memory=self._pin)
 
     def _host(self, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        page, row = divmod(block_id, self._page_blocks)
+        if block_id < self._base_count and self._base is not None:
+            return self._base._host(block_id)
+        page, row = divmod(block_id - self._base_count, self._page_blocks)
         return self._host_keys[page][row], self._host_values[page][row]
 
     def fetch(self, block_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -169,8 +219,8 @@ class BlockStore:
 
     def host_bytes(self) -> int:
         """Bytes of host memory that the blocks' keys and values occupy."""
-        page = self._host_keys[0] if self._host_keys else None
-        return 0 if page is None else 2 * self._count * page[0].numel() * page.element_size()
+        block = self._host(0)[0] if self._count else None
+        return 0 if block is None else 2 * self._count * block.numel() * block.element_size()
 
 
 def _mapped_page(directory: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

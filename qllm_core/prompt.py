@@ -25,6 +25,12 @@ USER_MESSAGE = (
     "<document>\n{document}\n</document>\n\nQuestion: {question}"
 )
 """The user turn; ``{question}`` and ``{document}`` are filled in (question twice)."""
+MEMORY_MESSAGE = (
+    "Answer the question using the document below.\n\n"
+    "<document>\n{document}\n</document>\n\nQuestion: {question}"
+)
+"""The user turn of a document read once (:class:`DocumentPrompt`): the question only after
+the document, so that everything before it can be read without knowing the question."""
 _PLAIN = "{message}\n\nAnswer:"
 _SLOT = "\x00QLLM-SLOT-{}\x00"
 
@@ -59,9 +65,51 @@ class PromptLayout:
         return offsets[lo - doc_start][0], offsets[hi - 1 - doc_start][1]
 
 
+@dataclass(frozen=True)
+class DocumentPrompt:
+    """The prompt of :data:`MEMORY_MESSAGE` up to the end of the document, read once.
+
+    ``input_ids``: the template's start and the document; ``document_span`` and
+    ``document_offsets`` as in :class:`PromptLayout`; ``tail``: the template text between
+    the document and the question, and after the question.
+    """
+
+    input_ids: list[int]
+    document_span: tuple[int, int]
+    document_offsets: list[tuple[int, int]] | None
+    tail: tuple[list[int], list[int]]
+
+    def with_question(self, tokenizer: Any, question: str) -> PromptLayout:
+        """The whole prompt with ``question`` after the document (its one question span)."""
+        before, after = self.tail
+        start = len(self.input_ids) + len(before)
+        question_ids = encode_text(tokenizer, question)
+        span = (start, start + len(question_ids))
+        return PromptLayout(
+            input_ids=self.input_ids + before + question_ids + after,
+            question_span=span,
+            document_span=self.document_span,
+            final_question_span=span,
+            document_offsets=self.document_offsets,
+        )
+
+
+def build_document_prompt(tokenizer: Any, document: str) -> DocumentPrompt:
+    """Lay out ``document`` in the tokenizer's chat template, for questions to follow it."""
+    head, middle, tail = _template_pieces(tokenizer, MEMORY_MESSAGE, [_DOCUMENT, _QUESTION])
+    ids = _encode(tokenizer, head)
+    document_ids, offsets = encode_text_with_offsets(tokenizer, document)
+    return DocumentPrompt(
+        input_ids=ids + document_ids,
+        document_span=(len(ids), len(ids) + len(document_ids)),
+        document_offsets=offsets,
+        tail=(_encode(tokenizer, middle), _encode(tokenizer, tail)),
+    )
+
+
 def build_prompt(tokenizer: Any, document: str, question: str) -> PromptLayout:
     """Lay out ``question``, ``document``, ``question`` in the tokenizer's chat template."""
-    pieces = _template_pieces(tokenizer)
+    pieces = _template_pieces(tokenizer, USER_MESSAGE, [_QUESTION, _DOCUMENT, _QUESTION])
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     offsets = None
@@ -85,9 +133,12 @@ def build_prompt(tokenizer: Any, document: str, question: str) -> PromptLayout:
     )
 
 
-def _template_pieces(tokenizer: Any) -> list[str]:
-    """The rendered prompt split around its three slots: four strings."""
-    message = USER_MESSAGE.format(question=_QUESTION, document=_DOCUMENT)
+def _template_pieces(tokenizer: Any, template: str, order: list[str]) -> list[str]:
+    """The rendered prompt of ``template`` split around its slots (one string more).
+
+    The slots must come in ``order``.
+    """
+    message = template.format(question=_QUESTION, document=_DOCUMENT)
     if getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
@@ -97,7 +148,7 @@ def _template_pieces(tokenizer: Any) -> list[str]:
         rendered = bos + _PLAIN.format(message=message)
     pieces = re.split(f"({re.escape(_QUESTION)}|{re.escape(_DOCUMENT)})", rendered)
     slots, texts = pieces[1::2], pieces[0::2]
-    if slots != [_QUESTION, _DOCUMENT, _QUESTION]:
+    if slots != order:
         raise ValueError(
             f"the chat template changed the order of the question and document slots: {slots!r}"
         )

@@ -47,6 +47,9 @@ class AnswerStats:
     """Blocks chosen while answering, most chosen first (with a re-read: its passages)."""
     reread_tokens: int = 0
     """Document tokens of the second, full-attention read (0: a single pass)."""
+    memory_tokens: int = 0
+    """Prompt tokens taken from a document memory, not read again (``tokens_read`` counts
+    only the tokens read for this request)."""
 
     @property
     def prefill_tokens_per_second(self) -> float:

@@ -9,6 +9,8 @@ so that no rotation angle grows with the length of the input.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .rope import RotaryTable, rotate
@@ -89,6 +91,46 @@ class RecentTokens:
         cos, sin = self._rope.at(slice(self.end - self.base, self.end - self.base + n))
         self._keys_local[:, lo:hi] = rotate(keys, cos, sin)
         self._hi = hi
+
+    def clone(self) -> RecentTokens:
+        """An independent copy (the buffers are copied, the rotary table shared)."""
+        twin = copy.copy(self)
+        for name in ("_keys", "_keys_local", "_values", "_scores"):
+            setattr(twin, name, getattr(self, name).clone())
+        return twin
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The positions held, as tensors; :meth:`from_state` rebuilds it.
+
+        keys, keys_local, values (H, len, D), scores (H, len), ``span`` = (start, base,
+        capacity).
+        """
+        return {
+            "keys": self.keys,
+            "keys_local": self.keys_local,
+            "values": self.values,
+            "scores": self.scores,
+            "span": torch.tensor([self.start, self.base, self._capacity]),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], *, rope: RotaryTable) -> RecentTokens:
+        """The tokens :meth:`state` described, in fresh buffers on ``state``'s device."""
+        start, base, capacity = (int(x) for x in state["span"])
+        keys = state["keys"]
+        recent = cls(
+            capacity=capacity,
+            num_kv_heads=keys.shape[0],
+            head_dim=keys.shape[2],
+            device=keys.device,
+            dtype=keys.dtype,
+            rope=rope,
+        )
+        n = keys.shape[1]
+        for name in ("keys", "keys_local", "values", "scores"):
+            getattr(recent, f"_{name}")[:, :n] = state[name]
+        recent._hi, recent.start, recent.base = n, start, base
+        return recent
 
     def drop(self, count: int) -> None:
         """Forget the oldest ``count`` positions."""

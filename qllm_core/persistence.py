@@ -1,0 +1,248 @@
+"""Save a document memory to a directory and load it back, refusing anything that does not match.
+
+Layout of a saved memory (no pickle anywhere)::
+
+    memory.json               format, version, identities, config, prompt layout, file hashes
+    prompt.safetensors        input_ids (n,), document_offsets (n_doc, 2) when known
+    layer-000.safetensors     one layer's tensors (:meth:`LayerMemory.state`, or the KV cache's
+    ...                       keys/values in mode full)
+
+Loading checks, before any tensor is used: the format and version, the model's identity
+(name, a hash of its config and of its weights' names, shapes and dtypes), the tokenizer's
+identity (a hash of its full definition and chat template), the engine config (every field
+that shapes the stored state), and each file's SHA-256 (a truncated or edited file fails).
+Block keys and values stay in the file's memory mapping: the OS pages them in when a
+question reads them, so a memory larger than RAM loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import DynamicCache
+
+from .config import QLLMConfig
+from .document_memory import DocumentMemory, cache_tensors, state_nbytes
+from .errors import MemoryFileError, MemoryMismatchError
+from .layer_memory import RequestMemory, RequestPlan
+from .prompt import DocumentPrompt
+
+if TYPE_CHECKING:
+    from .engine import QLLMEngine
+
+FORMAT = "quickllama-document-memory"
+VERSION = 1
+MANIFEST = "memory.json"
+RUNTIME_FIELDS = frozenset(
+    {
+        "mode",
+        "offload_dir",
+        "attention_backend",
+        "max_cached_blocks",
+        "max_input_tokens",
+        "prefill_chunk_size",
+    }
+)
+"""Config fields that do not shape a stored memory: the loading engine's own apply (the
+memory keeps the mode it was read in, as :meth:`QLLMEngine.read`'s ``mode`` may override)."""
+
+
+def engine_identity(engine: QLLMEngine) -> dict[str, str]:
+    """Names and hashes that a saved memory must match: model and tokenizer."""
+    cached = getattr(engine, "_identity", None)
+    if cached is None:
+        model_config = engine.model.config.to_dict()
+        model_config.pop("_name_or_path", None)
+        model_config.pop("transformers_version", None)
+        shapes = [
+            (name, list(p.shape), str(p.dtype)) for name, p in engine.model.state_dict().items()
+        ]
+        tokenizer = engine.tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        definition = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+        cached = {
+            "model": engine.model_name,
+            "model_sha256": _sha256_json({"config": model_config, "weights": shapes}),
+            "tokenizer_sha256": _sha256_json(
+                {"definition": definition, "chat_template": tokenizer.chat_template}
+            ),
+        }
+        engine._identity = cached  # type: ignore[attr-defined]
+    return dict(cached)
+
+
+def save_memory(memory: DocumentMemory, path: str | os.PathLike[str]) -> None:
+    """Write ``memory`` to the directory ``path`` (created; its memory files replaced)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    prompt = memory.prompt
+    tensors = {"input_ids": torch.tensor(prompt.input_ids, dtype=torch.int64)}
+    if prompt.document_offsets is not None:
+        tensors["document_offsets"] = torch.tensor(prompt.document_offsets, dtype=torch.int64)
+    files = {"prompt.safetensors": tensors}
+    for index, layer_state in enumerate(_layer_states(memory.state)):
+        files[f"layer-{index:03d}.safetensors"] = layer_state
+    hashes = {}
+    for name, file_tensors in files.items():
+        save_file(file_tensors, str(folder / name))
+        hashes[name] = _file_sha256(folder / name)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "mode": memory.mode,
+        "identity": memory.identity,
+        "config": dataclasses.asdict(memory.config),
+        "document_sha256": memory.document_sha256,
+        "document_span": list(prompt.document_span),
+        "tail": [list(prompt.tail[0]), list(prompt.tail[1])],
+        "read_seconds": memory.read_seconds,
+        "files": hashes,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def load_memory(path: str | os.PathLike[str], engine: QLLMEngine) -> DocumentMemory:
+    """The memory saved in directory ``path``, for ``engine``.
+
+    Raises :class:`MemoryFileError` for a missing, truncated or edited file or an unknown
+    format or version, and :class:`MemoryMismatchError` when the memory was made with
+    another model, tokenizer or config.
+    """
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    _check_identity(manifest["identity"], engine_identity(engine))
+    config = _check_config(manifest, engine.config)
+    for name, digest in manifest["files"].items():
+        if not (folder / name).is_file():
+            raise MemoryFileError(f"{folder / name} is missing; save the memory again")
+        if _file_sha256(folder / name) != digest:
+            raise MemoryFileError(
+                f"{folder / name} does not match the hash in {MANIFEST} (truncated or edited); "
+                "save the memory again"
+            )
+    prompt_tensors = _load(folder / "prompt.safetensors")
+    offsets = prompt_tensors.get("document_offsets")
+    prompt = DocumentPrompt(
+        input_ids=prompt_tensors["input_ids"].tolist(),
+        document_span=(manifest["document_span"][0], manifest["document_span"][1]),
+        document_offsets=[(int(a), int(b)) for a, b in offsets.tolist()]
+        if offsets is not None
+        else None,
+        tail=(list(manifest["tail"][0]), list(manifest["tail"][1])),
+    )
+    layers = sorted(name for name in manifest["files"] if name.startswith("layer-"))
+    states = [_load(folder / name) for name in layers]
+    state = _restore(engine, config, states, len(prompt.input_ids))
+    return DocumentMemory(
+        prompt=prompt,
+        config=config,
+        state=state,
+        document_sha256=manifest["document_sha256"],
+        identity=manifest["identity"],
+        read_seconds=float(manifest.get("read_seconds", 0.0)),
+        nbytes=state_nbytes(state),
+    )
+
+
+def _layer_states(state: RequestMemory | DynamicCache) -> list[dict[str, torch.Tensor]]:
+    if isinstance(state, DynamicCache):
+        return [
+            {
+                name: tensor.cpu().contiguous()
+                for name, tensor in zip(("keys", "values"), kv, strict=True)
+            }
+            for kv in cache_tensors(state)
+        ]
+    return [state.layers[i].state() for i in sorted(state.layers)]
+
+
+def _restore(
+    engine: QLLMEngine, config: QLLMConfig, states: list[dict[str, torch.Tensor]], tokens: int
+) -> RequestMemory | DynamicCache:
+    device, dtype = engine.device, engine.dtype
+    if config.mode == "full":
+        cache = DynamicCache(config=engine.model.config)
+        for index, layer in enumerate(states):
+            cache.update(layer["keys"].to(device, dtype), layer["values"].to(device, dtype), index)
+        return cache
+    step = engine.new_forward(config, RequestPlan(None, record_from=tokens))
+    memory = step.memory  # type: ignore[union-attr]  # a Q-LLM mode: a QLLMForward
+    for index, layer_state in enumerate(states):
+        keys = layer_state["init_k"]
+        memory.new_layer(index, keys.shape[0], keys.shape[2]).restore(layer_state)
+    return memory
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    file = folder / MANIFEST
+    if not file.is_file():
+        raise MemoryFileError(
+            f"{folder} holds no saved document memory ({MANIFEST} is missing); save one with "
+            "memory.save(path)"
+        )
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MemoryFileError(
+            f"{file} is not valid JSON ({error}); save the memory again"
+        ) from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MemoryFileError(f"{file} is not a quickllama document memory")
+    if manifest.get("version") != VERSION:
+        raise MemoryFileError(
+            f"{file} has format version {manifest.get('version')!r}; this quickllama reads "
+            f"version {VERSION}: read the document again and save it with this version"
+        )
+    needed = ("identity", "config", "files", "document_span", "tail", "document_sha256", "mode")
+    missing = [key for key in needed if key not in manifest]
+    if missing:
+        raise MemoryFileError(f"{file} lacks {missing}; save the memory again")
+    return manifest
+
+
+def _check_identity(saved: dict[str, str], mine: dict[str, str]) -> None:
+    for key, what in (("model_sha256", "model"), ("tokenizer_sha256", "tokenizer")):
+        if saved.get(key) != mine[key]:
+            raise MemoryMismatchError(
+                f"the memory was made with another {what} ({saved.get('model')!r}, "
+                f"{key} {str(saved.get(key))[:12]}...; this engine: {mine['model']!r}, "
+                f"{mine[key][:12]}...); read the document again with this engine"
+            )
+
+
+def _check_config(manifest: dict[str, Any], config: QLLMConfig) -> QLLMConfig:
+    """The saved config with this engine's runtime fields; raises on a field that differs."""
+    saved = manifest["config"]
+    mine = dataclasses.asdict(config)
+    differ = sorted(k for k in mine if k not in RUNTIME_FIELDS and saved.get(k) != mine[k])
+    if differ:
+        details = ", ".join(f"{k}: saved {saved.get(k)!r}, engine {mine[k]!r}" for k in differ)
+        raise MemoryMismatchError(
+            f"the memory was read with another engine config ({details}); load it into an "
+            "engine with the same config, or read the document again"
+        )
+    return config.replace(mode=manifest["mode"])
+
+
+def _load(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise MemoryFileError(f"{file} cannot be read ({error}); save the memory again") from error
+
+
+def _file_sha256(file: Path) -> str:
+    with file.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
