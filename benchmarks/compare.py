@@ -48,8 +48,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "qllm-reread": {"mode": "qllm", "reread_tokens": 3072},
     "qllm-reread-1k": {"mode": "qllm", "reread_tokens": 1024},
     "infllm-reread": {"mode": "infllm", "reread_tokens": 3072},
+    # read once, question-free (engine.read), then answer from the memory (issue 14)
+    "memory-reread": {"mode": "qllm", "reread_tokens": 3072, "read_once": True},
+    "memory": {"mode": "qllm", **_PAPER, "read_once": True},
 }
-"""Engine systems by name: config fields set on top of the engine's own config."""
+"""Engine systems by name: config fields set on top of the engine's own config
+(``read_once``: read the document into a memory first, see ``EngineSystem``)."""
 SYSTEMS: tuple[str, ...] = (*VARIANTS, "rag")
 
 
@@ -75,8 +79,11 @@ def build_system(name: str, engine: Any, embeddings: Callable[[], Any]) -> Syste
         return RagSystem(engine, embeddings(), RagSettings())
     if name not in VARIANTS:
         raise SystemExit(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
-    changes = VARIANTS[name]
-    return EngineSystem(engine_with(engine, **changes), changes["mode"], name=name)
+    changes = dict(VARIANTS[name])
+    read_once = bool(changes.pop("read_once", False))
+    return EngineSystem(
+        engine_with(engine, **changes), changes["mode"], name=name, read_once=read_once
+    )
 
 
 def run_compare(

@@ -130,7 +130,7 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
     engine = QLLMEngine(model, tokenizer, config=QLLMConfig(**TINY_CONFIG), progress=False)
     paths = Paths(tmp_path)
     size = dataclasses.replace(SIZES["tiny"], tasks=("needle", "two_hop"), full_max_tokens=300)
-    systems = ["qllm", "qllm-reread", "rag", "full"]
+    systems = ["qllm", "qllm-reread", "memory-reread", "rag", "full"]
     embeddings = DeterministicFakeEmbedding(size=32)
     summary = compare.run_compare(engine, size, paths, systems, embeddings=embeddings)
 
@@ -140,10 +140,12 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
     assert {r["task"] for r in records} == {"needle", "two_hop"}
     reread = [r for r in records if r["system"] == "qllm-reread"]
     assert all(r["prefill_seconds"] > 0 for r in reread)
+    from_memory = [r for r in records if r["system"] == "memory-reread"]
+    assert all(r["extra"]["read_seconds"] > 0 and r["tokens_read"] > 0 for r in from_memory)
     again = compare.run_compare(engine, size, paths, systems, embeddings=embeddings)
     assert len(again["records"]) == len(records)  # resumed: nothing ran twice
     rows = compare.paired_rows(records, "qllm", systems)
-    assert [row[0] for row in rows] == ["qllm-reread", "rag", "full"]
+    assert [row[0] for row in rows] == ["qllm-reread", "memory-reread", "rag", "full"]
     assert all(sum(row[1:5]) == row[5] == 2 for row in rows)
     text = paths.report.read_text()
     assert "## Paired comparison (size `tiny`)" in text
