@@ -2,6 +2,9 @@
 
     quickllama ask --file report.txt --question "Who signed the contract?"
     cat report.txt | quickllama ask --question "..."
+    quickllama read report.txt --save report.qllm      # read once, keep the memory
+    quickllama ask --memory report.qllm -q "..."       # answer from it in seconds
+    quickllama chat --file report.txt                  # read once, then ask away
     quickllama demo
 
 The answer streams to stdout; progress, stats and errors go to stderr. Errors quickllama
@@ -84,15 +87,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask a question about a document",
         description="Read a document and answer a question about it.",
     )
-    ask.add_argument(
+    source = ask.add_mutually_exclusive_group()
+    source.add_argument(
         "--file",
         "-f",
         default="-",
         metavar="PATH",
         help="UTF-8 text file to read; '-' or omitted reads standard input",
     )
+    source.add_argument(
+        "--memory", metavar="DIR", help="a document memory saved by `quickllama read --save`"
+    )
     ask.add_argument("--question", "-q", required=True, help="the question to answer")
     ask.set_defaults(run=run_ask)
+    read = commands.add_parser(
+        "read",
+        parents=[_common_options(max_new_tokens=256)],
+        help="read a document once and save its memory",
+        description="Read a document once (no question) and save the engine's memory of it "
+        "to a directory, for `quickllama ask --memory` and `quickllama chat --memory`.",
+    )
+    read.add_argument("file", metavar="PATH", help="UTF-8 text file ('-': standard input)")
+    read.add_argument("--save", required=True, metavar="DIR", help="directory to save it to")
+    read.set_defaults(run=run_read)
+    chat = commands.add_parser(
+        "chat",
+        parents=[_common_options(max_new_tokens=256)],
+        help="read a document once, then answer each question typed",
+        description="Read a document once, then answer every question typed on standard "
+        "input (one per line) from that memory; an empty line or end of input stops.",
+    )
+    chat_source = chat.add_mutually_exclusive_group(required=True)
+    chat_source.add_argument("--file", "-f", metavar="PATH", help="UTF-8 text file to read")
+    chat_source.add_argument("--memory", metavar="DIR", help="a saved document memory")
+    chat.set_defaults(run=run_chat)
     demo = commands.add_parser(
         "demo",
         parents=[_common_options(max_new_tokens=16)],
@@ -164,12 +192,60 @@ def _common_options(*, max_new_tokens: int) -> argparse.ArgumentParser:
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    """``quickllama ask``: read the document, then stream the answer to stdout."""
+    """``quickllama ask``: read the document (or load its memory), stream the answer."""
     question = check_text("question", args.question)
+    if args.memory:
+        engine = load_engine(args)
+        _answer(engine, _load_memory(engine, args.memory), question, args, document=None)
+        return 0
     document = _read_input(args.file)
     engine = load_engine(args)
-    _answer(engine, document, question, args)
+    _answer(engine, document, question, args, document=document)
     return 0
+
+
+def run_read(args: argparse.Namespace) -> int:
+    """``quickllama read``: read the document once and save its memory."""
+    document = _read_input(args.file)
+    engine = load_engine(args)
+    memory = engine.read(document, mode=args.mode)
+    memory.save(args.save)
+    _err(
+        f"read {memory.tokens:,} tokens in {memory.read_seconds:.1f} s (mode {memory.mode}); "
+        f"saved {memory.nbytes / 2**20:,.0f} MiB of memory to {args.save}"
+    )
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """``quickllama chat``: read once, then answer each question typed, from the memory."""
+    engine = load_engine(args)
+    document: str | None = None
+    if args.memory:
+        memory = _load_memory(engine, args.memory)
+    else:
+        document = _read_input(args.file)
+        memory = engine.read(document, mode=args.mode)
+        _err(f"read {memory.tokens:,} tokens in {memory.read_seconds:.1f} s (mode {memory.mode})")
+    _err("ask a question (an empty line or Ctrl-D ends)")
+    while True:
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        try:
+            _answer(engine, memory, line.strip(), args, document=document)
+        except QLLMError as error:  # a bad question ends that question, not the chat
+            _err(f"error: {error}")
+
+
+def _load_memory(engine: Any, path: str) -> Any:
+    from .document_memory import DocumentMemory
+
+    memory = DocumentMemory.load(path, engine)
+    _err(f"loaded the memory of {memory.tokens:,} tokens (mode {memory.mode}) from {path}")
+    return memory
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -181,7 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
     n_tokens = engine.count_tokens(document)
     _err(f"demo: {n_tokens:,} tokens of prose with a pass key planted in the middle")
     _err(f"question: {DEMO_QUESTION}")
-    answer = _answer(engine, document, DEMO_QUESTION, args)
+    answer = _answer(engine, document, DEMO_QUESTION, args, document=document)
     found = DEMO_PASS_KEY in answer.text
     verdict = "found" if found else "NOT found"
     seconds = time.perf_counter() - started
@@ -218,16 +294,28 @@ def _engine_class() -> Any:
     return QLLMEngine
 
 
-def _answer(engine: Any, document: str, question: str, args: argparse.Namespace) -> Answer:
-    """Stream the answer to stdout, then print stats to stderr; returns the answer."""
+def _answer(
+    engine: Any,
+    source: Any,
+    question: str,
+    args: argparse.Namespace,
+    *,
+    document: str | None,
+) -> Answer:
+    """Stream the answer to stdout, then print stats to stderr; returns the answer.
+
+    ``source``: the document text or a document memory; ``document``: the text, for the
+    evidence excerpts (``None``: none shown).
+    """
+    from_memory = not isinstance(source, str)
     stream: AnswerStream = engine.stream(
-        document,
+        source,
         question,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
-        mode=args.mode,
+        mode=None if from_memory else args.mode,
     )
     started = time.perf_counter()
     with stream:  # closed however the loop ends (a broken pipe, Ctrl-C)
@@ -253,11 +341,12 @@ def stats_record(answer: Answer, wall_seconds: float) -> dict[str, Any]:
     return record
 
 
-def summary(answer: Answer, document: str, max_blocks: int = 3) -> str:
-    """A short human-readable account of the request for stderr."""
+def summary(answer: Answer, document: str | None, max_blocks: int = 3) -> str:
+    """A short human-readable account of the request for stderr (``document``: for excerpts)."""
     stats = answer.stats
+    reused = f" after {stats.memory_tokens:,} from memory" if stats.memory_tokens else ""
     lines = [
-        f"read {stats.tokens_read:,} tokens in {stats.prefill_seconds:.1f} s "
+        f"read {stats.tokens_read:,} tokens{reused} in {stats.prefill_seconds:.1f} s "
         f"({stats.prefill_tokens_per_second:,.0f} tok/s); generated {stats.tokens_generated} "
         f"tokens in {stats.decode_seconds:.1f} s; mode {stats.mode}, finish {answer.finish_reason}"
     ]
@@ -271,9 +360,12 @@ def summary(answer: Answer, document: str, max_blocks: int = 3) -> str:
     in_document = [b for b in stats.retrieved_blocks if b.char_start is not None]
     for block in in_document[:max_blocks]:
         start, end = block.char_start or 0, block.char_end or 0
+        how = f"relevance {block.score:.3f}" if stats.reread_tokens else f"chosen {block.count}x"
+        if document is None:
+            lines.append(f"  block chars {start}-{end} ({how})")
+            continue
         excerpt = " ".join(document[start:end].split())
         excerpt = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
-        how = f"relevance {block.score:.3f}" if stats.reread_tokens else f"chosen {block.count}x"
         lines.append(f"  block chars {start}-{end} ({how}): {excerpt!r}")
     return "\n".join(lines)
 
