@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import commands, gpu_check, machine, throughput
 from . import compare as compare_mod
+from . import followup as followup_mod
 from . import recall as recall_mod
 from .engine_spec import add_arguments, from_arguments
 from .paths import REPO_ROOT, Paths, save_json
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--samples", type=int, default=3)
     recall.add_argument("--seed", type=int, default=1000, help="calibration seed (not 0)")
     add_arguments(recall)
+
+    followup = sub.add_parser(
+        "followup", help="read once: first question vs follow-up from memory, decode speed"
+    )
+    followup.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    followup.add_argument("--max-new-tokens", type=int, default=32)
+    add_arguments(followup)
 
     speed = sub.add_parser("throughput", help="prefill tokens/s and peak memory, qllm vs full")
     speed.add_argument("--lengths", type=int, nargs="+", default=list(commands.THROUGHPUT_LENGTHS))
@@ -129,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         print(table)
+        return 0
+    elif args.command == "followup":
+        followup_mod.run_followup(
+            spec.load(),
+            paths,
+            args.lengths,
+            max_new_tokens=args.max_new_tokens,
+            command=machine.command_line(),
+        )
+        commands.rerender(paths)
+        print(followup_mod.followup_section(paths))
         return 0
     elif args.command == "compare":
         compare_mod.run_compare(

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import figures, tables
 from .compare_report import compare_section
+from .followup import followup_section
 from .paths import Paths, load_json, save_json
 from .throughput import Point
 
@@ -44,6 +45,9 @@ def render(paths: Paths) -> str:
         sections.append(_throughput_section(throughput, paths))
     for compare in sorted(paths.results.glob("compare-*.json")):
         sections.append(compare_section(load_json(compare), paths))
+    followup = followup_section(paths)
+    if followup:
+        sections.append(followup)
     recall = load_json(paths.results / "recall.json")
     if recall:
         sections.append(

@@ -285,3 +285,29 @@ def test_throughput_history_keeps_one_row_per_run(tmp_path):
     assert "| day 1 " in text and "| 300 / 250 " in text
     assert "| 510 / 306 " in text and "500 / 305" not in text
     assert "| - / - " in text  # 64K: qllm not run, full timed out
+
+
+def test_followup_times_first_and_follow_up_questions(tmp_path, tokenizer, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks import followup
+    from qllm_core import QLLMConfig
+    from qllm_core.engine import QLLMEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = QLLMConfig(**TINY_CONFIG).replace(reread_tokens=128)
+    engine = QLLMEngine(model, tokenizer, config=config, progress=False)
+    paths = Paths(tmp_path)
+    data = followup.run_followup(engine, paths, [300], max_new_tokens=4)
+    assert data["generate_2k_decode_tokens_per_second"] > 0
+    rows = data["rows"]
+    assert [r["config"] for r in rows] == list(followup.ANSWER_CONFIGS)
+    reread, single = rows
+    assert reread["first"]["reread_tokens"] > 0 and single["first"]["reread_tokens"] == 0
+    for row in rows:
+        assert row["read_seconds"] > 0 and row["tokens"] > 200
+        for answer in (row["first"], row["follow_up"]):
+            assert 0 < answer["ttft_seconds"] <= answer["total_seconds"]
+    section = followup.followup_section(paths)
+    assert section is not None and "| document tokens" in section
+    assert load_json(paths.results / followup.RESULTS)["rows"] == rows
