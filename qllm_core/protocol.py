@@ -1,13 +1,15 @@
 """What a provider needs from an engine, as ``Protocol`` classes mypy can check.
 
 The LangChain and LlamaIndex providers, and the fakes their tests run on, talk to an
-engine only through :class:`EngineProtocol`. ``QLLMEngine`` satisfies it (checked below,
+engine only through :class:`EngineProtocol` (and the memories it returns, through
+:class:`MemoryProtocol`). ``QLLMEngine`` satisfies it (checked below,
 for mypy only), and so must any fake: a change on either side fails type checking instead
 of drifting apart silently.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +20,7 @@ from .results import Answer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .document_memory import DocumentMemory
     from .engine import QLLMEngine
 
 
@@ -53,6 +56,34 @@ class TextStream(Protocol):
     ) -> None: ...
 
 
+class MemoryProtocol(Protocol):
+    """A document read once, as the providers use it.
+
+    :class:`~qllm_core.document_memory.DocumentMemory` for the real engine: an opaque
+    handle from :meth:`EngineProtocol.memory_for`, passed back to
+    :meth:`EngineProtocol.stream`.
+    """
+
+    @property
+    def document_sha256(self) -> str:
+        """SHA-256 of the document text (hex), reported in response metadata."""
+        ...
+
+    @property
+    def mode(self) -> str:
+        """The mode it was read with: ``full`` or a Q-LLM mode."""
+        ...
+
+    @property
+    def tokens(self) -> int:
+        """Prompt tokens it holds (the template's start and the document)."""
+        ...
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write it to the directory ``path``."""
+        ...
+
+
 class EngineProtocol(Protocol):
     """The engine API the providers rely on (see docs/ENGINE_API.md)."""
 
@@ -80,8 +111,22 @@ class EngineProtocol(Protocol):
         """Tokens of ``text`` in the model's tokenizer."""
         ...
 
-    def stream(self, document: str, question: str, **options: Any) -> TextStream:
-        """Start answering ``question`` about ``document`` (the engine builds the prompt)."""
+    def stream(self, document: Any, question: str, **options: Any) -> TextStream:
+        """Start answering ``question`` about ``document`` (the engine builds the prompt).
+
+        ``document``: the text (read for this question), or a memory from
+        :meth:`memory_for` (read on from; ``mode`` must then be left out). Typed ``Any``
+        because each engine takes its own memory type: the real engine's
+        ``str | DocumentMemory`` could not accept a wider parameter type.
+        """
+        ...
+
+    def memory_for(self, document: str, *, mode: str | None = None) -> tuple[MemoryProtocol, bool]:
+        """``document`` read once, question-free: ``(memory, reused)``.
+
+        From the engine's cache when the same text was read before with the same config
+        and ``mode`` (``reused`` True), else read now and kept there.
+        """
         ...
 
     def stream_ids(self, input_ids: Sequence[int], **options: Any) -> TextStream:
@@ -93,3 +138,6 @@ if TYPE_CHECKING:
 
     def _real_engine_conforms(engine: QLLMEngine) -> EngineProtocol:
         return engine  # mypy fails here when QLLMEngine stops satisfying the protocol
+
+    def _real_memory_conforms(memory: DocumentMemory) -> MemoryProtocol:
+        return memory  # mypy fails here when DocumentMemory stops satisfying the protocol

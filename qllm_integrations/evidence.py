@@ -58,6 +58,47 @@ class JoinedText:
     pieces: tuple[Piece, ...]
     """Sorted by ``start``; headers and separators lie between pieces."""
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (metadata values JSON cannot hold become strings when dumped)."""
+        return {
+            "text": self.text,
+            "sources": [
+                {
+                    "doc_id": s.doc_id,
+                    "title": s.title,
+                    "metadata": dict(s.metadata),
+                    "hidden_keys": list(s.hidden_keys),
+                }
+                for s in self.sources
+            ],
+            "pieces": [[p.source, p.start, p.end, p.source_start] for p in self.pieces],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JoinedText:
+        """The text :meth:`to_dict` described.
+
+        Raises:
+            KeyError, TypeError, ValueError: ``data`` is not such a description.
+        """
+        sources = tuple(
+            Source(
+                doc_id=str(s["doc_id"]),
+                title=str(s["title"]),
+                metadata=dict(s["metadata"]),
+                hidden_keys=tuple(s["hidden_keys"]),
+            )
+            for s in data["sources"]
+        )
+        pieces = tuple(Piece(*(int(v) for v in p)) for p in data["pieces"])
+        text = data["text"]
+        if not isinstance(text, str) or any(
+            not 0 <= p.source < len(sources) or not 0 <= p.start <= p.end <= len(text)
+            for p in pieces
+        ):
+            raise ValueError("a joined text whose pieces do not lie in its text and sources")
+        return cls(text, sources, pieces)
+
     def locate(self, start: int, end: int) -> list[tuple[Piece, int, int]]:
         """The pieces that ``[start, end)`` overlaps, each with the overlap's bounds."""
         starts = [p.start for p in self.pieces]

@@ -21,6 +21,10 @@ Everything that decides something lives here, once:
 - **Input checks.** Prompts, questions and documents go through
   :func:`qllm_core.documents.check_text`, so non-text and empty input raise the same named
   errors on both sides, before the engine is asked.
+- **Read once.** With the setting ``read_once=True``, a split request reads its
+  document through the engine's memory cache (``engine.memory_for``): the first question
+  about a text reads it, question-free; later questions about the same text read only
+  themselves, on from that memory. The metadata says which (``memory_reused``).
 
 This module imports pydantic, but neither LangChain nor LlamaIndex nor torch.
 """
@@ -40,7 +44,7 @@ from qllm_core.documents import check_text
 from qllm_core.errors import EmptyInputError, InvalidOptionError
 from qllm_core.loading import EMBEDDED_MODEL_NAME
 from qllm_core.options import GenerationOptions
-from qllm_core.protocol import EngineProtocol, TextStream
+from qllm_core.protocol import EngineProtocol, MemoryProtocol, TextStream
 from qllm_core.results import Answer, AnswerStats
 from qllm_core.spec import EngineSpec
 from qllm_integrations.chat_template import chat_prompt_ids
@@ -148,6 +152,14 @@ class ProviderSettings(BaseModel):
     ``full``); ``None`` keeps the engine config's mode."""
     max_evidence: int = Field(default=3, ge=0)
     """Most evidence passages in each response's metadata (``evidence``)."""
+    read_once: bool = False
+    """Read each document once and keep it: a request with a document (any route but
+    ``direct``) takes the document's memory from the engine's cache
+    (``engine.memory_for``), reading it question-free on a miss, and reads only the
+    question on from it: follow-up questions cost their own tokens, not the document's.
+    ``False`` (default, the more accurate on long documents, see BENCHMARKS.md): every
+    question reads its document again, with the question before and after it (the
+    paper's query-aware read, no memory kept)."""
 
     _engine: EngineProtocol | None = PrivateAttr(default=None)
 
@@ -202,7 +214,10 @@ class ProviderSettings(BaseModel):
             "model": self.model_label(),
             "source": self.model,
             "config": asdict(config) if isinstance(config, QLLMConfig) else config,
-            **{name: getattr(self, name) for name in ("device", "dtype", *GENERATION_NAMES)},
+            **{
+                name: getattr(self, name)
+                for name in ("device", "dtype", *GENERATION_NAMES, "read_once")
+            },
         }
 
 
@@ -216,6 +231,9 @@ class CallOptions:
     document: str | None = None
     max_evidence: int = 3
     """Most evidence passages in the response metadata (a setting, not a call option)."""
+    read_once: bool = False
+    """Whether a request with a document reads it through the engine's memory cache (a
+    setting, not a call option)."""
 
     @property
     def explicit(self) -> bool:
@@ -247,8 +265,21 @@ def call_options(
     options = GenerationOptions.from_kwargs(**values)
     engine_options = {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
     return CallOptions(
-        engine_options, given.get("question"), given.get("document"), settings.max_evidence
+        engine_options,
+        given.get("question"),
+        given.get("document"),
+        settings.max_evidence,
+        settings.read_once,
     )
+
+
+@dataclass
+class MemoryUse:
+    """The document memory a request answered from, and whether it was there already."""
+
+    memory: MemoryProtocol | None = None
+    reused: bool | None = None
+    """``True``: taken from the engine's cache or given; ``False``: read for this request."""
 
 
 @dataclass(frozen=True)
@@ -268,9 +299,53 @@ class Request:
     """Token ids for ``engine.stream_ids`` on the direct route."""
     max_evidence: int = 3
     """Most evidence passages in :meth:`metadata`."""
+    read_once: bool = False
+    """Read the document through the engine's memory cache (see :meth:`load_memory`)."""
+    memory_use: MemoryUse = field(default_factory=MemoryUse, compare=False, repr=False)
+    """The memory this request answers from, once :meth:`start` (or :meth:`load_memory`,
+    :meth:`use_memory`) chose it; empty on the per-question and direct routes."""
+
+    @property
+    def uses_memory(self) -> bool:
+        """Whether the request answers from a document memory (a split with ``read_once``)."""
+        return self.split is not None and self.read_once
+
+    def load_memory(self) -> MemoryProtocol:
+        """The document's memory: the one chosen already, else ``engine.memory_for``.
+
+        ``engine.memory_for`` takes it from the engine's cache or reads the document now
+        (in the request's ``mode``); :attr:`memory_use` records which.
+
+        Raises:
+            ValueError: the request has no document or does not read once.
+        """
+        if self.split is None or not self.read_once:
+            raise ValueError("only a request with a document and read_once uses a memory")
+        if self.memory_use.memory is None:
+            memory, reused = self.engine.memory_for(
+                self.split.document, mode=self.options.get("mode")
+            )
+            self.memory_use.memory, self.memory_use.reused = memory, reused
+            logger.debug(
+                "document %s: memory %s (%d tokens)",
+                memory.document_sha256[:12],
+                "reused" if reused else "read",
+                memory.tokens,
+            )
+        return self.memory_use.memory
+
+    def use_memory(self, memory: MemoryProtocol) -> None:
+        """Answer from ``memory`` (kept by the caller: reported as reused), not the cache."""
+        if self.split is None or not self.read_once:
+            raise ValueError("only a request with a document and read_once uses a memory")
+        self.memory_use.memory, self.memory_use.reused = memory, True
 
     def start(self) -> TextStream:
-        """Start the request; iterate the stream for text, close it to stop early."""
+        """Start the request; iterate the stream for text, close it to stop early.
+
+        With :attr:`uses_memory` the document's memory is found (or read) first, so the
+        call may take as long as reading the document.
+        """
         if self.split is None:
             return self.engine.stream_ids(list(self.input_ids), **self.options)
         logger.debug(
@@ -279,6 +354,10 @@ class Request:
             len(self.split.document),
             self.split.question[:80],
         )
+        if self.read_once:
+            memory = self.load_memory()
+            options = {k: v for k, v in self.options.items() if k != "mode"}
+            return self.engine.stream(memory, self.split.question, **options)
         return self.engine.stream(self.split.document, self.split.question, **self.options)
 
     def run(self) -> Answer:
@@ -287,20 +366,31 @@ class Request:
             return stream.collect()
 
     def metadata(self, answer: Answer) -> dict[str, Any]:
-        """Model, finish reason, route, usage and the engine's stats, JSON-ready.
+        """Model, finish reason, route, usage, memory use and the engine's stats, JSON-ready.
 
         The same dict on both sides: LangChain's ``response_metadata``, LlamaIndex's
-        ``raw``. ``qllm`` is :func:`stats_dict`.
+        ``raw``. ``qllm`` is :func:`stats_dict`. ``memory_reused``: ``None`` when no
+        document memory was used (``read_once=False``, route ``direct``), ``False`` when
+        the document was read for this request, ``True`` when its memory was there
+        already; with a memory, ``document_sha256`` names the document read.
         """
-        return {
+        metadata: dict[str, Any] = {
             "model_name": self.model_name,
             "model_provider": PROVIDER,
             "finish_reason": answer.finish_reason,
             "split_route": self.route,
             "usage": usage(answer),
             "evidence": [e.to_dict() for e in self.evidence(answer)],
+            "memory_reused": self.memory_use.reused,
             "qllm": stats_dict(answer.stats),
         }
+        if self.memory_use.memory is not None:
+            metadata["document_sha256"] = self.memory_use.memory.document_sha256
+        return metadata
+
+    def cache_read_tokens(self, answer: Answer) -> int:
+        """Input tokens taken from a memory that was there already (0 when read now)."""
+        return answer.stats.memory_tokens if self.memory_use.reused else 0
 
     def evidence(self, answer: Answer) -> list[Evidence]:
         """The passages of the document most relevant to the question, best first."""
@@ -327,8 +417,13 @@ def stats_dict(stats: AnswerStats) -> dict[str, Any]:
 
 
 def usage(answer: Answer) -> dict[str, int]:
-    """Tokens read and generated: ``input_tokens``, ``output_tokens``, ``total_tokens``."""
-    read, generated = answer.stats.tokens_read, answer.stats.tokens_generated
+    """Tokens read and generated: ``input_tokens``, ``output_tokens``, ``total_tokens``.
+
+    ``input_tokens`` is the whole prompt: the tokens read for the request plus those taken
+    from a document memory (``stats.memory_tokens``), as providers count cached input.
+    """
+    read = answer.stats.tokens_read + answer.stats.memory_tokens
+    generated = answer.stats.tokens_generated
     return {"input_tokens": read, "output_tokens": generated, "total_tokens": read + generated}
 
 
@@ -421,4 +516,5 @@ def _split(
         options.engine_options,
         split=split,
         max_evidence=options.max_evidence,
+        read_once=options.read_once,
     )

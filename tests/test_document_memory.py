@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -13,14 +12,11 @@ from qllm_core import (
     DocumentMemory,
     InputTooLongError,
     MemoryFileError,
-    MemoryMismatchError,
-    QLLMEngine,
 )
 from qllm_core.forward import NativeForward, QLLMForward
 from qllm_core.layer_memory import RequestMemory, RequestPlan
 from qllm_core.memory_cache import MemoryCache
 from qllm_core.prompt import build_document_prompt
-from tiny_models import make_tiny_model
 
 QUESTION = "What is the colour number of item 42?"
 

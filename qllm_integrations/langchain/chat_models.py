@@ -25,7 +25,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
@@ -126,6 +126,12 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
 
     The engine is shared process-wide by its :class:`~qllm_core.spec.EngineSpec`; pass
     ``engine=`` to use one already built. Requests on one engine run one at a time.
+
+    With ``read_once=True`` a document is read once, question-free, and kept in
+    the engine's memory cache: the next question about the same text reads only itself
+    (``response_metadata["memory_reused"]`` is ``True``, and ``usage_metadata`` counts
+    the document's tokens as ``input_token_details["cache_read"]``). ``read_once=False``
+    reads the document again for every question, with the question before and after it.
     """
 
     def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
@@ -193,7 +199,7 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         message = AIMessage(
             content=answer.text,
             response_metadata=request.metadata(answer),
-            usage_metadata=usage_metadata(answer),
+            usage_metadata=usage_metadata(answer, request.cache_read_tokens(answer)),
         )
         return ChatResult(
             generations=[
@@ -243,14 +249,22 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
             yield chunk
 
 
-def usage_metadata(answer: Answer) -> UsageMetadata:
-    """Tokens read and generated, as LangChain's ``UsageMetadata``."""
+def usage_metadata(answer: Answer, cache_read: int = 0) -> UsageMetadata:
+    """Tokens read and generated, as LangChain's ``UsageMetadata``.
+
+    ``input_tokens`` counts the whole prompt; ``cache_read`` of them (a document memory
+    that was there already, :meth:`Request.cache_read_tokens`) are reported as
+    ``input_token_details["cache_read"]``.
+    """
     counts = usage(answer)
-    return UsageMetadata(
+    metadata = UsageMetadata(
         input_tokens=counts["input_tokens"],
         output_tokens=counts["output_tokens"],
         total_tokens=counts["total_tokens"],
     )
+    if cache_read:
+        metadata["input_token_details"] = InputTokenDetails(cache_read=cache_read)
+    return metadata
 
 
 def get_evidence(message: BaseMessage) -> list[Evidence]:
@@ -271,7 +285,7 @@ def _chat_chunk(request: Request, item: str | Answer) -> ChatGenerationChunk:
     message = AIMessageChunk(
         content="",
         response_metadata=request.metadata(answer),
-        usage_metadata=usage_metadata(answer),
+        usage_metadata=usage_metadata(answer, request.cache_read_tokens(answer)),
         chunk_position="last",
     )
     return ChatGenerationChunk(

@@ -2,6 +2,11 @@
 
 No splitter, no vector store: the chain and the tool hand the whole text to ``ChatQLLM``
 and return the answer with its evidence passages (most relevant first, with scores).
+
+They pass the text as ``document=``, so with the model's ``read_once=True`` a text
+is read once and kept in the engine's memory cache: an agent calling the tool ten times
+about one document has it read once, and each answer's metadata says whether its memory
+was reused (``memory_reused``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ def create_document_qa_chain(
     order) or a ``BaseLoader`` (loaded, then joined). The output is ``{"answer": str,
     "evidence": [Evidence.to_dict(), ...], "message": AIMessage}``; each passage names the
     joined document it lies in (``source``, ``title``) and carries its metadata, so
-    answers can cite a file and page.
+    answers can cite a file and page. The same document asked about again is not read
+    again while the engine's memory cache holds it (the model's ``read_once``);
+    ``message.response_metadata["memory_reused"]`` says whether it was.
     """
     chat = model if model is not None else ChatQLLM()
 
@@ -136,6 +143,10 @@ def create_document_reader_tool(
     ``{"answer": str, "evidence": [...], "response_metadata": {...}}``. Every input
     problem (missing or extra arguments, an unreadable file, empty text) comes back to the
     agent as an error message, never as an exception.
+
+    With the model's ``read_once=True`` each document (text or file content) is read
+    once and kept in the engine's memory cache, so repeated calls about it read only the
+    question (``response_metadata["memory_reused"]`` is ``True``).
     """
     chat = model if model is not None else ChatQLLM()
 

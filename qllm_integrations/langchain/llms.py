@@ -11,8 +11,8 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
-from qllm_integrations.langchain.chat_models import LangChainSettings
-from qllm_integrations.request import Request, answer_events, call_options, text_request, usage
+from qllm_integrations.langchain.chat_models import LangChainSettings, usage_metadata
+from qllm_integrations.request import Request, answer_events, call_options, text_request
 
 
 class QLLM(LangChainSettings, BaseLLM):
@@ -32,7 +32,9 @@ class QLLM(LangChainSettings, BaseLLM):
             llm.invoke(f"{report_text}\n\nQuestion: who signed it?\nAnswer:")
 
     ``generation_info`` of each generation is the same metadata ``ChatQLLM`` puts in
-    ``response_metadata`` (route, usage, evidence, the engine's stats).
+    ``response_metadata`` (route, usage, evidence, memory reuse, the engine's stats).
+    Documents are read once and kept in the engine's memory cache unless
+    ``read_once=False`` (see ``ChatQLLM``).
     """
 
     @property
@@ -116,4 +118,7 @@ def _chunk(request: Request, item: str | Answer) -> GenerationChunk:
 
 def _info(request: Request, answer: Answer) -> dict[str, Any]:
     """The response metadata, plus ``usage_metadata`` as LangChain reads it."""
-    return {**request.metadata(answer), "usage_metadata": usage(answer)}
+    return {
+        **request.metadata(answer),
+        "usage_metadata": usage_metadata(answer, request.cache_read_tokens(answer)),
+    }

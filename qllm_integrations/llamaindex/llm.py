@@ -77,6 +77,11 @@ class QLLM(ProviderSettings, CustomLLM):
     Per call, ``question=`` and ``document=`` say which part of the prompt is which;
     otherwise the question is found in LlamaIndex's templates or the last user message. A
     prompt that fits the local window is answered whole (route ``direct``).
+
+    With ``read_once=True`` a document is read once, question-free, and kept in
+    the engine's memory cache, so a second question about the same text reads only
+    itself (``raw["memory_reused"]``); ``read_once=False`` reads it again per question,
+    with the question before and after it.
     """
 
     guard: GuardPolicy = "warn"

@@ -1,14 +1,25 @@
 """A query engine that reads whole documents: no chunking, no embeddings, no top-k.
 
-The documents are joined into one text once; every query hands that text and the question
-to the engine (``engine.answer(document, question)``), which reads all of it. The answer's
-source nodes are the passages most relevant to the question (see
-:mod:`qllm_integrations.evidence`), scored.
+The documents are joined into one text once. With the LLM's ``read_once=True`` the
+engine reads that text once too, question-free, into a document memory the query engine
+keeps; each query then reads only its question on from it. :meth:`persist` writes the
+memory and the joined text to a directory and :meth:`from_persist_dir` loads them back,
+like a LlamaIndex storage context, so a restart does not read the documents again. With
+``read_once=False`` every query reads the whole text again, with the question before and
+after it. The answer's source nodes are the passages most relevant to the question (see
+:mod:`qllm_integrations.evidence`), scored; the response metadata says whether the memory
+was reused (``memory_reused``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import warnings
 from collections.abc import AsyncGenerator, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.response.schema import (
@@ -16,7 +27,7 @@ from llama_index.core.base.response.schema import (
     Response,
     StreamingResponse,
 )
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.readers.base import BaseReader
 from llama_index.core.schema import (
@@ -29,6 +40,8 @@ from llama_index.core.schema import (
 from llama_index.core.settings import Settings
 from pydantic import SkipValidation
 
+from qllm_core.errors import MemoryFileError, MemoryMismatchError
+from qllm_core.protocol import MemoryProtocol, TextStream
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.evidence import Evidence, JoinedText, collect_evidence
@@ -37,13 +50,37 @@ from qllm_integrations.request import Request, answer_events, call_options, text
 from .documents import join_documents
 from .llm import QLLM
 
+MANIFEST = "quickllama_query_engine.json"
+"""File of a persist directory holding the joined text and what the memory was read for."""
+MEMORY_DIR = "document_memory"
+"""Folder of a persist directory holding the document memory (``DocumentMemory.save``)."""
+FORMAT = "quickllama-whole-document-query-engine"
+VERSION = 1
+
+
+@dataclass
+class _KeptMemory:
+    """The memory a query engine answers from; shared by its copies (``model_copy``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    memory: MemoryProtocol | None = None
+    mode: str | None = None
+    """The ``mode`` it was asked for (``None``: the engine config's)."""
+
 
 class WholeDocumentQueryEngine(CustomQueryEngine):
     """Answers questions about whole documents with one Q-LLM pass each.
 
-    Build it with :meth:`from_documents` or :meth:`from_reader`. With ``streaming=True``
-    queries return a ``StreamingResponse`` (``AsyncStreamingResponse`` from ``aquery``)
-    whose ``source_nodes`` and ``metadata`` are filled once the stream is consumed.
+    Build it with :meth:`from_documents` or :meth:`from_reader`, or load one saved with
+    :meth:`persist` by :meth:`from_persist_dir`. With ``streaming=True`` queries return a
+    ``StreamingResponse`` (``AsyncStreamingResponse`` from ``aquery``) whose
+    ``source_nodes`` and ``metadata`` are filled once the stream is consumed.
+
+    With the LLM's ``read_once=True`` the first query reads the documents (or takes
+    them from the engine's memory cache) and the query engine keeps that memory: later
+    queries, and copies of it such as :func:`~qllm_integrations.llamaindex.document_tool`'s,
+    read only their question (``metadata["memory_reused"]`` is ``True``). The memory is
+    kept while the LLM's ``mode`` stays the one it was read with.
     """
 
     llm: SkipValidation[QLLM]
@@ -54,6 +91,8 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
     """Return streaming responses."""
     max_sources: int = Field(default=4, ge=0)
     """Most evidence passages returned as ``source_nodes``."""
+
+    _kept: _KeptMemory = PrivateAttr(default_factory=_KeptMemory)
 
     @classmethod
     def from_documents(
@@ -86,10 +125,109 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         """Load documents with any LlamaIndex reader (e.g. ``SimpleDirectoryReader``)."""
         return cls.from_documents(reader.load_data(**(load_kwargs or {})), **kwargs)
 
+    @classmethod
+    def from_persist_dir(
+        cls, persist_dir: str | os.PathLike[str], *, llm: QLLM | None = None, **kwargs: Any
+    ) -> WholeDocumentQueryEngine:
+        """The query engine :meth:`persist` saved in ``persist_dir``, its memory loaded.
+
+        No document is read: the first query answers from the loaded memory
+        (``memory_reused`` is ``True``).
+
+        Args:
+            persist_dir: the directory given to :meth:`persist`.
+            llm: the QLLM to answer with (as in :meth:`from_documents`); its engine must
+                run the model, tokenizer and config the memory was read with.
+            **kwargs: ``streaming``, ``max_sources``, ``callback_manager``.
+
+        Raises:
+            MemoryFileError: a missing, unreadable, truncated or edited file.
+            MemoryMismatchError: the memory was read by another model, tokenizer or engine
+                config.
+            TypeError: the LLM's engine is not a ``QLLMEngine`` (nothing else can load
+                a memory).
+        """
+        from qllm_core.document_memory import DocumentMemory, document_hash
+        from qllm_core.engine import QLLMEngine
+
+        folder = Path(persist_dir)
+        manifest = _read_manifest(folder)
+        try:
+            joined = JoinedText.from_dict(manifest["joined"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise MemoryFileError(
+                f"{folder / MANIFEST} holds no valid joined text ({error!r}); persist the "
+                "query engine again"
+            ) from error
+        digest = manifest.get("document_sha256")
+        if document_hash(joined.text) != digest:
+            raise MemoryFileError(
+                f"the joined text in {folder / MANIFEST} does not match its hash (edited); "
+                "persist the query engine again"
+            )
+        llm = llm or _default_llm()
+        engine = llm.engine
+        if not isinstance(engine, QLLMEngine):
+            raise TypeError(
+                f"loading a document memory needs a QLLMEngine, the LLM has a "
+                f"{type(engine).__name__}"
+            )
+        memory = DocumentMemory.load(folder / MEMORY_DIR, engine)
+        if memory.document_sha256 != digest:
+            raise MemoryMismatchError(
+                f"the memory in {folder / MEMORY_DIR} was read from another text than the "
+                f"one in {folder / MANIFEST}; persist the query engine again"
+            )
+        query_engine = cls(llm=llm, joined=joined, **kwargs)
+        mode = manifest.get("mode")
+        if llm.mode != mode:
+            warnings.warn(
+                f"the memory in {folder} was read with mode={mode!r} and the LLM asks for "
+                f"mode={llm.mode!r}: the first query reads the documents again",
+                UserWarning,
+                stacklevel=2,
+            )
+        query_engine._kept.memory, query_engine._kept.mode = memory, mode
+        return query_engine
+
     @property
     def document(self) -> str:
         """The joined text the engine reads."""
         return self.joined.text
+
+    @property
+    def memory(self) -> MemoryProtocol | None:
+        """The document memory queries answer from; ``None`` until one was read or loaded."""
+        return self._kept.memory
+
+    def persist(self, persist_dir: str | os.PathLike[str]) -> None:
+        """Save the joined text and its document memory to the directory ``persist_dir``.
+
+        Reads the documents first when no memory is kept yet (in the LLM's ``mode``);
+        :meth:`from_persist_dir` loads them back. The memory is written by
+        ``DocumentMemory.save``: the model's state after the documents, so the directory
+        may be large (``memory.nbytes``).
+        """
+        folder = Path(persist_dir)
+        kept = self._kept
+        mode = self.llm.mode
+        with kept.lock:
+            if kept.memory is None or kept.mode != mode:
+                kept.memory, _ = self.llm.engine.memory_for(self.document, mode=mode)
+                kept.mode = mode
+            memory = kept.memory
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MANIFEST).unlink(missing_ok=True)  # written last: no manifest, no engine
+        memory.save(folder / MEMORY_DIR)
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "mode": mode,
+            "document_sha256": memory.document_sha256,
+            "joined": self.joined.to_dict(),
+        }
+        text = json.dumps(manifest, indent=1, default=str)
+        (folder / MANIFEST).write_text(text, encoding="utf-8")
 
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         """Answer ``query_str`` from the whole text."""
@@ -107,13 +245,26 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         options = call_options(self.llm, None, {"question": query_str, "document": self.document})
         return text_request(self.llm.engine, self.llm.model_label(), "", options)
 
+    def _start(self, request: Request) -> TextStream:
+        """Start ``request``, from the kept memory when it reads once (read it first)."""
+        if request.uses_memory:
+            kept = self._kept
+            mode = request.options.get("mode")
+            with kept.lock:  # concurrent first queries wait for one read
+                if kept.memory is not None and kept.mode == mode:
+                    request.use_memory(kept.memory)
+                else:
+                    kept.memory, kept.mode = request.load_memory(), mode
+        return request.start()
+
     def _answer(self, query_str: str) -> tuple[Request, Answer]:
         request = self._request(query_str)
-        return request, request.run()
+        with self._start(request) as stream:
+            return request, stream.collect()
 
     def _stream(self, query_str: str) -> StreamingResponse:
         request = self._request(query_str)
-        events = answer_events(request.start())
+        events = answer_events(self._start(request))
         nodes: list[NodeWithScore] = []
         metadata: dict[str, Any] = {}
 
@@ -132,7 +283,7 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         metadata: dict[str, Any] = {}
 
         async def pieces() -> AsyncGenerator[str, None]:
-            async for item in iterate_in_thread(lambda: answer_events(request.start())):
+            async for item in iterate_in_thread(lambda: answer_events(self._start(request))):
                 if isinstance(item, Answer):
                     self._fill(request, item, nodes, metadata)
                 else:
@@ -185,6 +336,27 @@ def evidence_node(evidence: Evidence) -> NodeWithScore:
         relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=evidence.doc_id)},
     )
     return NodeWithScore(node=node, score=evidence.score)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise MemoryFileError(
+            f"{path} is missing: {folder} holds no persisted query engine (save one with "
+            "WholeDocumentQueryEngine.persist)"
+        ) from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MemoryFileError(f"cannot read {path}: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MemoryFileError(f"{path} is not a quickllama query engine manifest")
+    if manifest.get("version") != VERSION:
+        raise MemoryFileError(
+            f"{path} has version {manifest.get('version')!r}; this quickllama reads "
+            f"version {VERSION}: persist the query engine again"
+        )
+    return manifest
 
 
 def _default_llm() -> QLLM:

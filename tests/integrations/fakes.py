@@ -5,7 +5,9 @@ reproducible) with the embedded model's tokenizer: it tests plumbing, not answer
 
 ``FakeEngine`` implements :class:`qllm_core.protocol.EngineProtocol` (mypy checks it:
 ``_fake_conforms`` below), plus ``answer``/``generate``; like the real engine it takes its
-lock for each step, never between steps, and returns a real ``AnswerStream``.
+lock for each step, never between steps, and returns a real ``AnswerStream``. Its
+``memory_for`` keeps :class:`FakeMemory` objects in a dict and lists every document it
+reads in ``reads``, so tests can count reads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import hashlib
+import json
+import os
 import re
 import shutil
 import tempfile
@@ -27,9 +32,9 @@ from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 
 from qllm_core.config import QLLMConfig
 from qllm_core.documents import check_text
-from qllm_core.errors import InputTooLongError
+from qllm_core.errors import ConfigError, InputTooLongError
 from qllm_core.loading import load_tokenizer
-from qllm_core.protocol import EngineProtocol
+from qllm_core.protocol import EngineProtocol, MemoryProtocol
 from qllm_core.results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 
 _WORD = re.compile(r"\s*\S+|\s+")
@@ -92,6 +97,23 @@ class Call:
     question: str | None
     options: dict[str, Any]
     input_ids: list[int] | None = None
+    from_memory: bool = False
+    """Whether ``stream`` was given a memory (``document`` is then the memory's text)."""
+
+
+@dataclass(frozen=True)
+class FakeMemory:
+    """What ``FakeEngine.memory_for`` returns: the document, its mode and token count."""
+
+    document: str
+    mode: str
+    tokens: int
+    document_sha256: str
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "fake-memory.json"), "w", encoding="utf-8") as file:
+            json.dump({"document_sha256": self.document_sha256, "mode": self.mode}, file)
 
 
 @dataclass
@@ -106,6 +128,8 @@ class FakeEngine:
     config: QLLMConfig = TINY_ENGINE_CONFIG
     delay: float = 0.0
     """Seconds to sleep per generated piece (for async / concurrency tests)."""
+    read_delay: float = 0.0
+    """Seconds ``memory_for`` takes to read a document (for concurrency tests)."""
     loop_gate: threading.Event | None = None
     """If set: before each piece the engine clears it and waits until the event loop sets it
     again (see :func:`keep_gate_open`), so a call that blocks the loop fails instead of
@@ -114,6 +138,10 @@ class FakeEngine:
     calls: list[Call] = field(default_factory=list)
     max_active: int = 0
     """Most requests seen running at once (1 when the lock serializes them)."""
+    memories: dict[tuple[str, str | None], FakeMemory] = field(default_factory=dict)
+    """``memory_for``'s cache, by (document, mode)."""
+    reads: list[str] = field(default_factory=list)
+    """Every document ``memory_for`` read (not taken from ``memories``), in order."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,16 +154,42 @@ class FakeEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def answer(self, document: str, question: str, **options: Any) -> Answer:
+    def answer(self, document: str | FakeMemory, question: str, **options: Any) -> Answer:
         return self.stream(document, question, **options).collect()
 
-    def stream(self, document: str, question: str, **options: Any) -> AnswerStream:
-        check_text("document", document)
+    def stream(self, document: str | FakeMemory, question: str, **options: Any) -> AnswerStream:
         check_text("question", question)
+        if isinstance(document, FakeMemory):
+            if options.get("mode") is not None:
+                raise ConfigError(f"mode={options['mode']!r} cannot apply to a document memory")
+            memory = document
+            self.calls.append(Call("stream", memory.document, question, dict(options), None, True))
+            text = self.reply(memory.document, question) if callable(self.reply) else self.reply
+            tokens_read = self.count_tokens(question) + 8
+            options = {**options, "mode": memory.mode}
+            blocks = _blocks(memory.document, question)
+            return self._stream(text, tokens_read, blocks, options, memory.tokens)
+        check_text("document", document)
         self.calls.append(Call("stream", document, question, dict(options)))
         text = self.reply(document, question) if callable(self.reply) else self.reply
         tokens_read = self.count_tokens(document) + 2 * self.count_tokens(question) + 8
         return self._stream(text, tokens_read, _blocks(document, question), options)
+
+    def memory_for(self, document: str, *, mode: str | None = None) -> tuple[FakeMemory, bool]:
+        check_text("document", document)
+        memory = self.memories.get((document, mode))
+        if memory is not None:
+            return memory, True
+        tokens = self.count_tokens(document) + 4
+        if tokens > self.max_input_tokens:
+            raise InputTooLongError(f"the document takes {tokens} tokens")
+        self.reads.append(document)
+        if self.read_delay:
+            time.sleep(self.read_delay)
+        digest = hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
+        memory = FakeMemory(document, mode or self.config.mode, tokens, digest)
+        self.memories[(document, mode)] = memory
+        return memory, False
 
     def generate(
         self,
@@ -165,16 +219,19 @@ class FakeEngine:
         tokens_read: int,
         blocks: tuple[RetrievedBlock, ...],
         options: dict[str, Any],
+        memory_tokens: int = 0,
     ) -> AnswerStream:
-        if tokens_read > self.max_input_tokens:
+        if tokens_read + memory_tokens > self.max_input_tokens:
             raise InputTooLongError(f"{tokens_read} tokens over {self.max_input_tokens}")
         mode = options.get("mode") or self.config.mode
 
         def cancelled(so_far: str) -> Answer:
-            return Answer(so_far, "cancelled", _stats(mode, tokens_read, so_far, 0.0, blocks))  # type: ignore[arg-type]
+            stats = _stats(mode, tokens_read, so_far, 0.0, blocks, memory_tokens)
+            return Answer(so_far, "cancelled", stats)
 
         return AnswerStream(
-            self._run(text, tokens_read, blocks, dict(options), mode), cancelled=cancelled
+            self._run(text, tokens_read, blocks, dict(options), mode, memory_tokens),
+            cancelled=cancelled,
         )
 
     def _run(
@@ -184,6 +241,7 @@ class FakeEngine:
         blocks: tuple[RetrievedBlock, ...],
         options: dict[str, Any],
         mode: str,
+        memory_tokens: int = 0,
     ) -> Generator[str, None, Answer]:
         """Like the real engine: the lock is held for each step, never between steps."""
         max_new = options.get("max_new_tokens", 256)
@@ -211,7 +269,7 @@ class FakeEngine:
                 break
             out += piece
             yield piece
-        stats = _stats(mode, tokens_read, out, time.perf_counter() - t0, blocks)
+        stats = _stats(mode, tokens_read, out, time.perf_counter() - t0, blocks, memory_tokens)
         return Answer(text=out, finish_reason=finish, stats=stats)  # type: ignore[arg-type]
 
     @contextlib.contextmanager
@@ -226,7 +284,12 @@ class FakeEngine:
 
 
 def _stats(
-    mode: str, tokens_read: int, out: str, seconds: float, blocks: tuple[RetrievedBlock, ...]
+    mode: str,
+    tokens_read: int,
+    out: str,
+    seconds: float,
+    blocks: tuple[RetrievedBlock, ...],
+    memory_tokens: int = 0,
 ) -> AnswerStats:
     return AnswerStats(
         mode=mode,
@@ -236,6 +299,7 @@ def _stats(
         decode_seconds=seconds,
         question_found=bool(blocks),
         retrieved_blocks=blocks,
+        memory_tokens=memory_tokens,
     )
 
 
@@ -294,3 +358,7 @@ async def keep_gate_open(gate: threading.Event) -> None:
 
 def _fake_conforms(engine: FakeEngine) -> EngineProtocol:
     return engine  # mypy fails here when the fake drifts from the protocol
+
+
+def _fake_memory_conforms(memory: FakeMemory) -> MemoryProtocol:
+    return memory

@@ -187,7 +187,10 @@ def test_usage_and_response_metadata(chat: ChatQLLM, fake_engine: FakeEngine) ->
     assert meta["model_provider"] == "quickllama"
     assert meta["finish_reason"] == "eos"
     stats = meta["qllm"]
-    assert stats["tokens_read"] == usage["input_tokens"]
+    # input_tokens: the whole prompt (read with the question: no memory by default)
+    assert stats["tokens_read"] + stats["memory_tokens"] == usage["input_tokens"]
+    assert stats["memory_tokens"] == 0 and meta["memory_reused"] is None
+    assert "input_token_details" not in usage  # nothing came from a cache
     assert stats["seconds"] == pytest.approx(stats["prefill_seconds"] + stats["decode_seconds"])
     block = stats["retrieved_blocks"][0]
     assert "pass key" in DOC[block["char_start"] : block["char_end"]]

@@ -29,7 +29,8 @@ def test_long_document_uses_memory_and_reports_char_ranges(chat: ChatQLLM) -> No
     meta = reply.response_metadata
     assert meta["split_route"] == "chat"
     assert meta["qllm"]["question_found"] is True
-    assert meta["qllm"]["tokens_read"] > 200
+    assert meta["qllm"]["tokens_read"] + meta["qllm"]["memory_tokens"] > 200
+    assert meta["memory_reused"] is None  # read with the question (read_once is off by default)
     assert reply.usage_metadata is not None
     assert reply.usage_metadata["output_tokens"] <= 4
     blocks = [b for b in meta["qllm"]["retrieved_blocks"] if b["char_start"] is not None]
@@ -95,9 +96,11 @@ def test_model_from_a_directory_through_the_registry() -> None:
         ),
         device="cpu",
         max_tokens=3,
+        read_once=True,
     )
     reply = chat.invoke([SystemMessage(DOC), HumanMessage("When did ship Nr. 70 leave?")])
     assert reply.response_metadata["model_name"] == tiny_model_dir()
-    assert reply.response_metadata["qllm"]["tokens_read"] > 200
+    assert reply.response_metadata["usage"]["input_tokens"] > 200
+    assert reply.response_metadata["memory_reused"] is False  # a new engine read it
     again = ChatQLLM(model=tiny_model_dir(), config=chat.config, device="cpu")
     assert again.get_engine() is chat.get_engine()

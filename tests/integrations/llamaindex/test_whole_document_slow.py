@@ -31,7 +31,11 @@ def test_reader_to_whole_document_answer_with_evidence(tmp_path):
     log = FILLER * 60 + f"The pass key is {KEY}. Remember it. {KEY} is the pass key. " + FILLER * 60
     (tmp_path / "b_log.txt").write_text(log)
 
-    llm = QLLM(max_new_tokens=12, mode="qllm")  # the memory path, though it would fit
+    # Mode qllm (block memory), though it would fit; the per-question (query-aware) read,
+    # the default. Read once (read_once=True), the embedded model reads the text
+    # question-free and answered "The pass key is a special key that is used to create"
+    # instead of the key (measured, issue 14).
+    llm = QLLM(max_new_tokens=12, mode="qllm", read_once=False)
     engine = WholeDocumentQueryEngine.from_reader(SimpleDirectoryReader(str(tmp_path)), llm=llm)
     response = engine.query("What is the pass key?")
     stats = response.metadata["qllm"]
@@ -42,6 +46,7 @@ def test_reader_to_whole_document_answer_with_evidence(tmp_path):
         stats["prefill_seconds"],
     )
 
+    assert response.metadata["memory_reused"] is None  # no memory: read with the question
     assert stats["tokens_read"] > 3 * llm.engine.config.n_local
     assert KEY in response.response
     evidence = [s for s in response.source_nodes if KEY in s.node.get_content()]
