@@ -181,30 +181,42 @@ def _restore(
     return memory
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    file = folder / MANIFEST
+def read_manifest(
+    file: Path, *, format_name: str, version: int, missing_hint: str, again: str
+) -> dict[str, Any]:
+    """A versioned JSON manifest, or :class:`MemoryFileError` saying what to do.
+
+    ``missing_hint``: how to make one, for a missing file; ``again``: how to write it anew,
+    for an unreadable, foreign or other-version file.
+    """
     if not file.is_file():
-        raise MemoryFileError(
-            f"{folder} holds no saved document memory ({MANIFEST} is missing); save one with "
-            "memory.save(path)"
-        )
+        raise MemoryFileError(f"{file} is missing: {missing_hint}")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MemoryFileError(
-            f"{file} is not valid JSON ({error}); save the memory again"
-        ) from error
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise MemoryFileError(f"{file} is not a quickllama document memory")
-    if manifest.get("version") != VERSION:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MemoryFileError(f"{file} is not valid JSON ({error}); {again}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != format_name:
+        raise MemoryFileError(f"{file} is not a {format_name} manifest; {again}")
+    if manifest.get("version") != version:
         raise MemoryFileError(
             f"{file} has format version {manifest.get('version')!r}; this quickllama reads "
-            f"version {VERSION}: read the document again and save it with this version"
+            f"version {version}: {again}"
         )
+    return manifest
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    manifest = read_manifest(
+        folder / MANIFEST,
+        format_name=FORMAT,
+        version=VERSION,
+        missing_hint=f"{folder} holds no saved document memory; save one with memory.save(path)",
+        again="read the document again and save its memory",
+    )
     needed = ("identity", "config", "files", "document_span", "tail", "document_sha256", "mode")
     missing = [key for key in needed if key not in manifest]
     if missing:
-        raise MemoryFileError(f"{file} lacks {missing}; save the memory again")
+        raise MemoryFileError(f"{folder / MANIFEST} lacks {missing}; save the memory again")
     return manifest
 
 

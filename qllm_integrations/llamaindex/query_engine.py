@@ -41,6 +41,7 @@ from llama_index.core.settings import Settings
 from pydantic import SkipValidation
 
 from qllm_core.errors import MemoryFileError, MemoryMismatchError
+from qllm_core.persistence import read_manifest
 from qllm_core.protocol import MemoryProtocol, TextStream
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
@@ -339,24 +340,14 @@ def evidence_node(evidence: Evidence) -> NodeWithScore:
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise MemoryFileError(
-            f"{path} is missing: {folder} holds no persisted query engine (save one with "
-            "WholeDocumentQueryEngine.persist)"
-        ) from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MemoryFileError(f"cannot read {path}: {error}") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise MemoryFileError(f"{path} is not a quickllama query engine manifest")
-    if manifest.get("version") != VERSION:
-        raise MemoryFileError(
-            f"{path} has version {manifest.get('version')!r}; this quickllama reads "
-            f"version {VERSION}: persist the query engine again"
-        )
-    return manifest
+    return read_manifest(
+        folder / MANIFEST,
+        format_name=FORMAT,
+        version=VERSION,
+        missing_hint=f"{folder} holds no persisted query engine (save one with "
+        "WholeDocumentQueryEngine.persist)",
+        again="persist the query engine again",
+    )
 
 
 def _default_llm() -> QLLM:
