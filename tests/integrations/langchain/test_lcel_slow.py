@@ -55,8 +55,8 @@ def test_lcel_chain_over_a_long_document() -> None:
     assert meta["split_route"] == "chat"
     stats = meta["qllm"]
     assert stats["question_found"] is True
-    # read once (the default): the document from its memory, the question read now
-    assert meta["memory_reused"] is not None
+    # the per-question read (read_once is off by default): no memory used
+    assert meta["memory_reused"] is None and stats["memory_tokens"] == 0
     assert stats["tokens_read"] + stats["memory_tokens"] > chat.get_engine().config.n_local
     assert stats["retrieved_blocks"]
     fact_at = document.index(FACT)
