@@ -178,16 +178,14 @@ class QLLMEngine:
         window free, with ``qllm`` beyond. The memory holds the whole state (see
         :mod:`~qllm_core.document_memory`); :meth:`memory_for` keeps recent ones.
         """
+        return self._read(check_text("document", document), mode)
+
+    def _read(self, document: str, mode: str | None) -> DocumentMemory:
+        """:meth:`read` of a document :func:`check_text` has passed."""
         config = self.config if mode is None else self.config.replace(mode=mode)
-        document = check_text("document", document)
         prompt = build_document_prompt(self.tokenizer, document)
         ids = prompt.input_ids
-        if len(ids) > config.max_input_tokens:
-            raise InputTooLongError(
-                f"the document takes {len(ids):,} tokens, over max_input_tokens="
-                f"{config.max_input_tokens:,}; shorten the document or raise "
-                "QLLMConfig.max_input_tokens"
-            )
+        _check_input_length("the document takes", len(ids), config)
         config = self._resolve_mode(config, len(ids) + QUESTION_ROOM)
         self._check_fits(len(ids), QUESTION_ROOM, config)
         t0 = time.perf_counter()
@@ -218,7 +216,7 @@ class QLLMEngine:
         memory = self.memories.get(key)
         if memory is not None:
             return memory, True
-        memory = self.read(document, mode=mode)
+        memory = self._read(document, mode)
         self.memories.put(key, memory)
         return memory, False
 
@@ -259,16 +257,9 @@ class QLLMEngine:
         opts: GenerationOptions,
     ) -> AnswerStream:
         config = self.config if mode is None else self.config.replace(mode=mode)
-        if len(ids) > config.max_input_tokens:
-            raise InputTooLongError(
-                f"the prompt has {len(ids):,} tokens, over max_input_tokens="
-                f"{config.max_input_tokens:,}; shorten the document or raise "
-                "QLLMConfig.max_input_tokens"
-            )
+        _check_input_length("the prompt has", len(ids), config)
         config = self._resolve_mode(config, len(ids) + opts.max_new_tokens)
-        rereads = (
-            layout is not None and config.reread_tokens > 0 and config.mode in ("qllm", "infllm")
-        )
+        rereads = layout is not None and _rereads(config)
         if rereads and layout is not None:
             self._check_reread_fits(layout, config, opts.max_new_tokens)
         self._check_fits(len(ids), opts.max_new_tokens, config)
@@ -294,14 +285,15 @@ class QLLMEngine:
         """:meth:`stream` from a document memory: the question and answer read on from a fork."""
         layout = memory.prompt.with_question(self.tokenizer, question)
         ids, config = layout.input_ids, memory.config
-        if config.mode == "full" and len(ids) + opts.max_new_tokens > self.window_tokens(config):
+        window = self.window_tokens(config)
+        if config.mode == "full" and len(ids) + opts.max_new_tokens > window:
             raise InputTooLongError(
                 f"the document was read with the model's own attention, and with the question "
                 f"and max_new_tokens={opts.max_new_tokens:,} the prompt ({len(ids):,} tokens) "
-                f"passes its {self.window_tokens(config):,}-token window; shorten the question, "
+                f"passes its {window:,}-token window; shorten the question, "
                 "lower max_new_tokens, or read the document with mode='qllm'"
             )
-        rereads = config.reread_tokens > 0 and config.mode in ("qllm", "infllm")
+        rereads = _rereads(config)
         if rereads:
             self._check_reread_fits(layout, config, opts.max_new_tokens)
         plan = RequestPlan(
@@ -501,6 +493,20 @@ class QLLMEngine:
         finally:
             bar.close()
         return logits
+
+
+def _check_input_length(what: str, tokens: int, config: QLLMConfig) -> None:
+    """:class:`InputTooLongError` when ``tokens`` pass ``config.max_input_tokens``."""
+    if tokens > config.max_input_tokens:
+        raise InputTooLongError(
+            f"{what} {tokens:,} tokens, over max_input_tokens={config.max_input_tokens:,}; "
+            "shorten the document or raise QLLMConfig.max_input_tokens"
+        )
+
+
+def _rereads(config: QLLMConfig) -> bool:
+    """Whether requests under ``config`` re-read (a Q-LLM read that keeps memory blocks)."""
+    return config.reread_tokens > 0 and config.mode in ("qllm", "infllm")
 
 
 def _evidence(

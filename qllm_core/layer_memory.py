@@ -152,9 +152,13 @@ class LayerMemory:
         device, dtype = self.init_k.device, self.init_k.dtype
         self.init_k = state["init_k"].to(device, dtype)
         self.init_v = state["init_v"].to(device, dtype)
-        recent = {k.removeprefix("recent_"): v for k, v in state.items() if k.startswith("recent_")}
-        recent = {k: v if k in ("span", "scores") else v.to(dtype) for k, v in recent.items()}
-        recent = {k: v.to(device) for k, v in recent.items()}
+        recent = {  # keys and values in the model's dtype; scores and span as saved
+            name.removeprefix("recent_"): (
+                t.to(device) if name in ("recent_scores", "recent_span") else t.to(device, dtype)
+            )
+            for name, t in state.items()
+            if name.startswith("recent_")
+        }
         self.recent = RecentTokens.from_state(recent, rope=self.rope)
         self.store = BlockStore.frozen(
             state["block_keys"],

@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,19 @@ class _KeptMemory:
     memory: MemoryProtocol | None = None
     mode: str | None = None
     """The ``mode`` it was asked for (``None``: the engine config's)."""
+
+    def obtain(
+        self, mode: str | None, read: Callable[[], MemoryProtocol]
+    ) -> tuple[MemoryProtocol, bool]:
+        """The memory kept for ``mode``, or ``read()`` now and kept: ``(memory, was_kept)``.
+
+        Holds the lock while reading, so concurrent first queries read once.
+        """
+        with self.lock:
+            if self.memory is not None and self.mode == mode:
+                return self.memory, True
+            self.memory, self.mode = read(), mode
+            return self.memory, False
 
 
 class WholeDocumentQueryEngine(CustomQueryEngine):
@@ -210,13 +223,10 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         may be large (``memory.nbytes``).
         """
         folder = Path(persist_dir)
-        kept = self._kept
         mode = self.llm.mode
-        with kept.lock:
-            if kept.memory is None or kept.mode != mode:
-                kept.memory, _ = self.llm.engine.memory_for(self.document, mode=mode)
-                kept.mode = mode
-            memory = kept.memory
+        memory, _ = self._kept.obtain(
+            mode, lambda: self.llm.engine.memory_for(self.document, mode=mode)[0]
+        )
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MANIFEST).unlink(missing_ok=True)  # written last: no manifest, no engine
         memory.save(folder / MEMORY_DIR)
@@ -249,13 +259,9 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
     def _start(self, request: Request) -> TextStream:
         """Start ``request``, from the kept memory when it reads once (read it first)."""
         if request.uses_memory:
-            kept = self._kept
-            mode = request.options.get("mode")
-            with kept.lock:  # concurrent first queries wait for one read
-                if kept.memory is not None and kept.mode == mode:
-                    request.use_memory(kept.memory)
-                else:
-                    kept.memory, kept.mode = request.load_memory(), mode
+            memory, was_kept = self._kept.obtain(request.options.get("mode"), request.load_memory)
+            if was_kept:
+                request.use_memory(memory)
         return request.start()
 
     def _answer(self, query_str: str) -> tuple[Request, Answer]:
