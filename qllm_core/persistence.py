@@ -252,8 +252,12 @@ def _load(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _file_sha256(file: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB pieces (``hashlib.file_digest`` needs Python 3.11)."""
+    digest = hashlib.sha256()
     with file.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while piece := handle.read(2**20):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def _sha256_json(value: Any) -> str:
