@@ -92,6 +92,19 @@ def two_stage_attention(
         local_probs: (H, m) float32: each local key's attention probability summed over
             the group's heads and the queries (feeds the representative keys).
     """
+    if q_local.shape[2] == 1:
+        return _single_query(q_local, local, q_global, global_segments, scaling)
+    return _banded(q_local, local, q_global, global_segments, scaling)
+
+
+def _banded(
+    q_local: torch.Tensor,
+    local: LocalWindow,
+    q_global: torch.Tensor,
+    global_segments: Sequence[KeySegment],
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`two_stage_attention` for any number of queries: the stages apart, then merged."""
     kv_heads, group, n, dim = q_local.shape
     band = _Band.of(local, n)
     probs, row_max = _unnormalized_probs(
@@ -118,6 +131,42 @@ def two_stage_attention(
     weight = band.chunk_queries(weight.view(kv_heads, group, n, 1))
     local_probs = band.key_sums(torch.bmm(weight.mT, probs))
     return out.view(kv_heads, group, n, dim).to(local.values.dtype), local_probs
+
+
+def _single_query(
+    q_local: torch.Tensor,
+    local: LocalWindow,
+    q_global: torch.Tensor,
+    global_segments: Sequence[KeySegment],
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`two_stage_attention` for one query (decoding): one softmax over every key seen.
+
+    With one query no mask is needed: it sees the last ``window`` local keys and a prefix
+    of each global segment (``causal_offset + 1`` keys), so those keys are sliced, not
+    masked, and both stages' logits go through one softmax: a handful of kernels per
+    layer and token instead of two stages and a merge.
+    """
+    kv_heads, group, _, dim = q_local.shape
+    m = local.keys.shape[1]
+    first = max(0, m - local.window)
+    keys = [local.keys[:, first:]]
+    values = [local.values[:, first:]]
+    for seg in global_segments:
+        seen = seg.keys.shape[1] if seg.causal_offset is None else seg.causal_offset + 1
+        if seen > 0:
+            keys.append(seg.keys[:, :seen])
+            values.append(seg.values[:, :seen])
+    logits = [torch.bmm(q_local.view(kv_heads, group, dim).float(), keys[0].float().mT)]
+    if len(keys) > 1:
+        q = q_global.view(kv_heads, group, dim).float()
+        logits.append(torch.bmm(q, torch.cat(keys[1:], dim=1).float().mT))
+    probs = torch.cat(logits, dim=-1).mul_(scaling).softmax(dim=-1)
+    out = torch.bmm(probs, torch.cat(values, dim=1).float())
+    local_probs = probs[..., : m - first].sum(dim=1)
+    if first:
+        local_probs = torch.cat([local_probs.new_zeros(kv_heads, first), local_probs], dim=1)
+    return out.view(kv_heads, group, 1, dim).to(local.values.dtype), local_probs
 
 
 @dataclass(frozen=True)

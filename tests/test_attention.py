@@ -72,6 +72,8 @@ CASES = pytest.mark.parametrize(
     "n, m_local, window, m_blocks, m_rem, rem_offset",
     [
         (1, 27, 20, 0, 0, None),  # decoding
+        (1, 20, 20, 48, 13, 5),  # decoding: a prefix of the remainder seen
+        (1, 8, 20, 16, 6, -1),  # decoding: no remainder key seen yet
         (27, 61, 20, 48, 13, -5),  # odd sizes, remainder seen by later queries only
         (61, 113, 200, 32, 0, None),  # window larger than the keys held
         (16, 16, 20, 0, 5, 2),  # start of an input
