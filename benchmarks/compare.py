@@ -197,6 +197,65 @@ def speed_rows(records: list[dict[str, Any]], systems: Sequence[str]) -> list[li
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class FrontierPoint:
+    """One system's accuracy (share right) and tokens/s on the frontier's samples."""
+
+    system: str
+    accuracy: float
+    prefill: float
+    decode: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Frontier:
+    """Points on the same samples: the longest two ``lengths`` (beyond the model's window),
+    ``samples`` of them run by every system; speeds at ``longest``. ``full``: its accuracy
+    and sample count over the lengths it ran (in window only), or ``None``."""
+
+    points: list[FrontierPoint]
+    lengths: list[int]
+    longest: int
+    samples: int
+    full: tuple[float, int] | None
+
+
+def frontier_points(records: list[dict[str, Any]]) -> Frontier:
+    """Each system's accuracy over the samples of the longest two lengths that every system
+    (but ``full``) ran, and its prefill and decode tokens/s at the longest length on those.
+
+    Restricting to the common samples keeps the points paired when a system ran only part
+    of the samples (an interrupted or later run).
+    """
+    ok = [r for r in records if r["status"] == "ok"]
+    lengths = sorted({r["length"] for r in records})[-2:]
+    longest = lengths[-1] if lengths else 0
+    ran: dict[str, set[str]] = {}
+    for r in ok:
+        if r["system"] != "full" and r["length"] in lengths:
+            ran.setdefault(r["system"], set()).add(r["sample_id"])
+    common = set.intersection(*ran.values()) if ran else set()
+    points = []
+    for system in ran:
+        scored = [r for r in ok if r["system"] == system and r["sample_id"] in common]
+        at_longest = [r for r in scored if r["length"] == longest]
+        if not scored or not at_longest:
+            continue
+        points.append(
+            FrontierPoint(
+                system,
+                sum(bool(r["correct"]) for r in scored) / len(scored),
+                sum(r["tokens_read"] for r in at_longest)
+                / sum(r["prefill_seconds"] for r in at_longest),
+                sum(r["tokens_generated"] for r in at_longest)
+                / max(1e-9, sum(r["decode_seconds"] for r in at_longest)),
+            )
+        )
+    full = [r for r in ok if r["system"] == "full"]
+    full_accuracy = (sum(bool(r["correct"]) for r in full) / len(full), len(full)) if full else None
+    return Frontier(points, lengths, longest, len(common), full_accuracy)
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
     """Records of a saved summary (empty when there is none)."""
     if not path.exists():

@@ -7,7 +7,7 @@ from typing import Any
 from tabulate import tabulate
 
 from . import figures, tables
-from .compare import paired_rows, speed_rows
+from .compare import frontier_points, paired_rows, speed_rows
 from .paths import Paths
 
 BASELINE = "qllm"
@@ -54,7 +54,9 @@ def compare_section(data: dict[str, Any], paths: Paths) -> str:
         "planted fact. For the re-read variants: a planted fact lies inside the re-read "
         "passages. For `rag`: a retrieved chunk contains one.\n",
         tables.evidence_table(records) + "\n",
-        "### Speed on the same run\n",
+        "### Speed\n",
+        "Per system, over the samples it ran. Systems added by a later invocation of the "
+        "command ran under another load: compare speeds within one invocation.\n",
         tabulate(
             speed_rows(records, systems),
             ["system", "length", "samples", "prefill tok/s", "decode tok/s"],
@@ -62,8 +64,24 @@ def compare_section(data: dict[str, Any], paths: Paths) -> str:
         )
         + "\n",
     ]
-    figure = figures.frontier(records, paths.figures / f"frontier-{size['name']}.png")
-    out.append(f"![accuracy against speed]({paths.link(figure)})\n")
+    frontier = frontier_points(records)
+    figure = figures.frontier(frontier, paths.figures / f"frontier-{size['name']}.png")
+    out += [
+        "### Accuracy against speed\n",
+        f"On the {frontier.samples} samples at "
+        f"{' and '.join(tables.k_tokens(n) for n in frontier.lengths)} that every system ran; "
+        f"tokens/s at {tables.k_tokens(frontier.longest)}.\n",
+        tabulate(
+            [
+                [p.system, f"{p.accuracy:.0%}", round(p.prefill), round(p.decode, 1)]
+                for p in frontier.points
+            ],
+            ["system", "accuracy", "prefill tok/s", "decode tok/s"],
+            tablefmt="github",
+        )
+        + "\n",
+        f"![accuracy against speed]({paths.link(figure)})\n",
+    ]
     return "\n".join(out)
 
 

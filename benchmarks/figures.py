@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -16,6 +16,9 @@ from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
 from .tables import accuracy_cells, k_tokens, needle_grid  # noqa: E402
 from .throughput import Point  # noqa: E402
+
+if TYPE_CHECKING:
+    from .compare import Frontier
 
 # Red -> yellow -> green, the palette of the well-known Needle-in-a-Haystack plots.
 NEEDLE_COLORS = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"])
@@ -97,43 +100,24 @@ def speed_memory_plot(points: list[Point], modes: Sequence[str], path: Path, tit
     return _save(fig, path)
 
 
-def frontier(records: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against prefill and decode tokens/s, one point per system.
-
-    Accuracy over the lengths every engine system ran beyond the model's window (the
-    longest two lengths); speed at the longest length. ``full`` (in-window only) is drawn
-    as a dashed line at its accuracy over the lengths it ran.
-    """
-    lengths = sorted({r["length"] for r in records})
-    far, longest = set(lengths[-2:]), lengths[-1] if lengths else 0
+def frontier(points: Frontier, path: Path) -> Path:
+    """Accuracy against prefill and decode tokens/s, one point per system (see
+    :func:`benchmarks.compare.frontier_points`); ``full`` as a dashed line."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for system in dict.fromkeys(r["system"] for r in records):
-        mine = [r for r in records if r["system"] == system and r["status"] == "ok"]
-        if system == "full":
-            if mine:
-                accuracy = sum(bool(r["correct"]) for r in mine) / len(mine)
-                label = f"full, in window ({len(mine)} samples)"
-                for ax in axes:
-                    ax.axhline(accuracy, linestyle="--", color="grey", label=label)
-            continue
-        scored = [r for r in mine if r["length"] in far]
-        at_longest = [r for r in mine if r["length"] == longest]
-        if not scored or not at_longest:
-            continue
-        accuracy = sum(bool(r["correct"]) for r in scored) / len(scored)
-        prefill = sum(r["tokens_read"] for r in at_longest) / sum(
-            r["prefill_seconds"] for r in at_longest
-        )
-        decode = sum(r["tokens_generated"] for r in at_longest) / max(
-            1e-9, sum(r["decode_seconds"] for r in at_longest)
-        )
-        for ax, speed in zip(axes, (prefill, decode), strict=True):
-            ax.scatter([speed], [accuracy], marker="s" if system == "rag" else "o")
-            ax.annotate(system, (speed, accuracy), fontsize=8, xytext=(4, 4), **_OFFSET)
-    far_text = " and ".join(k_tokens(n) for n in sorted(far))
-    axes[0].set_ylabel(f"accuracy at {far_text}")
-    axes[0].set_xlabel(f"prefill tokens/s at {k_tokens(longest)}")
-    axes[1].set_xlabel(f"decode tokens/s at {k_tokens(longest)}")
+    if points.full is not None:
+        accuracy, samples = points.full
+        for ax in axes:
+            ax.axhline(
+                accuracy, linestyle="--", color="grey", label=f"full, in window ({samples} samples)"
+            )
+    for point in points.points:
+        for ax, speed in zip(axes, (point.prefill, point.decode), strict=True):
+            ax.scatter([speed], [point.accuracy], marker="s" if point.system == "rag" else "o")
+            ax.annotate(point.system, (speed, point.accuracy), fontsize=8, xytext=(4, 4), **_OFFSET)
+    far_text = " and ".join(k_tokens(n) for n in points.lengths)
+    axes[0].set_ylabel(f"accuracy at {far_text} ({points.samples} samples)")
+    axes[0].set_xlabel(f"prefill tokens/s at {k_tokens(points.longest)}")
+    axes[1].set_xlabel(f"decode tokens/s at {k_tokens(points.longest)}")
     axes[0].set_ylim(-0.05, 1.05)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8, loc="lower right")

@@ -152,6 +152,41 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
     assert (paths.figures / "frontier-tiny.png").stat().st_size > 1000
 
 
+def test_frontier_points_are_paired_on_the_samples_every_system_ran():
+    from benchmarks.compare import frontier_points
+
+    def record(system, sample_id, length, correct, seconds=1.0):
+        return {
+            "system": system,
+            "sample_id": sample_id,
+            "length": length,
+            "status": "ok",
+            "correct": correct,
+            "tokens_read": 1000,
+            "prefill_seconds": seconds,
+            "tokens_generated": 10,
+            "decode_seconds": seconds,
+        }
+
+    records = [
+        record("full", "a4", 4096, True),
+        record("full", "b4", 4096, False),
+        *(record("qllm", s, n, True) for s, n in (("a16", 16384), ("a32", 32768), ("b32", 32768))),
+        record("qllm", "a4", 4096, False),  # not a far length: not scored
+        # a later, partial system: ran a16 and a32 only, so b32 leaves the comparison
+        record("wide", "a16", 16384, False, seconds=4.0),
+        record("wide", "a32", 32768, True, seconds=4.0),
+    ]
+    frontier = frontier_points(records)
+    assert frontier.lengths == [16384, 32768] and frontier.longest == 32768
+    assert frontier.samples == 2
+    assert frontier.full == (0.5, 2)
+    by_system = {p.system: p for p in frontier.points}
+    assert by_system["qllm"].accuracy == 1.0 and by_system["wide"].accuracy == 0.5
+    assert by_system["qllm"].prefill == 1000.0 and by_system["wide"].prefill == 250.0
+    assert by_system["wide"].decode == 2.5
+
+
 def test_recall_ranks_the_block_that_holds_each_fact(tokenizer, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
