@@ -92,20 +92,9 @@ def two_stage_attention(
         local_probs: (H, m) float32: each local key's attention probability summed over
             the group's heads and the queries (feeds the representative keys).
     """
-    if q_local.shape[2] == 1:
-        return _single_query(q_local, local, q_global, global_segments, scaling)
-    return _banded(q_local, local, q_global, global_segments, scaling)
-
-
-def _banded(
-    q_local: torch.Tensor,
-    local: LocalWindow,
-    q_global: torch.Tensor,
-    global_segments: Sequence[KeySegment],
-    scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`two_stage_attention` for any number of queries: the stages apart, then merged."""
     kv_heads, group, n, dim = q_local.shape
+    if n == 1:
+        return _single_query(q_local, local, q_global, global_segments, scaling)
     band = _Band.of(local, n)
     probs, row_max = _unnormalized_probs(
         band.chunk_queries(q_local.float() * scaling),
