@@ -4,9 +4,9 @@
 reads its document once (``engine.read``, question-free) and then, for each answer config
 (the engine's re-read and the paper's single pass, both from the same memory, since the
 re-read budget is chosen when answering), answers the sample's question (the first
-question: read + answer) and a second question (the follow-up: from memory), each with
-``max_new_tokens`` fixed. It records time to first token and total time, and decode
-tokens/s beside plain transformers ``generate`` on the same model at 2K tokens of context,
+question: read + answer) and a second question (the follow-up: from memory), each exactly
+``max_new_tokens`` long (``min_new_tokens`` holds off the end of sequence). It records time
+to first token and total time, and decode tokens/s beside plain transformers ``generate`` on the same model at 2K tokens of context,
 measured in the same run. Results: ``benchmarks/results/followup.json``, rendered into
 BENCHMARKS.md.
 """
@@ -42,7 +42,9 @@ def timed_answer(engine: Any, memory: Any, question: str, max_new_tokens: int) -
     """Stream one answer from ``memory``: time to first token, total, the stats."""
     started = time.perf_counter()
     first = None
-    with engine.stream(memory, question, max_new_tokens=max_new_tokens) as stream:
+    with engine.stream(
+        memory, question, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens
+    ) as stream:
         for _ in stream:
             if first is None:
                 first = time.perf_counter() - started

@@ -84,6 +84,7 @@ class QLLMEngine:
         select_attention(self.config.attention_backend, self.device)  # fails early if it can't run
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
         self._eos = _eos_ids(model, tokenizer)
+        self._eos_index = torch.tensor(sorted(self._eos), dtype=torch.long, device=self.device)
 
     @classmethod
     def from_pretrained(
@@ -143,7 +144,8 @@ class QLLMEngine:
         ``document``: the text, read for this question (question, document, question:
         the paper's query-aware read), or a :class:`DocumentMemory` from :meth:`read`,
         read on from (the question after the document; ``mode`` must then be ``None``).
-        Options: ``max_new_tokens`` (256), ``temperature`` (0: greedy), ``top_p`` (1),
+        Options: ``max_new_tokens`` (256), ``min_new_tokens`` (0: an end-of-sequence
+        token may end the answer at once), ``temperature`` (0: greedy), ``top_p`` (1),
         ``seed``, ``stop`` (strings), ``mode`` (overrides ``config.mode``). Every option
         is validated (:meth:`GenerationOptions.from_kwargs`) before the document is read.
         """
@@ -367,6 +369,8 @@ class QLLMEngine:
         generated = 0
         t1 = time.perf_counter()
         while generated < opts.max_new_tokens:
+            if generated < opts.min_new_tokens and self._eos:
+                logits = logits.index_fill(0, self._eos_index, float("-inf"))
             token = next_token(
                 logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
             )

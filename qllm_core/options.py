@@ -29,6 +29,9 @@ class GenerationOptions:
 
     max_new_tokens: int = 256
     """Answer length limit in tokens, 1 to :data:`MAX_NEW_TOKENS_LIMIT`."""
+    min_new_tokens: int = 0
+    """Tokens generated before an end-of-sequence token may end the answer, 0 to
+    ``max_new_tokens`` (a stop string still ends it): for answers of a fixed length."""
     temperature: float = 0.0
     """0 is greedy; else a finite number > 0 that divides the logits."""
     top_p: float = 1.0
@@ -63,7 +66,7 @@ class GenerationOptions:
                     f"unknown option {name!r}{hint} valid options: {', '.join(names)}"
                 )
         values = {k: v for k, v in options.items() if v is not None or k == "seed"}
-        for name in ("max_new_tokens", "seed"):  # numpy and torch integers too
+        for name in ("max_new_tokens", "min_new_tokens", "seed"):  # numpy and torch ints too
             value = values.get(name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 values[name] = int(value)
@@ -83,6 +86,13 @@ def _check_all(opts: GenerationOptions) -> None:
     if not 1 <= n <= MAX_NEW_TOKENS_LIMIT:
         raise InvalidOptionError(
             f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT:,}, got {n:,}"
+        )
+    low = opts.min_new_tokens
+    if not _is_int(low):
+        raise InvalidOptionError(f"min_new_tokens must be an int, got {_shown(low)}")
+    if not 0 <= low <= n:
+        raise InvalidOptionError(
+            f"min_new_tokens must be between 0 and max_new_tokens ({n:,}), got {low:,}"
         )
     temperature = _number("temperature", opts.temperature)
     if not math.isfinite(temperature) or temperature < 0:

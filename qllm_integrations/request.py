@@ -61,8 +61,8 @@ DIRECT: Final = "direct"
 """Route of prompts that fit the local window: sent whole, in the chat template."""
 
 GENERATION_NAMES: tuple[str, ...] = (*GenerationOptions.names(), "mode")
-"""Decoding options, as settings and per call: ``max_new_tokens``, ``temperature``,
-``top_p``, ``seed``, ``stop`` and ``mode``."""
+"""Decoding options, as settings and per call: ``max_new_tokens``, ``min_new_tokens``,
+``temperature``, ``top_p``, ``seed``, ``stop`` and ``mode``."""
 
 CALL_NAMES: tuple[str, ...] = (*GENERATION_NAMES, "question", "document")
 """What a call accepts besides the prompt: the decoding options, ``question``, ``document``."""
@@ -139,6 +139,8 @@ class ProviderSettings(BaseModel):
     """``float32``, ``bfloat16``, ``float16``; ``None``: float32 on CPU, bfloat16 on GPU."""
     max_new_tokens: int = 256
     """Most tokens to generate per answer (``max_tokens`` is accepted as well)."""
+    min_new_tokens: int = 0
+    """Tokens generated before the model's end-of-sequence token may end an answer."""
     temperature: float = 0.0
     """Sampling temperature; 0 is greedy decoding."""
     top_p: float = 1.0
@@ -226,7 +228,8 @@ class CallOptions:
     """One call's validated options: the engine's keyword arguments and the explicit split."""
 
     engine_options: dict[str, Any]
-    """``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``mode``."""
+    """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``,
+    ``mode``."""
     question: str | None = None
     document: str | None = None
     max_evidence: int = 3

@@ -55,6 +55,20 @@ def test_sampling_is_reproducible_with_a_seed(tiny_engine):
     assert runs[0] == runs[1]
 
 
+def test_min_new_tokens_holds_off_the_end_of_sequence(tiny_engine, monkeypatch):
+    first = tiny_engine.answer(DOC, QUESTION, max_new_tokens=1).text
+    token = tiny_engine.tokenizer.encode(first, add_special_tokens=False)[0]
+    # the greedy first token made the end of sequence: the answer ends at once ...
+    monkeypatch.setattr(tiny_engine, "_eos", frozenset({token}))
+    monkeypatch.setattr(tiny_engine, "_eos_index", torch.tensor([token]))
+    assert tiny_engine.answer(DOC, QUESTION, max_new_tokens=8).finish_reason == "eos"
+    # ... unless min_new_tokens holds it off; after those, it may end the answer again
+    held = tiny_engine.answer(DOC, QUESTION, max_new_tokens=8, min_new_tokens=3)
+    assert held.stats.tokens_generated >= 3
+    ids = tiny_engine.tokenizer.encode(held.text, add_special_tokens=False)
+    assert token not in ids[:3]
+
+
 def test_stop_strings_end_the_answer(tiny_engine):
     full = tiny_engine.answer(DOC, QUESTION, max_new_tokens=12)
     assert len(full.text) >= 4, "the seeded random model should produce some text"

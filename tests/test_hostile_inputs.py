@@ -86,6 +86,13 @@ ENGINE_ERRORS: list[tuple[str, Callable[[QLLMEngine], Any], type[Exception]]] = 
     ("max-new-zero", lambda e: e.answer(DOC, QUESTION, max_new_tokens=0), InvalidOptionError),
     ("max-new-bool", lambda e: e.answer(DOC, QUESTION, max_new_tokens=True), InvalidOptionError),
     ("max-new-huge", lambda e: e.answer(DOC, QUESTION, max_new_tokens=10**9), InvalidOptionError),
+    ("min-new-negative", lambda e: e.answer(DOC, QUESTION, min_new_tokens=-1), InvalidOptionError),
+    ("min-new-float", lambda e: e.answer(DOC, QUESTION, min_new_tokens=2.0), InvalidOptionError),
+    (
+        "min-new-over-max",
+        lambda e: e.answer(DOC, QUESTION, max_new_tokens=4, min_new_tokens=5),
+        InvalidOptionError,
+    ),
     ("option-unknown", lambda e: e.answer(DOC, QUESTION, max_tokens=3), InvalidOptionError),
     ("mode-unknown", lambda e: e.answer(DOC, QUESTION, mode="bogus", **SHORT), ConfigError),
     ("ids-huge", lambda e: e.generate([10**9], **SHORT), InvalidInputError),

@@ -132,6 +132,7 @@ def test_options_reach_the_engine(fake_engine: FakeEngine) -> None:
     chat = ChatQLLM(
         engine=fake_engine,
         max_tokens=7,
+        min_new_tokens=2,
         temperature=0.5,
         top_p=0.9,
         seed=3,
@@ -141,15 +142,19 @@ def test_options_reach_the_engine(fake_engine: FakeEngine) -> None:
     chat.invoke("Hello")
     assert fake_engine.calls[-1].options == {
         "max_new_tokens": 7,
+        "min_new_tokens": 2,
         "temperature": 0.5,
         "top_p": 0.9,
         "seed": 3,
         "stop": ["END"],
         "mode": "infllm",
     }
-    chat.invoke("Hello", stop=["x"], max_tokens=2, temperature=0.0, seed=None, mode="full")
+    chat.invoke(
+        "Hello", stop=["x"], max_tokens=2, min_new_tokens=0, temperature=0.0, seed=None, mode="full"
+    )
     assert fake_engine.calls[-1].options == {
         "max_new_tokens": 2,
+        "min_new_tokens": 0,
         "temperature": 0.0,
         "top_p": 0.9,
         "seed": None,
