@@ -7,8 +7,8 @@ re-read budget is chosen when answering), answers the sample's question (the fir
 question: read + answer) and a second question (the follow-up: from memory), each exactly
 ``max_new_tokens`` long (``min_new_tokens`` holds off the end of sequence). It records time
 to first token and total time, and decode tokens/s beside plain transformers ``generate``
-on the same model at 2K tokens of context, measured in the same run. Results: ``benchmarks/results/followup.json``, rendered into
-BENCHMARKS.md.
+on the same model at 2K tokens of context, measured in the same run. Results:
+``benchmarks/results/followup.json``, rendered into BENCHMARKS.md.
 """
 
 from __future__ import annotations
