@@ -179,17 +179,19 @@ def followup_section(paths: Paths) -> str | None:
         "follow-up decode tok/s",
         "decode vs generate at 2K",
     ]
+    lengths = {r[k]["tokens_generated"] for r in data["rows"] for k in ("first", "follow_up")}
+    fixed = "exactly" if lengths == {meta["max_new_tokens"]} else "at most"
     box = meta["machine"]
     machine_line = (
         f"- Machine: {box['cpu']}, {box['cores']} cores, {box['ram_gib']} GiB RAM; device "
         f"`{box['device']}`; 1-minute load average {meta.get('load_average', '?')} at the end "
-        "(other work shared the CPU: compare within this table only)\n"
+        "(this run's own load included; compare within this table only)\n"
     )
     return (
         "## Read once, ask many (first question vs follow-up)\n\n"
         f"- Command: `{meta['command']}` ({meta.get('date', '')})\n"
         f"{machine_line}"
-        f"- Model: {meta['model']}; answers of at most {meta['max_new_tokens']} tokens; the "
+        f"- Model: {meta['model']}; answers of {fixed} {meta['max_new_tokens']} tokens; the "
         f"follow-up asks {meta['follow_up']!r} from the memory of the first.\n"
         f"- Plain transformers `generate` on the same model, 2K-token context, same run: "
         f"{reference:.1f} decode tokens/s.\n\n" + tabulate(table, headers, tablefmt="github") + "\n"
