@@ -57,7 +57,18 @@ def test_triton_merge_equals_union_softmax(
 ):
     seed = n * 1000 + m_local
     attend = _on_device(triton_attention)
-    _check(n, m_local, window, m_blocks, m_rem, rem_offset, dtype, seed=seed, attend=attend)
+    _check(
+        n,
+        m_local,
+        window,
+        m_blocks,
+        m_rem,
+        rem_offset,
+        dtype,
+        seed=seed,
+        attend=attend,
+        rounded_probs=True,
+    )
 
 
 @pytest.mark.parametrize(
