@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InvalidOptionError
 
@@ -80,20 +80,8 @@ class GenerationOptions:
 
 
 def _check_all(opts: GenerationOptions) -> None:
-    n = opts.max_new_tokens
-    if not _is_int(n):
-        raise InvalidOptionError(f"max_new_tokens must be an int, got {_shown(n)}")
-    if not 1 <= n <= MAX_NEW_TOKENS_LIMIT:
-        raise InvalidOptionError(
-            f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT:,}, got {n:,}"
-        )
-    low = opts.min_new_tokens
-    if not _is_int(low):
-        raise InvalidOptionError(f"min_new_tokens must be an int, got {_shown(low)}")
-    if not 0 <= low <= n:
-        raise InvalidOptionError(
-            f"min_new_tokens must be between 0 and max_new_tokens ({n:,}), got {low:,}"
-        )
+    n = _int_between("max_new_tokens", opts.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT, "")
+    _int_between("min_new_tokens", opts.min_new_tokens, 0, n, "max_new_tokens ")
     temperature = _number("temperature", opts.temperature)
     if not math.isfinite(temperature) or temperature < 0:
         raise InvalidOptionError(
@@ -108,6 +96,16 @@ def _check_all(opts: GenerationOptions) -> None:
         raise InvalidOptionError(f"seed must be between -2**63 and 2**64 - 1, got {opts.seed}")
     if not isinstance(opts.stop, tuple) or not all(isinstance(s, str) for s in opts.stop):
         raise InvalidOptionError(f"stop must be a tuple of str, got {_shown(opts.stop)}")
+
+
+def _int_between(name: str, value: object, low: int, high: int, high_name: str) -> int:
+    """``value`` when it is an int in ``[low, high]``; else :class:`InvalidOptionError`."""
+    if not _is_int(value):
+        raise InvalidOptionError(f"{name} must be an int, got {_shown(value)}")
+    if not low <= value <= high:
+        bound = f"{high_name}({high:,})" if high_name else f"{high:,}"
+        raise InvalidOptionError(f"{name} must be between {low} and {bound}, got {value:,}")
+    return value
 
 
 def _stop_strings(stop: object) -> tuple[str, ...]:
@@ -129,7 +127,7 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
