@@ -177,6 +177,13 @@ def paired_rows(
     return rows
 
 
+def _rates(records: list[dict[str, Any]]) -> tuple[float, float]:
+    """Prefill and decode tokens/s over ``records`` (total tokens over total seconds)."""
+    prefill = sum(r["tokens_read"] for r in records) / sum(r["prefill_seconds"] for r in records)
+    generated = sum(r["tokens_generated"] for r in records)
+    return prefill, generated / max(1e-9, sum(r["decode_seconds"] for r in records))
+
+
 def speed_rows(records: list[dict[str, Any]], systems: Sequence[str]) -> list[list[Any]]:
     """Per system and length: mean prefill and decode tokens/s over the samples run."""
     rows = []
@@ -190,9 +197,7 @@ def speed_rows(records: list[dict[str, Any]], systems: Sequence[str]) -> list[li
             ]
             if not mine:
                 continue
-            prefill = sum(r["tokens_read"] for r in mine) / sum(r["prefill_seconds"] for r in mine)
-            generated = sum(r["tokens_generated"] for r in mine)
-            decode = generated / max(1e-9, sum(r["decode_seconds"] for r in mine))
+            prefill, decode = _rates(mine)
             rows.append([system, length, len(mine), round(prefill), round(decode, 1)])
     return rows
 
@@ -241,16 +246,8 @@ def frontier_points(records: list[dict[str, Any]]) -> Frontier:
         at_longest = [r for r in scored if r["length"] == longest]
         if not scored or not at_longest:
             continue
-        points.append(
-            FrontierPoint(
-                system,
-                sum(bool(r["correct"]) for r in scored) / len(scored),
-                sum(r["tokens_read"] for r in at_longest)
-                / sum(r["prefill_seconds"] for r in at_longest),
-                sum(r["tokens_generated"] for r in at_longest)
-                / max(1e-9, sum(r["decode_seconds"] for r in at_longest)),
-            )
-        )
+        accuracy = sum(bool(r["correct"]) for r in scored) / len(scored)
+        points.append(FrontierPoint(system, accuracy, *_rates(at_longest)))
     full = [r for r in ok if r["system"] == "full"]
     full_accuracy = (sum(bool(r["correct"]) for r in full) / len(full), len(full)) if full else None
     return Frontier(points, lengths, longest, len(common), full_accuracy)
