@@ -84,7 +84,6 @@ class QLLMEngine:
         select_attention(self.config.attention_backend, self.device)  # fails early if it can't run
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
         self._eos = _eos_ids(model, tokenizer)
-        self._eos_index = torch.tensor(sorted(self._eos), dtype=torch.long, device=self.device)
 
     @classmethod
     def from_pretrained(
@@ -370,7 +369,8 @@ class QLLMEngine:
         t1 = time.perf_counter()
         while generated < opts.max_new_tokens:
             if generated < opts.min_new_tokens and self._eos:
-                logits = logits.index_fill(0, self._eos_index, float("-inf"))
+                eos = torch.tensor(sorted(self._eos), device=logits.device)
+                logits = logits.index_fill(0, eos, float("-inf"))
             token = next_token(
                 logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
             )
