@@ -80,8 +80,8 @@ class GenerationOptions:
 
 
 def _check_all(opts: GenerationOptions) -> None:
-    n = _int_between("max_new_tokens", opts.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT, "")
-    _int_between("min_new_tokens", opts.min_new_tokens, 0, n, "max_new_tokens ")
+    n = _int_between("max_new_tokens", opts.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
+    _int_between("min_new_tokens", opts.min_new_tokens, 0, n, f"max_new_tokens ({n:,})")
     temperature = _number("temperature", opts.temperature)
     if not math.isfinite(temperature) or temperature < 0:
         raise InvalidOptionError(
@@ -98,12 +98,13 @@ def _check_all(opts: GenerationOptions) -> None:
         raise InvalidOptionError(f"stop must be a tuple of str, got {_shown(opts.stop)}")
 
 
-def _int_between(name: str, value: object, low: int, high: int, high_name: str) -> int:
-    """``value`` when it is an int in ``[low, high]``; else :class:`InvalidOptionError`."""
+def _int_between(name: str, value: object, low: int, high: int, high_text: str = "") -> int:
+    """``value`` when it is an int in ``[low, high]``; else :class:`InvalidOptionError`
+    (``high_text``: how the message names ``high``, by default its value)."""
     if not _is_int(value):
         raise InvalidOptionError(f"{name} must be an int, got {_shown(value)}")
     if not low <= value <= high:
-        bound = f"{high_name}({high:,})" if high_name else f"{high:,}"
+        bound = high_text or f"{high:,}"
         raise InvalidOptionError(f"{name} must be between {low} and {bound}, got {value:,}")
     return value
 
