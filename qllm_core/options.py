@@ -99,8 +99,10 @@ def _check_all(opts: GenerationOptions) -> None:
 
 
 def _int_between(name: str, value: object, low: int, high: int, high_text: str = "") -> int:
-    """``value`` when it is an int in ``[low, high]``; else :class:`InvalidOptionError`
-    (``high_text``: how the message names ``high``, by default its value)."""
+    """``value`` when it is an int in ``[low, high]``; else :class:`InvalidOptionError`.
+
+    ``high_text``: how the message names ``high`` (by default, its value).
+    """
     if not _is_int(value):
         raise InvalidOptionError(f"{name} must be an int, got {_shown(value)}")
     if not low <= value <= high:
