@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import haystack, machine, runner
-from .paths import Paths, save_json
+from .paths import Paths, load_json, save_json
 from .rag import EMBEDDING_NAME, RagSettings, RagSystem, minilm_embeddings
 from .sizes import Size
 from .systems import EngineSystem, System, engine_with
@@ -111,7 +111,8 @@ def run_compare(
         "machine": machine.describe(str(engine.model.device)),
         "model": engine.model_name,
         "base_config": dataclasses.asdict(engine.config),
-        "variants": {name: VARIANTS[name] for name in systems if name in VARIANTS},
+        "variants": _earlier_variants(paths.results / results_name(size), records)
+        | {name: VARIANTS[name] for name in systems if name in VARIANTS},
         "size": dataclasses.asdict(size),
         "seed": seed,
         "rag": dataclasses.asdict(RagSettings()) | {"embedding": EMBEDDING_NAME},
@@ -151,6 +152,15 @@ def run_compare(
                 records.append(record)
             summary = save()
     return summary
+
+
+def _earlier_variants(summary: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The variants an earlier invocation described, of the systems whose records remain."""
+    if not summary.exists():
+        return {}
+    kept = {r["system"] for r in records}
+    variants = load_json(summary)["meta"].get("variants", {})
+    return {name: changes for name, changes in variants.items() if name in kept}
 
 
 def paired_rows(

@@ -295,8 +295,9 @@ class QLLMEngine:
                 "lower max_new_tokens, or read the document with mode='qllm'"
             )
         rereads = _rereads(config)
-        if rereads:
-            self._check_reread_fits(layout, config, opts.max_new_tokens)
+        reread_into = memory.prompt.question_first(self.tokenizer, question) if rereads else None
+        if reread_into is not None:
+            self._check_reread_fits(reread_into, config, opts.max_new_tokens)
         plan = RequestPlan(
             question_span=layout.question_span,
             record_from=layout.question_span[1],
@@ -315,7 +316,17 @@ class QLLMEngine:
 
         progress = _Progress(mode=config.mode, question_found=True)
         return AnswerStream(
-            self._run(progress, read, ids, plan, layout, config, opts, memory_tokens=memory.tokens),
+            self._run(
+                progress,
+                read,
+                ids,
+                plan,
+                layout,
+                config,
+                opts,
+                memory_tokens=memory.tokens,
+                reread_into=reread_into,
+            ),
             cancelled=progress.cancelled,
         )
 
@@ -343,11 +354,13 @@ class QLLMEngine:
         opts: GenerationOptions,
         *,
         memory_tokens: int = 0,
+        reread_into: PromptLayout | None = None,
     ) -> Generator[str, None, Answer]:
         """Read (``read``: the forward state and the last logits), re-read, then decode.
 
         ``ids``: the whole prompt, of which the first ``memory_tokens`` come from a document
-        memory (already read).
+        memory (already read); ``reread_into``: the prompt the passages are re-read in, when
+        not ``layout`` (after a memory: the per-question prompt).
         """
         # Inference mode is entered for each stretch of work, never across a ``yield``:
         # it is thread-local state that would leak into the consumer's code.
@@ -357,7 +370,7 @@ class QLLMEngine:
             memory = step.memory if isinstance(step, QLLMForward) else None
             passages: list[Passage] = []
             if memory is not None and plan.rank_span is not None and layout is not None:
-                passages, step, logits = self._reread(memory, ids, layout, config)
+                passages, step, logits = self._reread(memory, layout, reread_into or layout, config)
         prefill_seconds = time.perf_counter() - t0
         progress.read(len(ids) - memory_tokens, prefill_seconds)
         text = TextAccumulator(self.tokenizer, opts.stop)
@@ -447,9 +460,14 @@ class QLLMEngine:
             )
 
     def _reread(
-        self, memory: RequestMemory, ids: list[int], layout: PromptLayout, config: QLLMConfig
+        self, memory: RequestMemory, layout: PromptLayout, into: PromptLayout, config: QLLMConfig
     ) -> tuple[list[Passage], NativeForward, torch.Tensor]:
-        """Second pass: the passages the question attended to most, read with full attention."""
+        """Second pass: the passages the question attended to most, read with full attention.
+
+        Passages are chosen in ``layout`` (the prompt read) and returned so; the re-read
+        prompt is ``into`` (the same document, perhaps placed elsewhere) with its document
+        replaced by them.
+        """
         relevance = memory.block_relevance()
         passages = choose_passages(
             relevance.mean(dim=0) if relevance.numel() else relevance.new_zeros(0),
@@ -461,7 +479,9 @@ class QLLMEngine:
         )
         step = NativeForward(self.model)
         separator = encode_text(self.tokenizer, SEPARATOR)
-        reread = reread_ids(ids, passages, layout.document_span, separator)
+        shift = into.document_span[0] - layout.document_span[0]
+        moved = [Passage(p.start + shift, p.end + shift, p.score) for p in passages]
+        reread = reread_ids(into.input_ids, moved, into.document_span, separator)
         logits = self._prefill(step, reread, config.replace(mode="full"))
         return passages, step, logits
 

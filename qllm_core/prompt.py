@@ -93,6 +93,17 @@ class DocumentPrompt:
             document_offsets=self.document_offsets,
         )
 
+    def question_first(self, tokenizer: Any, question: str) -> PromptLayout:
+        """The per-question prompt of :func:`build_prompt` (question, document, question).
+
+        The same tokens as ``build_prompt`` of the document's text: a re-read after a
+        memory lays its passages out as a re-read after a per-question read does.
+        """
+        doc_start, doc_end = self.document_span
+        return layout_prompt(
+            tokenizer, self.input_ids[doc_start:doc_end], self.document_offsets, question
+        )
+
 
 def build_document_prompt(tokenizer: Any, document: str) -> DocumentPrompt:
     """Lay out ``document`` in the tokenizer's chat template, for questions to follow it."""
@@ -109,21 +120,30 @@ def build_document_prompt(tokenizer: Any, document: str) -> DocumentPrompt:
 
 def build_prompt(tokenizer: Any, document: str, question: str) -> PromptLayout:
     """Lay out ``question``, ``document``, ``question`` in the tokenizer's chat template."""
-    pieces = _template_pieces(tokenizer, USER_MESSAGE, [_QUESTION, _DOCUMENT, _QUESTION])
-    ids: list[int] = []
-    spans: list[tuple[int, int]] = []
-    offsets = None
-    for i, piece in enumerate(pieces):
-        ids += _encode(tokenizer, piece)
-        if i == len(pieces) - 1:
-            break
-        part = question if i != 1 else document
-        if i == 1:
-            part_ids, offsets = encode_text_with_offsets(tokenizer, part)
-        else:
-            part_ids = encode_text(tokenizer, part)
+    document_ids, offsets = encode_text_with_offsets(tokenizer, document)
+    return layout_prompt(tokenizer, document_ids, offsets, question)
+
+
+def layout_prompt(
+    tokenizer: Any,
+    document_ids: list[int],
+    offsets: list[tuple[int, int]] | None,
+    question: str,
+) -> PromptLayout:
+    """:func:`build_prompt` of a document already tokenized (``offsets`` as there)."""
+    head, middle, after, tail = _template_pieces(
+        tokenizer, USER_MESSAGE, [_QUESTION, _DOCUMENT, _QUESTION]
+    )
+    question_ids = encode_text(tokenizer, question)
+    ids = _encode(tokenizer, head)
+    spans = []
+    for part_ids, text_after in (
+        (question_ids, middle),
+        (document_ids, after),
+        (question_ids, tail),
+    ):
         spans.append((len(ids), len(ids) + len(part_ids)))
-        ids += part_ids
+        ids += part_ids + _encode(tokenizer, text_after)
     return PromptLayout(
         input_ids=ids,
         question_span=spans[0],

@@ -16,7 +16,8 @@ from qllm_core import (
 from qllm_core.forward import NativeForward, QLLMForward
 from qllm_core.layer_memory import RequestMemory, RequestPlan
 from qllm_core.memory_cache import MemoryCache
-from qllm_core.prompt import build_document_prompt
+from qllm_core.prompt import build_document_prompt, build_prompt, encode_text
+from qllm_core.reread import SEPARATOR, Passage, reread_ids
 
 QUESTION = "What is the colour number of item 42?"
 
@@ -126,6 +127,35 @@ def test_reread_from_memory_keeps_the_question_passages(tiny_engine, tokenizer):
     assert 0 < answer.stats.reread_tokens <= 256
     assert answer.stats.retrieved_blocks  # the passages, with document char spans
     assert all(b.char_start is not None for b in answer.stats.retrieved_blocks)
+
+
+def test_reread_from_memory_of_the_whole_document_equals_the_per_question_full_read(tiny_engine):
+    """A budget covering the document re-reads the per-question prompt (question first)."""
+    tiny_engine.config = tiny_engine.config.replace(reread_tokens=4096)
+    document = "Item 42 is blue. " * 60
+    answer = tiny_engine.answer(tiny_engine.read(document, mode="qllm"), QUESTION, max_new_tokens=8)
+    full = tiny_engine.answer(document, QUESTION, max_new_tokens=8, mode="full")
+    assert answer.stats.reread_tokens == tiny_engine.count_tokens(document)
+    assert answer.text == full.text
+
+
+def test_reread_from_memory_reads_its_passages_in_the_per_question_prompt(tiny_engine, tokenizer):
+    """Exactly full attention over the per-question prompt holding only the chosen passages."""
+    tiny_engine.config = tiny_engine.config.replace(reread_tokens=160, reread_margin=4)
+    document = aligned_document(tokenizer, 1) * 2
+    answer = tiny_engine.answer(tiny_engine.read(document), QUESTION, max_new_tokens=8)
+    memory_start = build_document_prompt(tokenizer, document).document_span[0]
+    layout = build_prompt(tokenizer, document, QUESTION)
+    shift = layout.document_span[0] - memory_start
+    spans = sorted(
+        (b.token_start + shift, b.token_end + shift) for b in answer.stats.retrieved_blocks
+    )
+    passages = [Passage(start, end, 0.0) for start, end in spans]
+    assert 0 < answer.stats.reread_tokens == sum(p.end - p.start for p in passages) <= 160
+    separator = encode_text(tokenizer, SEPARATOR)
+    ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)
+    reference = tiny_engine.generate(ids, mode="full", max_new_tokens=8)
+    assert answer.text == reference.text
 
 
 @pytest.mark.parametrize("mode", ["qllm", "full"])

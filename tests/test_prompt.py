@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qllm_core.prompt import build_prompt
+from qllm_core.prompt import build_document_prompt, build_prompt
 
 DOC = "Zürich café. The vault code is 7431.\nSecond line — with ünïcode and more words."
 QUESTION = "What is the vault code?"
@@ -30,3 +30,9 @@ def test_char_span_maps_tokens_back_to_the_document(tokenizer):
             layout.input_ids[start + lo : start + hi]
         )
     assert layout.char_span(0, 2) is None  # template tokens are not document text
+
+
+def test_a_document_prompt_lays_out_the_per_question_prompt_exactly(tokenizer):
+    """A memory's re-read prompt is token for token the per-question prompt."""
+    expected = build_prompt(tokenizer, DOC, QUESTION)
+    assert build_document_prompt(tokenizer, DOC).question_first(tokenizer, QUESTION) == expected
