@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, StaticCache
 
 from .backends import select_attention
 from .capacity import check_fits
@@ -194,6 +194,7 @@ class QLLMEngine:
             step = self.new_forward(config, RequestPlan(None, record_from=len(ids)))
             self._prefill(step, ids, config)
         state = step.memory if isinstance(step, QLLMForward) else step.cache
+        assert not isinstance(state, StaticCache)  # reserved for decoding only
         from .persistence import engine_identity
 
         return DocumentMemory(
@@ -371,6 +372,8 @@ class QLLMEngine:
             passages: list[Passage] = []
             if memory is not None and plan.rank_span is not None and layout is not None:
                 passages, step, logits = self._reread(memory, layout, reread_into or layout, config)
+            if isinstance(step, NativeForward):
+                step.reserve(opts.max_new_tokens)
         prefill_seconds = time.perf_counter() - t0
         progress.read(len(ids) - memory_tokens, prefill_seconds)
         text = TextAccumulator(self.tokenizer, opts.stop)

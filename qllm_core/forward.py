@@ -11,7 +11,8 @@ import inspect
 from typing import Protocol
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, StaticCache
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from .layer_memory import RequestMemory
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
@@ -46,16 +47,50 @@ class QLLMForward:
 
 
 class NativeForward:
-    """The model's own attention with transformers' DynamicCache (mode ``full``)."""
+    """The model's own attention with transformers' KV cache (mode ``full``, re-reads).
+
+    The prompt is read into a ``DynamicCache`` (each chunk attends to what came before it
+    and no further); :meth:`reserve` then moves it into a ``StaticCache`` for decoding.
+    """
 
     def __init__(self, model: PreTrainedModel, cache: DynamicCache | None = None) -> None:
         """``cache``: keys and values of earlier tokens to read on from (default: none)."""
         self.model = model
-        self.cache = DynamicCache(config=model.config) if cache is None else cache
+        self.cache: DynamicCache | StaticCache = (
+            DynamicCache(config=model.config) if cache is None else cache
+        )
         self._lock = model_lock(model)
         # transformers 5.24 renamed the argument (the old name warns, and goes in 5.40)
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def reserve(self, new_tokens: int) -> None:
+        """Move the cache into buffers with room for ``new_tokens`` more tokens.
+
+        A ``DynamicCache`` concatenates each layer's keys and values into new tensors at
+        every step, copying the whole cache once per token; a ``StaticCache`` writes one
+        token in place. The keys and values are the same; the logits agree to rounding
+        (the attention also sums the buffer's empty, masked places). Caches with
+        sliding-window layers (a window of their own to roll) are kept as they are.
+        """
+        length = self.cache.get_seq_length()
+        static = StaticCache(config=self.model.config, max_cache_len=length + new_tokens)
+        if not length or len(self.cache.layers) != len(static.layers):
+            return
+        pairs = [
+            (layer, into)
+            for layer, into in zip(self.cache.layers, static.layers, strict=True)
+            if type(layer) is DynamicLayer and type(into) is StaticLayer
+        ]
+        if len(pairs) != len(static.layers):
+            return
+        for layer, into in pairs:
+            keys, values = layer.keys, layer.values
+            assert keys is not None and values is not None  # filled by the prompt
+            with torch.inference_mode():
+                into.update(keys, values)
+            layer.keys = layer.values = None  # freed as it goes (a fork's stay in its memory)
+        self.cache = static
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with its own attention and cache."""

@@ -126,3 +126,20 @@ def test_modes_run_past_the_trained_context(mode):
         assert len(layer.store) == (992 - 32 + 1 - 4) // 8  # last exec block starts at 992
         assert forward.memory.counts  # retrievals after record_from were counted
         assert (layer.question is not None) == (mode != "streaming")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decoding_into_reserved_buffers_equals_the_dynamic_cache(arch):
+    """``NativeForward.reserve``: same logits, step by step, as transformers' DynamicCache."""
+    from transformers import StaticCache
+
+    from qllm_core.forward import NativeForward
+
+    model = make_tiny_model(arch)
+    ids = torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(1)).tolist()
+    dynamic, reserved = NativeForward(model), NativeForward(model)
+    torch.testing.assert_close(reserved(ids[:60]), dynamic(ids[:60]))
+    reserved.reserve(10)
+    assert isinstance(reserved.cache, StaticCache)  # every tiny architecture is windowless
+    for token in ids[60:]:
+        torch.testing.assert_close(reserved([token]), dynamic([token]))
