@@ -225,4 +225,4 @@ def followup_section(paths: Paths) -> str | None:
 
 
 def _listed(rates: list[float]) -> str:
-    return " and ".join(f"{rate:.1f}" for rate in rates)
+    return " and ".join(f"{rate:.1f}" for rate in rates) or "not measured"
