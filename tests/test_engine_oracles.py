@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, TINY_ENGINE_CONFIG, make_tiny_model
+import transformers
+from tiny_models import ARCHITECTURES, TINY, TINY_ENGINE_CONFIG, make_tiny_model
+from transformers import DynamicCache, StaticCache
 
 from qllm_core import QLLMConfig, QLLMEngine
+from qllm_core.forward import NativeForward
 from qllm_core.layer_memory import RequestPlan
 
 ARCHS = sorted(ARCHITECTURES)
@@ -131,10 +134,6 @@ def test_modes_run_past_the_trained_context(mode):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_decoding_into_reserved_buffers_equals_the_dynamic_cache(arch):
     """``NativeForward.reserve``: same logits, step by step, as transformers' DynamicCache."""
-    from transformers import StaticCache
-
-    from qllm_core.forward import NativeForward
-
     model = make_tiny_model(arch)
     ids = torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(1)).tolist()
     dynamic, reserved = NativeForward(model), NativeForward(model)
@@ -143,3 +142,15 @@ def test_decoding_into_reserved_buffers_equals_the_dynamic_cache(arch):
     assert isinstance(reserved.cache, StaticCache)  # every tiny architecture is windowless
     for token in ids[60:]:
         torch.testing.assert_close(reserved([token]), dynamic([token]))
+
+
+def test_a_sliding_window_cache_is_kept_dynamic():
+    """Layers that roll a window of their own are not moved into static buffers."""
+    torch.manual_seed(0)
+    config = transformers.MistralConfig(vocab_size=256, **TINY, sliding_window=16)
+    model = transformers.MistralForCausalLM(config).eval()
+    step = NativeForward(model)
+    step(list(range(40)))
+    step.reserve(4)
+    assert isinstance(step.cache, DynamicCache)
+    assert step([7]).shape == (256,)
