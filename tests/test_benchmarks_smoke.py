@@ -344,6 +344,7 @@ def test_followup_times_first_and_follow_up_questions(tmp_path, tokenizer, tiny_
         assert row["read_seconds"] > 0 and row["tokens"] > 200
         for answer in (row["first"], row["follow_up"]):
             assert 0 < answer["ttft_seconds"] <= answer["total_seconds"]
+        assert row["follow_up"]["generate_2k_next"] > 0
     section = followup.followup_section(paths)
     assert section is not None and "first / follow-up" in section
     assert load_json(paths.results / followup.RESULTS)["rows"] == rows
