@@ -382,11 +382,11 @@ class QLLMEngine:
             generator = torch.Generator().manual_seed(opts.seed)
         finish: FinishReason = "length"
         generated = 0
+        held_off = torch.tensor(sorted(self._eos), dtype=torch.long, device=logits.device)
         t1 = time.perf_counter()
         while generated < opts.max_new_tokens:
             if generated < opts.min_new_tokens and self._eos:
-                eos = torch.tensor(sorted(self._eos), device=logits.device)
-                logits = logits.index_fill(0, eos, float("-inf"))
+                logits = logits.index_fill(0, held_off, float("-inf"))
             token = next_token(
                 logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
             )
