@@ -11,6 +11,7 @@ from pathlib import Path
 from . import commands, gpu_check, machine, throughput
 from . import compare as compare_mod
 from . import followup as followup_mod
+from . import passages as passages_mod
 from . import recall as recall_mod
 from .engine_spec import add_arguments, from_arguments
 from .paths import REPO_ROOT, Paths, save_json
@@ -63,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--samples", type=int, default=3)
     recall.add_argument("--seed", type=int, default=1000, help="calibration seed (not 0)")
     add_arguments(recall)
+
+    passages = sub.add_parser(
+        "passages",
+        help="retrieval apart from reading: answer's block rank and re-read variants, one read",
+    )
+    passages.add_argument("--task-set", choices=["standard", "realdocs"], default="realdocs")
+    passages.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(passages_mod.VARIANTS),
+        help="answered besides the oracle: re-read variants "
+        f"({', '.join(passages_mod.VARIANTS)}) or rag",
+    )
+    passages.add_argument(
+        "--answers-only", action="store_true", help="only samples already read (no new reads)"
+    )
+    add_arguments(passages)
 
     followup = sub.add_parser(
         "followup", help="read once: first question vs follow-up from memory, decode speed"
@@ -137,6 +155,25 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         print(table)
+        return 0
+    elif args.command == "passages":
+        engine = spec.load()
+        if args.task_set == "realdocs":
+            from .realdocs import real_samples
+
+            samples = real_samples(engine.tokenizer)
+        else:
+            samples = compare_mod.compare_samples(engine.tokenizer, SIZES["standard"], seed=0)
+        passages_mod.run_passages(
+            engine,
+            samples,
+            paths,
+            args.task_set,
+            args.variants,
+            command=machine.command_line(),
+            answers_only=args.answers_only,
+        )
+        commands.rerender(paths)
         return 0
     elif args.command == "followup":
         followup_mod.run_followup(

@@ -11,6 +11,7 @@ from typing import Any
 from . import figures, tables
 from .compare_report import compare_section
 from .followup import followup_section
+from .passages_report import passages_sections
 from .paths import Paths, load_json, save_json
 from .throughput import Point
 
@@ -45,6 +46,7 @@ def render(paths: Paths) -> str:
         sections.append(_throughput_section(throughput, paths))
     for compare in sorted(paths.results.glob("compare-*.json")):
         sections.append(compare_section(load_json(compare), paths))
+    sections += passages_sections(paths)
     followup = followup_section(paths)
     if followup:
         sections.append(followup)

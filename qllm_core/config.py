@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .retrieval import RANKINGS
 
 Mode = Literal["auto", "qllm", "infllm", "streaming", "full"]
 MODES: tuple[str, ...] = ("auto", "qllm", "infllm", "streaming", "full")
@@ -65,6 +66,18 @@ class QLLMConfig:
     reread_margin: int = 32
     """Tokens of context added on each side of a block chosen for the re-read, so that a
     sentence cut by a block boundary is read whole."""
+    reread_ranking: Literal["mean", "peak", "token_peak"] = "mean"
+    """How the re-read ranks memory blocks by the final question's attention over all
+    their keys (:func:`~qllm_core.retrieval.block_relevance`, averaged over layers):
+    ``mean`` share over heads and question tokens, the ``peak`` share any head and token
+    gives, or ``token_peak``, each token's most focused head averaged over tokens."""
+    reread_min_tokens: int = 0
+    """Sized re-read: document tokens always re-read (when the document has them), however
+    the scores fall; see ``reread_score_ratio``."""
+    reread_score_ratio: float = 0.0
+    """Sized re-read: once ``reread_min_tokens`` are kept, blocks scoring below this
+    fraction of the best block's score are left out, so a question whose relevance sits in
+    few blocks re-reads fewer tokens than ``reread_tokens`` (0: always fill it)."""
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
     """Kernels of the two-stage attention: ``torch`` (CPU and GPU), ``triton`` (CUDA
     GPUs, needs the ``triton`` extra), or ``auto``: triton on a CUDA device when it is
@@ -148,6 +161,24 @@ class QLLMConfig:
             "reread_tokens",
             f"({self.reread_tokens}) must be 0 (off) or at least block_size "
             f"({self.block_size}): the re-read takes whole memory blocks",
+        )
+        _check(
+            self.reread_ranking in RANKINGS,
+            "reread_ranking",
+            f"must be one of {RANKINGS}, got {self.reread_ranking!r}",
+        )
+        _check(
+            _is_int(self.reread_min_tokens) and 0 <= self.reread_min_tokens <= self.reread_tokens,
+            "reread_min_tokens",
+            f"must be an integer from 0 to reread_tokens ({self.reread_tokens}), "
+            f"got {self.reread_min_tokens!r}",
+        )
+        _check(
+            isinstance(self.reread_score_ratio, (int, float))
+            and not isinstance(self.reread_score_ratio, bool)
+            and 0 <= self.reread_score_ratio <= 1,
+            "reread_score_ratio",
+            f"must be a number from 0 to 1, got {self.reread_score_ratio!r}",
         )
         _check(
             self.attention_backend in ATTENTION_BACKENDS,

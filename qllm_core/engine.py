@@ -242,8 +242,6 @@ class QLLMEngine:
     ) -> AnswerStream:
         """Streaming form of :meth:`generate`."""
         opts = GenerationOptions.from_kwargs(**options)
-        if mode is not None:
-            self.config.replace(mode=mode)
         ids = token_ids(input_ids, self._vocab_size)
         question_span = checked_span(question_span, len(ids))
         record_from = question_span[1] if question_span else len(ids)
@@ -471,7 +469,7 @@ class QLLMEngine:
         prompt is ``into`` (the same document, perhaps placed elsewhere) with its document
         replaced by them.
         """
-        relevance = memory.block_relevance()
+        relevance = memory.block_relevance(config.reread_ranking)
         passages = choose_passages(
             relevance.mean(dim=0) if relevance.numel() else relevance.new_zeros(0),
             document_span=layout.document_span,
@@ -479,6 +477,8 @@ class QLLMEngine:
             block_size=config.block_size,
             budget=config.reread_tokens,
             margin=config.reread_margin,
+            min_tokens=config.reread_min_tokens,
+            ratio=config.reread_score_ratio,
         )
         step = NativeForward(self.model)
         separator = encode_text(self.tokenizer, SEPARATOR)

@@ -284,13 +284,14 @@ class LayerMemory:
             self._rank_queries.append(q_global[:, :, lo - start : hi - start].clone())
             self._scaling = scaling
 
-    def block_relevance(self) -> torch.Tensor:
-        """Share of the rank span's attention that each memory block draws: (num_blocks,).
+    def block_relevance(self, ranking: str = "mean") -> torch.Tensor:
+        """How much of the rank span's attention each memory block draws: (num_blocks,).
 
         The rank span's queries (rotated for the global stage) are scored against every key
         of every block (all at position 0), a softmax over all blocks' keys per query, summed
-        per block and averaged over heads and queries; sums to 1 (empty without blocks or
-        without a rank span).
+        per block, then reduced over heads and queries as ``ranking`` says
+        (:func:`~qllm_core.retrieval.block_relevance`); empty without blocks or without a
+        rank span.
         """
         if not self._rank_queries or not len(self.store):
             return torch.zeros(len(self.store))
@@ -302,7 +303,7 @@ class LayerMemory:
             ],
             dim=-1,
         )
-        return block_relevance(log_mass).cpu()
+        return block_relevance(log_mass, ranking).cpu()
 
 
 class RequestMemory:
@@ -356,10 +357,10 @@ class RequestMemory:
         )
         return layer
 
-    def block_relevance(self) -> torch.Tensor:
-        """Per layer, the share of the rank span's attention each block draws: (layers, blocks).
+    def block_relevance(self, ranking: str = "mean") -> torch.Tensor:
+        """Per layer, how much of the rank span's attention each block draws: (layers, blocks).
 
         See :meth:`LayerMemory.block_relevance`; rows in layer order.
         """
-        rows = [self.layers[i].block_relevance() for i in sorted(self.layers)]
+        rows = [self.layers[i].block_relevance(ranking) for i in sorted(self.layers)]
         return torch.stack(rows) if rows else torch.zeros(0, 0)

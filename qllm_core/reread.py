@@ -41,14 +41,18 @@ def choose_passages(
     block_size: int,
     budget: int,
     margin: int,
+    min_tokens: int = 0,
+    ratio: float = 0.0,
 ) -> list[Passage]:
     """Passages of the document to re-read, in document order.
 
-    relevance: (num_blocks,) share of the question's attention per memory block; block
+    relevance: (num_blocks,) the question's relevance score per memory block; block
     ``b`` holds prompt tokens ``[n_init + b * block_size, n_init + (b + 1) * block_size)``.
     The document's tokens before the first block and after the last are always kept;
     blocks are then added best first, each widened by ``margin`` tokens on both sides
-    (clipped to the document), while the total stays within ``budget`` tokens.
+    (clipped to the document), while the total stays within ``budget`` tokens. Once
+    ``min_tokens`` are kept, a block scoring below ``ratio`` times the best block's score
+    ends the choice (``ratio`` 0: fill the budget).
     """
     doc_start, doc_end = document_span
     kept = bytearray(doc_end - doc_start)  # 1 where a document token is kept
@@ -57,7 +61,10 @@ def choose_passages(
         kept[max(0, lo - doc_start) : max(0, hi - doc_start)] = b"\x01" * max(0, hi - lo)
     used = sum(kept)
     scores = [0.0] * len(kept)
+    floor = ratio * float(relevance.max()) if relevance.numel() else 0.0
     for block in relevance.argsort(descending=True, stable=True).tolist():
+        if used >= min_tokens and float(relevance[block]) < floor:
+            break
         lo = max(doc_start, n_init + block * block_size - margin) - doc_start
         hi = min(doc_end, n_init + (block + 1) * block_size + margin) - doc_start
         if hi <= lo:

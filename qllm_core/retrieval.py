@@ -72,12 +72,32 @@ def block_log_mass(queries: torch.Tensor, keys: torch.Tensor, scaling: float) ->
     return logits.logsumexp(dim=-1)
 
 
-def block_relevance(log_mass: torch.Tensor) -> torch.Tensor:
-    """Mean share of attention per block over heads and queries: (H, G, n, B) -> (B,).
+RANKINGS: tuple[str, ...] = ("mean", "peak", "token_peak")
+"""How :func:`block_relevance` reduces the question's attention shares to one score per block."""
 
-    Each query's attention over the blocks sums to 1, so the result sums to 1 too.
+
+def block_relevance(log_mass: torch.Tensor, ranking: str = "mean") -> torch.Tensor:
+    """One layer's score per block from its question's attention: (H, G, n, B) -> (B,).
+
+    ``P[h, g, i, b]`` = softmax over blocks of ``log_mass``: the share of query ``i``'s
+    attention (query head ``g`` of KV head ``h``) that block ``b`` draws. Then:
+
+    - ``mean``: ``mean_{h,g,i} P`` (sums to 1). Dominated by what every query attends to,
+      so the ranking follows the document (its start, headings) more than the question;
+    - ``peak``: ``max_{h,g,i} P``: the largest share any head and question token gives the
+      block, so one content word's focused attention outranks the diffuse mass that
+      function words spread over generic blocks;
+    - ``token_peak``: ``mean_i max_{h,g} P``: per question token the most focused head,
+      averaged over the question's tokens.
     """
-    return log_mass.softmax(dim=-1).mean(dim=(0, 1, 2))
+    shares = log_mass.softmax(dim=-1)
+    if ranking == "mean":
+        return shares.mean(dim=(0, 1, 2))
+    if ranking == "peak":
+        return shares.flatten(0, 2).amax(dim=0)
+    if ranking == "token_peak":
+        return shares.amax(dim=(0, 1)).mean(dim=0)
+    raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
 
 
 def question_shares(representatives: torch.Tensor, question: torch.Tensor) -> torch.Tensor:

@@ -147,3 +147,72 @@ def test_reread_fields_are_validated(field, value):
 def test_auto_is_the_default_mode():
     assert QLLMConfig().mode == "auto"
     assert QLLMConfig.preset("smollm2").mode == "auto"
+
+
+@pytest.mark.parametrize("ranking", ["mean", "peak", "token_peak"])
+def test_each_ranking_is_its_formula_over_the_attention_shares(ranking):
+    torch.manual_seed(1)
+    log_mass = torch.randn(2, 3, 5, 7)  # (H, G, n, B)
+    shares = log_mass.double().softmax(-1)
+    expected = {
+        "mean": lambda: shares.mean(dim=(0, 1, 2)),
+        "peak": lambda: torch.stack([shares[..., b].max() for b in range(7)]),
+        "token_peak": lambda: torch.stack(
+            [torch.stack([shares[:, :, i, b].max() for i in range(5)]).mean() for b in range(7)]
+        ),
+    }[ranking]()
+    torch.testing.assert_close(block_relevance(log_mass, ranking).double(), expected)
+
+
+def test_peak_ranks_one_focused_query_above_diffuse_mass():
+    # block 0 gets a little from every query; block 1 nearly all of one query's attention
+    log_mass = torch.zeros(1, 1, 4, 3)
+    log_mass[..., 0] = 1.0
+    log_mass[0, 0, 2, 1] = 6.0
+    assert int(block_relevance(log_mass, "mean").argmax()) == 0
+    assert int(block_relevance(log_mass, "peak").argmax()) == 1
+    assert int(block_relevance(log_mass, "token_peak").argmax()) == 0
+    with pytest.raises(ValueError, match="choose one of"):
+        block_relevance(log_mass, "median")
+
+
+def test_sized_reread_stops_below_the_ratio_once_the_floor_is_kept():
+    # document [0, 100), n_init 0, blocks of 10; nothing always kept
+    relevance = torch.tensor([0.1, 1.0, 0.6, 0.45, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0])
+    common = {"document_span": (0, 100), "n_init": 0, "block_size": 10, "margin": 0}
+    sized = choose_passages(relevance, budget=80, ratio=0.5, **common)
+    assert [(p.start, p.end) for p in sized] == [(10, 30)]  # blocks 1, 2; 0.45 < 0.5
+    floor = choose_passages(relevance, budget=80, ratio=0.5, min_tokens=30, **common)
+    assert [(p.start, p.end) for p in floor] == [(10, 40)]  # block 3 fills the floor
+    full = choose_passages(relevance, budget=80, **common)
+    assert sum(p.end - p.start for p in full) == 80
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("reread_ranking", "median"), ("reread_min_tokens", 5000), ("reread_score_ratio", 1.5)],
+)
+def test_reread_options_out_of_range_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        QLLMConfig(reread_tokens=3072, **{field: value})
+
+
+@pytest.mark.parametrize("ranking", ["peak", "token_peak"])
+def test_each_ranking_reaches_the_reread(tiny_engine, ranking):
+    """The re-read's passages are the best blocks under the configured ranking."""
+    config = tiny_engine.config.replace(reread_tokens=160, reread_margin=0)
+    mean = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    other = QLLMEngine(
+        tiny_engine.model,
+        tiny_engine.tokenizer,
+        config=config.replace(reread_ranking=ranking),
+        progress=False,
+    )
+    spans = [
+        sorted(
+            (b.token_start, b.token_end)
+            for b in e.answer(DOC, QUESTION, max_new_tokens=2).stats.retrieved_blocks
+        )
+        for e in (mean, other)
+    ]
+    assert spans[0] != spans[1]

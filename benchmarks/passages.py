@@ -1,0 +1,278 @@
+"""Retrieval apart from reading: does the re-read hold the answer, and is it read right?
+
+``python -m benchmarks passages --task-set realdocs`` (or ``standard``) reads each sample
+once, as the default does (mode ``qllm``, question before and after the document), and
+keeps every memory block's relevance under each ranking of
+:data:`qllm_core.retrieval.RANKINGS` (averaged over layers). Each re-read variant of
+:data:`VARIANTS` then chooses its passages from those scores, re-reads them with the model's
+own attention and answers, exactly as the engine configured that way would (a test checks
+it), so all variants and the oracle are paired on the same read:
+
+- the rank of the block holding each fact (0 = first; the worst over a sample's facts),
+  whether every fact is inside the re-read, the re-read's length, the answer;
+- ``oracle``: the answer's passage alone (the fact widened to :data:`ORACLE_TOKENS`
+  tokens) in place of the document: the model's ceiling, what no ranking can beat.
+
+Records go to ``benchmarks/out/passages-<set>/`` (resumable: a rerun skips what is there;
+new variants re-use the stored reads) and the summary to ``results/passages-<set>.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import machine, runner
+from .paths import Paths, save_json
+from .scoring import overlaps, score
+from .tasks import Sample
+
+ORACLE_TOKENS = 512
+"""Tokens of the oracle passage around each fact."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a re-read chooses its passages (the ``QLLMConfig.reread_*`` fields)."""
+
+    ranking: str
+    tokens: int
+    min_tokens: int = 0
+    ratio: float = 0.0
+
+    def config_fields(self) -> dict[str, Any]:
+        """The engine config that re-reads this way."""
+        return {
+            "reread_ranking": self.ranking,
+            "reread_tokens": self.tokens,
+            "reread_min_tokens": self.min_tokens,
+            "reread_score_ratio": self.ratio,
+        }
+
+
+VARIANTS: dict[str, Variant] = {
+    "mean-3072": Variant("mean", 3072),  # the default before issue 28
+    "peak-3072": Variant("peak", 3072),
+    "peak-1536": Variant("peak", 1536),
+    "token_peak-1536": Variant("token_peak", 1536),
+    "peak-sized": Variant("peak", 3072, min_tokens=768, ratio=0.5),
+}
+"""Re-read variants answered by default; ``oracle`` is always answered too."""
+
+
+def fact_spans(layout: Any, sample: Sample) -> list[tuple[int, int]]:
+    """Prompt token span ``[start, end)`` of each fact (tokens overlapping its chars)."""
+    doc_start = layout.document_span[0]
+    spans = []
+    for span in sample.evidence:
+        hits = [
+            doc_start + i
+            for i, (lo, hi) in enumerate(layout.document_offsets or [])
+            if overlaps(span, lo, hi)
+        ]
+        if hits:
+            spans.append((hits[0], hits[-1] + 1))
+    return spans
+
+
+def block_ranks(
+    relevance: list[float], spans: list[tuple[int, int]], n_init: int, block_size: int
+) -> list[int | None]:
+    """Per fact, the best rank of a memory block it overlaps (``None``: in no block)."""
+    order = torch.tensor(relevance).argsort(descending=True, stable=True).tolist()
+    rank_of = {block: rank for rank, block in enumerate(order)}
+    out: list[int | None] = []
+    for lo, hi in spans:
+        first, last = (lo - n_init) // block_size, (hi - 1 - n_init) // block_size
+        ranks = [rank_of[b] for b in range(first, last + 1) if b in rank_of]
+        out.append(min(ranks) if ranks else None)
+    return out
+
+
+def read_sample(engine: Any, sample: Sample) -> dict[str, Any]:
+    """The default's read of ``sample``: block relevance per ranking, fact ranks, timing."""
+    from qllm_core.layer_memory import RequestPlan
+    from qllm_core.prompt import build_prompt
+    from qllm_core.retrieval import RANKINGS
+
+    config = engine.config.replace(mode="qllm")
+    layout = build_prompt(engine.tokenizer, sample.document, sample.question)
+    plan = RequestPlan(
+        question_span=layout.question_span,
+        record_from=layout.final_question_span[0],
+        rank_span=layout.final_question_span,
+    )
+    ids = layout.input_ids
+    started = time.perf_counter()
+    with torch.inference_mode():
+        step = engine.new_forward(config, plan)
+        for start in range(0, len(ids), config.prefill_chunk_size):
+            step(ids[start : start + config.prefill_chunk_size])
+        read_seconds = time.perf_counter() - started
+        relevance = {
+            name: step.memory.block_relevance(name).mean(dim=0).tolist() for name in RANKINGS
+        }
+    spans = fact_spans(layout, sample)
+    return {
+        "sample_id": sample.sample_id,
+        "task": sample.task,
+        "length": sample.length,
+        "prompt_tokens": len(ids),
+        "read_seconds": read_seconds,
+        "rank_seconds": time.perf_counter() - started - read_seconds,
+        "fact_spans": spans,
+        "ranks": {
+            name: block_ranks(scores, spans, config.n_init, config.block_size)
+            for name, scores in relevance.items()
+        },
+        "relevance": relevance,
+    }
+
+
+def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
+    """Each fact widened to :data:`ORACLE_TOKENS` tokens inside the document, merged."""
+    from qllm_core.reread import Passage
+
+    doc_start, doc_end = layout.document_span
+    out: list[Any] = []
+    for lo, hi in sorted(spans):
+        pad = max(0, ORACLE_TOKENS - (hi - lo)) // 2
+        start, end = max(doc_start, lo - pad), min(doc_end, hi + pad)
+        if out and start <= out[-1].end:
+            out[-1] = Passage(out[-1].start, max(end, out[-1].end), 0.0)
+        else:
+            out.append(Passage(start, end, 0.0))
+    return out
+
+
+def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str) -> dict[str, Any]:
+    """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer."""
+    from qllm_core.prompt import build_prompt, encode_text
+    from qllm_core.reread import SEPARATOR, choose_passages, reread_ids
+
+    config = engine.config
+    layout = build_prompt(engine.tokenizer, sample.document, sample.question)
+    spans = [tuple(s) for s in read["fact_spans"]]
+    if name == "oracle":
+        passages = oracle_passages(layout, spans)
+    else:
+        variant = VARIANTS[name]
+        passages = choose_passages(
+            torch.tensor(read["relevance"][variant.ranking]),
+            document_span=layout.document_span,
+            n_init=config.n_init,
+            block_size=config.block_size,
+            budget=variant.tokens,
+            margin=config.reread_margin,
+            min_tokens=variant.min_tokens,
+            ratio=variant.ratio,
+        )
+    separator = encode_text(engine.tokenizer, SEPARATOR)
+    ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)
+    answer = engine.generate(ids, mode="full", max_new_tokens=sample.max_new_tokens)
+    inside = bool(spans) and all(
+        any(p.start <= lo and hi <= p.end for p in passages) for lo, hi in spans
+    )
+    return {
+        "sample_id": sample.sample_id,
+        "task": sample.task,
+        "length": sample.length,
+        "variant": name,
+        "answer": answer.text,
+        "correct": score(sample.expected, answer.text),
+        "inside": inside,
+        "reread_tokens": sum(p.end - p.start for p in passages),
+        "prefill_seconds": answer.stats.prefill_seconds,
+        "decode_seconds": answer.stats.decode_seconds,
+    }
+
+
+def answer_rag(rag: Any, sample: Sample) -> dict[str, Any]:
+    """``rag``'s answer to ``sample`` as a variant record (``inside``: a chunk held the fact)."""
+    answer = rag.answer(sample)
+    return {
+        "sample_id": sample.sample_id,
+        "task": sample.task,
+        "length": sample.length,
+        "variant": "rag",
+        "answer": answer.text,
+        "correct": score(sample.expected, answer.text),
+        "inside": answer.evidence_rank is not None,
+        "reread_tokens": answer.tokens_read,
+        "prefill_seconds": answer.prefill_seconds,
+        "decode_seconds": answer.decode_seconds,
+    }
+
+
+def run_passages(
+    engine: Any,
+    samples: Iterable[Sample],
+    paths: Paths,
+    set_name: str,
+    variants: list[str],
+    *,
+    command: str,
+    answers_only: bool = False,
+) -> dict[str, Any]:
+    """Read every sample once and answer it with each variant; resumes from earlier records.
+
+    ``variants`` may name ``rag`` (chunk-and-embed RAG, :mod:`benchmarks.rag`) besides the
+    re-read variants; ``answers_only``: skip the samples not read yet (to add a variant
+    while another process reads).
+    """
+    folder = paths.out / f"passages-{set_name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    reads_path, answers_path = folder / "reads.jsonl", folder / "answers.jsonl"
+    reads = {r["sample_id"]: r for r in runner.read_records(reads_path)}
+    answers = runner.read_records(answers_path)
+    done = {(r["sample_id"], r["variant"]) for r in answers}
+    meta = {
+        "command": command,
+        "machine": machine.describe(str(engine.model.device)),
+        "model": engine.model_name,
+        "config": dataclasses.asdict(engine.config),
+        "variants": {
+            name: dataclasses.asdict(VARIANTS[name]) for name in variants if name in VARIANTS
+        },
+        "oracle_tokens": ORACLE_TOKENS,
+    }
+    summary: dict[str, Any] = {}
+    rag = None
+    for sample in tqdm(list(samples), desc=f"passages {set_name}", unit="sample"):
+        if sample.sample_id not in reads:
+            if answers_only:
+                continue
+            reads[sample.sample_id] = _append(reads_path, read_sample(engine, sample))
+        for name in ("oracle", *variants):
+            if (sample.sample_id, name) in done:
+                continue
+            if name == "rag":
+                if rag is None:
+                    from .rag import RagSystem, minilm_embeddings
+
+                    rag = RagSystem(engine, minilm_embeddings())
+                record = answer_rag(rag, sample)
+            else:
+                record = answer_variant(engine, sample, reads[sample.sample_id], name)
+            answers.append(_append(answers_path, record))
+        summary = {
+            "meta": meta | {"date": machine.now()},
+            "reads": [{k: v for k, v in r.items() if k != "relevance"} for r in reads.values()],
+            "answers": answers,
+        }
+        save_json(paths.results / f"passages-{set_name}.json", summary)
+    return summary
+
+
+def _append(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
+    return record

@@ -1,0 +1,170 @@
+"""BENCHMARKS.md section of the passages benchmark: ranking apart from reading, paired."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+from .compare import paired_rows
+from .paths import Paths, load_json
+
+RANK_CUTS: tuple[int, ...] = (1, 3, 10)
+"""Ranks reported: the answer's block first, in the top 3, in the top 10."""
+RECORDED = ("qllm-reread", "qllm", "rag")
+"""Systems of ``compare-<set>.json`` paired with the variants, when that file has them."""
+
+
+def passages_sections(paths: Paths) -> list[str]:
+    """One section per ``results/passages-*.json``."""
+    out = []
+    for path in sorted(paths.results.glob("passages-*.json")):
+        data = load_json(path)
+        name = path.stem.removeprefix("passages-")
+        recorded = load_json(paths.results / f"compare-{name}.json") or {}
+        out.append(passages_section(name, data, recorded.get("records", [])))
+    return out
+
+
+def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, Any]]) -> str:
+    """Rank of the answer's block per ranking, then each variant's answers, paired."""
+    meta, reads, answers = data["meta"], data["reads"], data["answers"]
+    correct = _correct_by_system(answers, recorded, {r["sample_id"] for r in reads})
+    oracle = correct.get("oracle", {})
+    fair = sorted(s for s, ok in oracle.items() if ok)
+    machine = meta["machine"]
+    lines = [
+        f"## Retrieval apart from reading (`{name}`)",
+        "",
+        f"- Command: `{meta['command']}` ({meta['date']})",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB RAM",
+        f"- {len(reads)} samples read once each (mode `qllm`, median read "
+        f"{statistics.median(r['read_seconds'] for r in reads):.0f} s); every variant "
+        "re-reads from that one read, exactly as the engine configured so would "
+        "(`benchmarks/passages.py`). `oracle`: the fact's own "
+        f"{meta['oracle_tokens']} tokens in place of the document, the model's ceiling. "
+        f"Fair samples (the oracle answers them): {len(fair)} of {len(oracle)}.",
+        "",
+        "### Where the block holding the answer ranks",
+        "",
+        "Per sample the worst rank over its facts (all are needed); a fact in the "
+        "always-kept start or end of the document has no block and is counted apart.",
+        "",
+        _rank_table(reads),
+        "",
+        "### Answers per variant",
+        "",
+        "`inside`: every fact was inside the re-read; `misread`: inside but answered wrong "
+        "(the model); `not re-read`: outside and wrong (the ranking).",
+        "",
+        _answer_table(answers, correct, fair),
+        "",
+    ]
+    if len({r["task"] for r in reads}) > 1:
+        lines += ["### Right answers per task and length", "", _task_table(reads, correct), ""]
+    baseline = "mean-3072" if len(correct.get("mean-3072", {})) == len(reads) else "qllm-reread"
+    if baseline in correct:
+        lines += [
+            f"### Paired with `{baseline}` (the default before this benchmark), per sample",
+            "",
+            _pair_table(correct, baseline),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _correct_by_system(
+    answers: list[dict[str, Any]], recorded: list[dict[str, Any]], samples: set[str]
+) -> dict[str, dict[str, bool]]:
+    out: dict[str, dict[str, bool]] = {}
+    for record in answers:
+        out.setdefault(record["variant"], {})[record["sample_id"]] = bool(record["correct"])
+    for record in recorded:
+        if record["system"] in RECORDED and record["sample_id"] in samples:
+            if record.get("status") == "ok":
+                out.setdefault(record["system"], {})[record["sample_id"]] = bool(record["correct"])
+    return out
+
+
+def _rank_table(reads: list[dict[str, Any]]) -> str:
+    rankings = sorted({name for r in reads for name in r["ranks"]})
+    rows = []
+    for ranking in rankings:
+        worst = [_worst(r["ranks"][ranking]) for r in reads]
+        in_blocks = [w for w in worst if w is not None]
+        rows.append(
+            [ranking, f"{len(in_blocks)}/{len(worst)}"]
+            + [f"{sum(w < k for w in in_blocks)}" for k in RANK_CUTS]
+            + [f"{statistics.median(in_blocks):.0f}" if in_blocks else "-"]
+        )
+    headers = ["ranking", "answer in a block"] + [f"rank < {k}" for k in RANK_CUTS]
+    return tabulate(rows, [*headers, "median rank"], tablefmt="github")
+
+
+def _worst(ranks: Sequence[int | None]) -> int | None:
+    """The rank that decides whether every fact is in: the largest (``None``: no block)."""
+    known = [r for r in ranks if r is not None]
+    return max(known) if known else None
+
+
+def _answer_table(
+    answers: list[dict[str, Any]], correct: dict[str, dict[str, bool]], fair: list[str]
+) -> str:
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for record in answers:
+        by_variant.setdefault(record["variant"], []).append(record)
+    rows = []
+    for name, right in correct.items():
+        records = by_variant.get(name, [])
+        inside = [r for r in records if r["inside"]]
+        tokens = [r["reread_tokens"] for r in records]
+        seconds = [r["prefill_seconds"] + r["decode_seconds"] for r in records]
+        rows.append(
+            [
+                name,
+                f"{sum(right.values())}/{len(right)}",
+                f"{sum(right.get(s, False) for s in fair)}/{sum(s in right for s in fair)}",
+                f"{len(inside)}/{len(records)}" if records else "-",
+                sum(not r["correct"] for r in inside) if records else "-",
+                sum(not r["inside"] and not r["correct"] for r in records) if records else "-",
+                f"{statistics.median(tokens):.0f}" if tokens else "-",
+                f"{statistics.median(seconds):.1f}" if seconds else "-",
+            ]
+        )
+    headers = [
+        "system",
+        "right",
+        "right (fair)",
+        "inside",
+        "misread",
+        "not re-read",
+        "median re-read tokens",
+        "median answer s",
+    ]
+    return tabulate(rows, headers, tablefmt="github")
+
+
+def _pair_table(correct: dict[str, dict[str, bool]], baseline: str) -> str:
+    records = [
+        {"system": name, "sample_id": sample, "status": "ok", "correct": ok}
+        for name, right in correct.items()
+        for sample, ok in right.items()
+    ]
+    rows = paired_rows(records, baseline, list(correct))
+    headers = ["system", "wins", "losses", "both right", "both wrong", "paired"]
+    return tabulate(rows, headers, tablefmt="github")
+
+
+def _task_table(reads: list[dict[str, Any]], correct: dict[str, dict[str, bool]]) -> str:
+    task_of = {r["sample_id"]: f"{r['task']} {r['length'] // 1024}K" for r in reads}
+    groups = sorted(set(task_of.values()), key=lambda g: (g.split()[0], int(g.split()[1][:-1])))
+    rows = []
+    for name, right in correct.items():
+        row = [name]
+        for group in groups:
+            mine = [ok for s, ok in right.items() if task_of.get(s) == group]
+            row.append(f"{sum(mine)}/{len(mine)}" if mine else "-")
+        rows.append(row)
+    return tabulate(rows, ["system", *groups], tablefmt="github")

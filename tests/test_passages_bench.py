@@ -1,0 +1,76 @@
+"""The passages benchmark answers each re-read variant exactly as the engine configured so."""
+
+from __future__ import annotations
+
+import pytest
+from test_reread import DOC, QUESTION
+
+from benchmarks import passages
+from benchmarks.paths import Paths, load_json
+from benchmarks.tasks import Sample
+from qllm_core import QLLMEngine
+
+FACT = "Item 42 of the list is the colour number 8."
+
+
+def _sample() -> Sample:
+    start = DOC.index(FACT)
+    return Sample(
+        task="needle",
+        sample_id="needle-test",
+        length=0,
+        depth=0.5,
+        document=DOC,
+        question=QUESTION,
+        expected=("8",),
+        evidence=((start, start + len(FACT)),),
+        max_new_tokens=6,
+    )
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        passages.Variant("mean", 160),
+        passages.Variant("peak", 160),
+        passages.Variant("token_peak", 128, min_tokens=64, ratio=0.5),
+    ],
+)
+def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatch, variant):
+    monkeypatch.setitem(passages.VARIANTS, "under-test", variant)
+    sample = _sample()
+    read = passages.read_sample(tiny_engine, sample)
+    record = passages.answer_variant(tiny_engine, sample, read, "under-test")
+    config = tiny_engine.config.replace(mode="qllm", reread_margin=32, **variant.config_fields())
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    answer = engine.answer(DOC, QUESTION, max_new_tokens=6)
+    assert record["answer"] == answer.text
+    assert record["reread_tokens"] == answer.stats.reread_tokens
+
+
+def test_block_ranks_take_the_best_block_a_fact_touches():
+    relevance = [0.1, 0.5, 0.3, 0.05]  # ranks: block 1 -> 0, 2 -> 1, 0 -> 2, 3 -> 3
+    # n_init 4, blocks of 10: block b holds [4 + 10 b, 14 + 10 b)
+    # (20, 26) touches blocks 1 and 2; (0, 3) lies in the initial tokens; (40, 50) touches
+    # block 3 and what lies past the last block
+    spans = [(5, 8), (20, 26), (0, 3), (40, 50), (12, 16)]
+    assert passages.block_ranks(relevance, spans, n_init=4, block_size=10) == [2, 0, None, 3, 0]
+
+
+def test_the_oracle_is_the_fact_alone_and_the_run_resumes(tiny_engine, tmp_path):
+    sample = _sample()
+    paths = Paths(tmp_path)
+    summary = passages.run_passages(
+        tiny_engine, [sample], paths, "test", ["mean-3072"], command="test"
+    )
+    by_variant = {r["variant"]: r for r in summary["answers"]}
+    oracle = by_variant["oracle"]
+    assert oracle["inside"] and oracle["reread_tokens"] <= passages.ORACLE_TOKENS
+    assert by_variant["mean-3072"]["inside"]  # the budget covers the whole tiny document
+    read = summary["reads"][0]
+    assert set(read["ranks"]) == {"mean", "peak", "token_peak"}
+    again = passages.run_passages(
+        tiny_engine, [sample], paths, "test", ["mean-3072"], command="test"
+    )
+    assert len(again["answers"]) == 2  # nothing answered twice
+    assert load_json(paths.results / "passages-test.json")["answers"] == again["answers"]
