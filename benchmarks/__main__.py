@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "passages",
         help="retrieval apart from reading: answer's block rank and re-read variants, one read",
     )
-    passages.add_argument("--task-set", choices=["standard", "realdocs"], default="realdocs")
+    passages.add_argument(
+        "--task-set", choices=["realdocs", "standard", "long"], default="realdocs"
+    )
     passages.add_argument(
         "--variants",
         nargs="+",
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
             samples = real_samples(engine.tokenizer)
         else:
-            samples = compare_mod.compare_samples(engine.tokenizer, SIZES["standard"], seed=0)
+            samples = compare_mod.compare_samples(engine.tokenizer, SIZES[args.task_set], seed=0)
         passages_mod.run_passages(
             engine,
             samples,

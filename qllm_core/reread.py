@@ -24,8 +24,8 @@ SEPARATOR = "\n[...]\n"
 class Passage:
     """Prompt tokens ``[start, end)`` kept for the re-read.
 
-    ``score`` is their blocks' share of the question's attention (0 for the always-kept
-    start and end of the document).
+    ``score`` is the best relevance score among the blocks chosen in them (0 for the
+    always-kept start and end of the document): merging neighbours never raises it.
     """
 
     start: int
@@ -74,9 +74,8 @@ def choose_passages(
             continue  # a smaller addition (next to a kept block) may still fit
         kept[lo:hi] = b"\x01" * (hi - lo)
         used += new
-        share = float(relevance[block]) / (hi - lo)
         for i in range(lo, hi):
-            scores[i] += share
+            scores[i] = max(scores[i], float(relevance[block]))
     passages, i = [], 0
     while i < len(kept):
         if not kept[i]:
@@ -85,7 +84,7 @@ def choose_passages(
         j = i
         while j < len(kept) and kept[j]:
             j += 1
-        passages.append(Passage(doc_start + i, doc_start + j, sum(scores[i:j])))
+        passages.append(Passage(doc_start + i, doc_start + j, max(scores[i:j])))
         i = j
     return passages
 

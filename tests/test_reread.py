@@ -64,6 +64,7 @@ def test_choose_passages_merges_neighbours_and_clips_to_the_document():
         relevance, document_span=(2, 20), n_init=4, block_size=8, budget=100, margin=3
     )
     assert [(p.start, p.end) for p in passages] == [(2, 20)]
+    assert passages[0].score == pytest.approx(0.6)  # the best block's, not the merged sum
 
 
 def test_reread_ids_puts_a_separator_in_every_gap():
