@@ -12,7 +12,7 @@ from .compare import paired_rows
 from .paths import Paths, load_json
 
 RANK_CUTS: tuple[int, ...] = (1, 3, 10)
-"""Ranks reported: the answer's block first, in the top 3, in the top 10."""
+"""Reported: no other block ahead of the answer's (first), fewer than 3, fewer than 10."""
 RECORDED = ("qllm-reread", "qllm", "rag")
 """Systems of ``compare-<set>.json`` paired with the variants, when that file has them."""
 
@@ -49,8 +49,9 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
         "",
         "### Where the block holding the answer ranks",
         "",
-        "Per sample the worst rank over its facts (all are needed); a fact in the "
-        "always-kept start or end of the document has no block and is counted apart.",
+        "Per sample, how many blocks holding no fact rank above the last of its facts (all "
+        "are needed; 0: the facts come first). A fact in the always-kept start or end of the "
+        "document has no block and is counted apart.",
         "",
         _rank_table(reads),
         "",
@@ -92,21 +93,24 @@ def _rank_table(reads: list[dict[str, Any]]) -> str:
     rankings = sorted({name for r in reads for name in r["ranks"]})
     rows = []
     for ranking in rankings:
-        worst = [_worst(r["ranks"][ranking]) for r in reads]
+        worst = [blocks_ahead(r["ranks"][ranking]) for r in reads]
         in_blocks = [w for w in worst if w is not None]
         rows.append(
             [ranking, f"{len(in_blocks)}/{len(worst)}"]
             + [f"{sum(w < k for w in in_blocks)}" for k in RANK_CUTS]
             + [f"{statistics.median(in_blocks):.0f}" if in_blocks else "-"]
         )
-    headers = ["ranking", "answer in a block"] + [f"rank < {k}" for k in RANK_CUTS]
-    return tabulate(rows, [*headers, "median rank"], tablefmt="github")
+    headers = ["ranking", "answer in a block"] + [f"< {k} ahead" for k in RANK_CUTS]
+    return tabulate(rows, [*headers, "median ahead"], tablefmt="github")
 
 
-def _worst(ranks: Sequence[int | None]) -> int | None:
-    """The rank that decides whether every fact is in: the largest (``None``: no block)."""
+def blocks_ahead(ranks: Sequence[int | None]) -> int | None:
+    """Blocks holding no fact that rank above the last fact needed (``None``: no block).
+
+    0 when the facts' blocks fill the first places, whatever the number of facts.
+    """
     known = [r for r in ranks if r is not None]
-    return max(known) if known else None
+    return max(known) - (len(set(known)) - 1) if known else None
 
 
 def _answer_table(

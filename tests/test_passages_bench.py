@@ -6,6 +6,7 @@ import pytest
 from test_reread import DOC, QUESTION
 
 from benchmarks import passages
+from benchmarks.passages_report import blocks_ahead, passages_sections
 from benchmarks.paths import Paths, load_json
 from benchmarks.tasks import Sample
 from qllm_core import QLLMEngine
@@ -74,3 +75,12 @@ def test_the_oracle_is_the_fact_alone_and_the_run_resumes(tiny_engine, tmp_path)
     )
     assert len(again["answers"]) == 2  # nothing answered twice
     assert load_json(paths.results / "passages-test.json")["answers"] == again["answers"]
+    (section,) = passages_sections(paths)
+    assert "## Retrieval apart from reading (`test`)" in section
+    assert "| oracle " in section and "| peak " in section
+
+
+def test_blocks_ahead_counts_other_blocks_above_the_last_fact():
+    assert blocks_ahead([0, 1, 2]) == 0  # three facts in the first three blocks
+    assert blocks_ahead([0, 4]) == 3
+    assert blocks_ahead([None]) is None
