@@ -17,8 +17,8 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -26,9 +26,15 @@ from typing import Any
 
 from .config import MODES, OFFLOAD_DTYPES, PRESETS
 from .documents import check_text, read_document, synthetic_document
-from .errors import QLLMError
-from .results import Answer, AnswerStream
-from .spec import EngineSpec
+from .errors import InvalidOptionError, MemoryFileError, MemoryMismatchError, QLLMError
+from .options import (
+    GenerationOptions,
+    check_choice,
+    listed,
+    number_from_text,
+    unknown_option,
+)
+from .results import Answer, AnswerStats, AnswerStream
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +48,30 @@ DEMO_FACT = (
 DEMO_QUESTION = "What is the secret pass key mentioned in the text? Answer with the number."
 _CHARS_PER_TOKEN = 4.4
 """About how many characters of the demo's prose make one SmolLM2 token."""
+DTYPES = ("float32", "bfloat16", "float16")
+"""Weights' dtypes ``--dtype`` takes."""
+_CHOICES: dict[str, Sequence[str]] = {
+    "mode": MODES,
+    "preset": sorted(PRESETS),
+    "dtype": DTYPES,
+    "offload_dtype": OFFLOAD_DTYPES,
+}
+"""Options that name one of a few values, and those values."""
+_DECODING_FLAGS = ("max_new_tokens", "temperature", "top_p", "seed")
+"""Options checked as :class:`GenerationOptions` (``--max-tokens`` is ``--max-new-tokens``)."""
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error argparse already printed
+        args = parse_arguments(build_parser(), argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:
-        _quiet_transformers()
     try:
         return int(args.run(args))
     except (QLLMError, FileNotFoundError) as error:
@@ -73,20 +88,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse and check ``argv``: a usage error prints usage and a message, and exits 2.
+
+    Every option's value is checked here, before any model code is imported: decoding
+    options by :class:`~qllm_core.options.GenerationOptions` (the message the Python API
+    and the providers give, with the flag's name), names by the choices they have, and an
+    unknown option is answered with the one probably meant (``--max-tokenz``: did you
+    mean ``--max-new-tokens``?). ``args.options`` holds the validated decoding options.
+    """
+    args, extras = parser.parse_known_args(argv)
+    command: argparse.ArgumentParser = args.command_parser
+    if extras:
+        command.error(_unexpected(extras, command, args.command))
+    try:
+        args.options = _checked_options(args)
+    except InvalidOptionError as error:
+        command.error(error.named(_flag(error.option or "")))
+    if getattr(args, "memory", None) and args.mode is not None:
+        command.error(
+            "--mode cannot be used with --memory: a saved memory keeps the mode it was read "
+            "in; to use another, read the document again: quickllama read FILE --save DIR "
+            "--mode MODE"
+        )
+    return args
+
+
+def _checked_options(args: argparse.Namespace) -> GenerationOptions:
+    """The decoding options of ``args``, and every named choice, validated."""
+    for name, choices in _CHOICES.items():
+        value = getattr(args, name)
+        if value is not None:
+            check_choice(name, value, choices)
+    if args.command == "demo":
+        args.tokens = _whole_number("tokens", args.tokens, low=1)
+        args.doc_seed = _whole_number("doc_seed", args.doc_seed)
+    texts = {name: getattr(args, name) for name in _DECODING_FLAGS}
+    return GenerationOptions.from_kwargs(
+        **{name: number_from_text(text) for name, text in texts.items() if text is not None}
+    )
+
+
+def _whole_number(name: str, text: str, *, low: int | None = None) -> int:
+    """``text`` as an int (of at least ``low``); else :class:`InvalidOptionError`."""
+    number = number_from_text(text)
+    if not isinstance(number, int) or (low is not None and number < low):
+        at_least = f" ≥ {low}" if low is not None else ""
+        raise InvalidOptionError.bad_value(name, f"must be a whole number{at_least}, got {text!r}")
+    return number
+
+
+def _unexpected(extras: list[str], command: argparse.ArgumentParser, name: str) -> str:
+    """What to say about arguments the command does not take (the first one)."""
+    flags = sorted(set(_FLAG.findall(command.format_usage())))
+    unknown = next((e for e in extras if e.startswith("-") and e != "-"), None)
+    if unknown is not None:
+        given = unknown.split("=", 1)[0]
+        listing = f"`quickllama {name} --help` lists them"
+        return str(unknown_option(given, flags, listing=listing))
+    hint = f"; to read it, pass --file {extras[0]}" if "--file" in flags else ""
+    return f"unexpected argument {extras[0]!r}{hint}"
+
+
+def _flag(option: str) -> str:
+    """The command-line flag of an option name (``top_p`` -> ``--top-p``)."""
+    return "--" + option.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``quickllama`` with its ``ask`` and ``demo`` commands."""
+    """The argument parser of ``quickllama`` with its ``ask``, ``read``, ``chat``, ``demo``.
+
+    Values are parsed as text and checked by :func:`parse_arguments`, so every message
+    reads the same (``--temperature must be a number ≥ 0 (0 is greedy), got 'hot'``).
+    """
     parser = argparse.ArgumentParser(
         prog="quickllama",
         description="Answer questions about documents far longer than the model's context "
         "(Q-LLM: query-aware retrieval of KV memory blocks).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    ask = commands.add_parser(
-        "ask",
-        parents=[_common_options(max_new_tokens=256)],
-        help="ask a question about a document",
-        description="Read a document and answer a question about it.",
-    )
+    ask = _command(commands, "ask", 256, "ask a question about a document")
+    ask.description = "Read a document and answer a question about it."
     source = ask.add_mutually_exclusive_group()
     source.add_argument(
         "--file",
@@ -100,45 +184,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--question", "-q", required=True, help="the question to answer")
     ask.set_defaults(run=run_ask)
-    read = commands.add_parser(
-        "read",
-        parents=[_common_options(max_new_tokens=256)],
-        help="read a document once and save its memory",
-        description="Read a document once (no question) and save the engine's memory of it "
-        "to a directory, for `quickllama ask --memory` and `quickllama chat --memory`.",
+    read = _command(commands, "read", 256, "read a document once and save its memory")
+    read.description = (
+        "Read a document once (no question) and save the engine's memory of it to a "
+        "directory, for `quickllama ask --memory` and `quickllama chat --memory`."
     )
     read.add_argument("file", metavar="PATH", help="UTF-8 text file ('-': standard input)")
     read.add_argument("--save", required=True, metavar="DIR", help="directory to save it to")
     read.set_defaults(run=run_read)
-    chat = commands.add_parser(
-        "chat",
-        parents=[_common_options(max_new_tokens=256)],
-        help="read a document once, then answer each question typed",
-        description="Read a document once, then answer every question typed on standard "
-        "input (one per line) from that memory; an empty line or end of input stops.",
+    chat = _command(commands, "chat", 256, "read a document once, then answer each question typed")
+    chat.description = (
+        "Read a document once, then answer every question typed on standard input (one "
+        "per line) from that memory; an empty line or end of input stops."
     )
     chat_source = chat.add_mutually_exclusive_group(required=True)
     chat_source.add_argument("--file", "-f", metavar="PATH", help="UTF-8 text file to read")
     chat_source.add_argument("--memory", metavar="DIR", help="a saved document memory")
     chat.set_defaults(run=run_chat)
-    demo = commands.add_parser(
-        "demo",
-        parents=[_common_options(max_new_tokens=16)],
-        help="find a pass key hidden in ~17K tokens of prose",
-        description="Plant a pass key in the middle of a generated document about twice the "
-        "embedded model's trained context, and ask for it.",
+    demo = _command(commands, "demo", 16, "find a pass key hidden in ~17K tokens of prose")
+    demo.description = (
+        "Plant a pass key in the middle of a generated document about twice the embedded "
+        "model's trained context, and ask for it."
     )
     demo.add_argument(
-        "--tokens",
-        type=_positive_int,
-        default=17_000,
-        help="approximate document length in tokens (default: 17000)",
+        "--tokens", default="17000", metavar="N", help="document length in tokens (17000)"
     )
     demo.add_argument(
-        "--doc-seed", type=int, default=0, help="seed of the generated document (default: 0)"
+        "--doc-seed", default="0", metavar="N", help="seed of the generated document (0)"
     )
     demo.set_defaults(run=run_demo)
     return parser
+
+
+def _command(
+    commands: Any, name: str, max_new_tokens: int, summary: str
+) -> argparse.ArgumentParser:
+    """A subcommand with the options every command shares."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        name, parents=[_common_options(max_new_tokens=max_new_tokens)], help=summary
+    )
+    command.set_defaults(command_parser=command)
+    return command
 
 
 def _common_options(*, max_new_tokens: int) -> argparse.ArgumentParser:
@@ -151,42 +237,37 @@ def _common_options(*, max_new_tokens: int) -> argparse.ArgumentParser:
         default=None,
         help="local model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)",
     )
-    add("--mode", choices=MODES, default=None, help="attention mode (default: the config's)")
-    add(
-        "--preset",
-        choices=sorted(PRESETS),
-        default=None,
-        help="engine configuration preset (default: the model's own)",
-    )
+    add("--mode", metavar="MODE", help=f"attention mode: {listed(MODES)} (the config's)")
+    add("--preset", metavar="NAME", help=f"engine settings: {listed(sorted(PRESETS))}")
     add(
         "--max-new-tokens",
-        type=_positive_int,
-        default=max_new_tokens,
+        "--max-tokens",
+        default=str(max_new_tokens),
+        metavar="N",
         help=f"answer length limit (default: {max_new_tokens})",
     )
-    add("--temperature", type=_non_negative_float, default=0.0, help="0 is greedy (default)")
-    add("--top-p", type=_probability, default=1.0, help="nucleus sampling mass (default: 1)")
-    add("--seed", type=int, default=None, help="sampling seed")
+    add("--temperature", default="0", metavar="T", help="0 is greedy (default)")
+    add("--top-p", default="1", metavar="P", help="nucleus sampling mass (default: 1)")
+    add("--seed", default=None, metavar="N", help="sampling seed")
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    add(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default=None,
-        help="weights' dtype (default: float32 on cpu, bfloat16 on gpu)",
-    )
+    add("--dtype", metavar="DTYPE", help=f"weights' dtype: {listed(DTYPES)} (by device)")
     add(
         "--offload-dtype",
-        choices=OFFLOAD_DTYPES,
-        default=None,
-        help="dtype of the memory blocks' host copies (float16 halves their size)",
+        metavar="DTYPE",
+        help=f"memory blocks' host copies: {listed(OFFLOAD_DTYPES)} (float16 halves them)",
     )
     add(
         "--offload-dir",
         default=None,
         help="keep memory blocks in memory-mapped files in this directory (disk tier)",
     )
-    add("--no-progress", action="store_true", help="never show the prefill progress bar")
-    add("--stats", action="store_true", help="print the full stats as JSON on stderr")
+    add("--no-progress", action="store_true", help="never show the reading progress bar")
+    add(
+        "--stats",
+        action="store_true",
+        help="print the stats as JSON on stderr (read, re-read and decode with tokens, "
+        "seconds and tokens/s)",
+    )
     add("--verbose", "-v", action="store_true", help="log what the engine does")
     return options
 
@@ -195,6 +276,7 @@ def run_ask(args: argparse.Namespace) -> int:
     """``quickllama ask``: read the document (or load its memory), stream the answer."""
     question = check_text("question", args.question)
     if args.memory:
+        _check_memory_dir(args.memory)
         engine = load_engine(args)
         _answer(engine, _load_memory(engine, args.memory), question, args, document=None)
         return 0
@@ -219,12 +301,14 @@ def run_read(args: argparse.Namespace) -> int:
 
 def run_chat(args: argparse.Namespace) -> int:
     """``quickllama chat``: read once, then answer each question typed, from the memory."""
-    engine = load_engine(args)
     document: str | None = None
     if args.memory:
+        _check_memory_dir(args.memory)
+        engine = load_engine(args)
         memory = _load_memory(engine, args.memory)
     else:
         document = _read_input(args.file)
+        engine = load_engine(args)
         memory = engine.read(document, mode=args.mode)
         _err(f"read {memory.tokens:,} tokens in {memory.read_seconds:.1f} s (mode {memory.mode})")
     _err("ask a question (an empty line or Ctrl-D ends)")
@@ -240,10 +324,25 @@ def run_chat(args: argparse.Namespace) -> int:
             _err(f"error: {error}")
 
 
+def _check_memory_dir(path: str) -> None:
+    """Refuse a ``--memory`` that is no directory, before the model loads."""
+    if not os.path.isdir(path):
+        raise MemoryFileError(
+            f"no saved memory at {path}: save one with `quickllama read FILE --save {path}`"
+        )
+
+
 def _load_memory(engine: Any, path: str) -> Any:
+    """The memory saved in ``path``; a refusal says what to do on the command line."""
     from .document_memory import DocumentMemory
 
-    memory = DocumentMemory.load(path, engine)
+    try:
+        memory = DocumentMemory.load(path, engine)
+    except (MemoryFileError, MemoryMismatchError) as error:
+        raise type(error)(
+            f"{error}\n  on the command line: give the --model and --preset it was read "
+            f"with, or read it again: quickllama read FILE --save {path}"
+        ) from error
     _err(f"loaded the memory of {memory.tokens:,} tokens (mode {memory.mode}) from {path}")
     return memory
 
@@ -267,6 +366,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def load_engine(args: argparse.Namespace) -> Any:
     """The engine for ``args`` (model, preset, device, dtype, progress)."""
+    from .spec import EngineSpec
+
+    if not args.verbose:
+        _quiet_transformers()
     offload = {"offload_dtype": args.offload_dtype, "offload_dir": args.offload_dir}
     spec = EngineSpec(
         source=args.model,
@@ -307,15 +410,15 @@ def _answer(
     ``source``: the document text or a document memory; ``document``: the text, for the
     evidence excerpts (``None``: none shown).
     """
-    from_memory = not isinstance(source, str)
+    options: GenerationOptions = args.options
     stream: AnswerStream = engine.stream(
         source,
         question,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        mode=None if from_memory else args.mode,
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed,
+        mode=args.mode if isinstance(source, str) else None,
     )
     started = time.perf_counter()
     with stream:  # closed however the loop ends (a broken pipe, Ctrl-C)
@@ -333,8 +436,16 @@ def _answer(
 
 
 def stats_record(answer: Answer, wall_seconds: float) -> dict[str, Any]:
-    """The answer's stats as a JSON-ready dict (``--stats``)."""
+    """The answer's stats as a JSON-ready dict (``--stats``).
+
+    ``phases`` holds the read, the re-read and the decoding, each with its ``tokens``,
+    ``seconds`` and ``tokens_per_second``, as :meth:`AnswerStats.phases` returns them.
+    """
     record = dataclasses.asdict(answer.stats)
+    record["phases"] = {
+        phase: {k: round(v, 3) if k == "seconds" else round(v, 1) for k, v in figures.items()}
+        for phase, figures in answer.stats.phases().items()
+    }
     record["prefill_tokens_per_second"] = round(answer.stats.prefill_tokens_per_second, 1)
     record["finish_reason"] = answer.finish_reason
     record["wall_seconds"] = round(wall_seconds, 3)
@@ -344,17 +455,9 @@ def stats_record(answer: Answer, wall_seconds: float) -> dict[str, Any]:
 def summary(answer: Answer, document: str | None, max_blocks: int = 3) -> str:
     """A short human-readable account of the request for stderr (``document``: for excerpts)."""
     stats = answer.stats
-    reused = f" after {stats.memory_tokens:,} from memory" if stats.memory_tokens else ""
-    lines = [
-        f"read {stats.tokens_read:,} tokens{reused} in {stats.prefill_seconds:.1f} s "
-        f"({stats.prefill_tokens_per_second:,.0f} tok/s); generated {stats.tokens_generated} "
-        f"tokens in {stats.decode_seconds:.1f} s; mode {stats.mode}, finish {answer.finish_reason}"
-    ]
+    lines = [f"{speed_line(stats)}; mode {stats.mode}, finish {answer.finish_reason}"]
     if stats.reread_tokens:
-        lines.append(
-            f"re-read {stats.reread_tokens:,} document tokens of the passages below with the "
-            "model's own attention"
-        )
+        lines.append("the passages below were re-read with the model's own attention")
     if not stats.question_found and stats.mode == "qllm":
         lines.append("note: the question's tokens were not found; retrieval used only context")
     in_document = [b for b in stats.retrieved_blocks if b.char_start is not None]
@@ -368,6 +471,26 @@ def summary(answer: Answer, document: str | None, max_blocks: int = 3) -> str:
         excerpt = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
         lines.append(f"  block chars {start}-{end} ({how}): {excerpt!r}")
     return "\n".join(lines)
+
+
+def speed_line(stats: AnswerStats) -> str:
+    """Read, re-read and decoding, each with its tokens, seconds and tokens per second.
+
+    The figures of :meth:`AnswerStats.phases`; the re-read only when there was one.
+    """
+    phases = stats.phases()
+    words = {"read": "read", "reread": "re-read", "decode": "generated"}
+    parts = []
+    for phase, figures in phases.items():
+        if phase == "reread" and not stats.reread_tokens:
+            continue
+        tokens = f"{figures['tokens']:,} tokens"
+        if phase == "read" and stats.memory_tokens:
+            tokens += f" after {stats.memory_tokens:,} from memory"
+        rate = figures["tokens_per_second"]
+        shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"
+        parts.append(f"{words[phase]} {tokens} in {figures['seconds']:.1f} s ({shown} tok/s)")
+    return "; ".join(parts)
 
 
 def _read_input(path: str) -> str:
@@ -387,27 +510,6 @@ def _quiet_transformers() -> None:
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr)  # noqa: T201
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from .layer_memory import RequestMemory, RequestPlan
 from .memory_cache import MemoryCache, default_cache_bytes
 from .options import GenerationOptions
 from .patching import AttachedModel
-from .progress import prefill_progress
+from .progress import Phase, prefill_progress
 from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
 from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
@@ -266,7 +266,7 @@ class QLLMEngine:
         plan = RequestPlan(
             question_span=question_span,
             record_from=record_from,
-            rank_span=layout.final_question_span if rereads and layout else None,
+            rank_span=layout.final_question_span if layout and config.mode != "full" else None,
         )
         progress = _Progress(mode=config.mode, question_found=question_span is not None)
 
@@ -300,7 +300,7 @@ class QLLMEngine:
         plan = RequestPlan(
             question_span=layout.question_span,
             record_from=layout.question_span[1],
-            rank_span=layout.final_question_span if rereads else None,
+            rank_span=layout.final_question_span if config.mode != "full" else None,
         )
         fed = ids[memory.tokens :]
 
@@ -368,8 +368,11 @@ class QLLMEngine:
             step, logits = read()
             memory = step.memory if isinstance(step, QLLMForward) else None
             passages: list[Passage] = []
-            if memory is not None and plan.rank_span is not None and layout is not None:
+            reread_seconds = 0.0
+            if memory is not None and _rereads(config) and layout is not None:
+                reread_started = time.perf_counter()
                 passages, step, logits = self._reread(memory, layout, reread_into or layout, config)
+                reread_seconds = time.perf_counter() - reread_started
             if isinstance(step, NativeForward):
                 step.reserve(opts.max_new_tokens)
         prefill_seconds = time.perf_counter() - t0
@@ -415,9 +418,10 @@ class QLLMEngine:
                 retrieved_blocks=(
                     _passage_evidence(passages, layout)
                     if passages
-                    else _evidence(memory, config, layout)
+                    else _evidence(memory, config, layout, ranked=plan.rank_span is not None)
                 ),
                 reread_tokens=sum(p.end - p.start for p in passages),
+                reread_seconds=reread_seconds,
                 memory_tokens=memory_tokens,
             )
         return Answer(text=text.text, finish_reason=finish, stats=stats)
@@ -485,7 +489,7 @@ class QLLMEngine:
         shift = into.document_span[0] - layout.document_span[0]
         moved = [Passage(p.start + shift, p.end + shift, p.score) for p in passages]
         reread = reread_ids(into.input_ids, moved, into.document_span, separator)
-        logits = self._prefill(step, reread, config.replace(mode="full"))
+        logits = self._prefill(step, reread, config.replace(mode="full"), phase="reread")
         return passages, step, logits
 
     def new_forward(
@@ -508,11 +512,13 @@ class QLLMEngine:
         )
         return QLLMForward(self.model, self._attached, memory)
 
-    def _prefill(self, step: Forward, ids: list[int], config: QLLMConfig) -> torch.Tensor:
+    def _prefill(
+        self, step: Forward, ids: list[int], config: QLLMConfig, phase: Phase = "read"
+    ) -> torch.Tensor:
         chunk = config.prefill_chunk_size
         if config.mode == "full":
             chunk = min(chunk, FULL_ATTENTION_CHUNK)
-        bar = prefill_progress(len(ids), self.progress)
+        bar = prefill_progress(len(ids), self.progress, phase=phase)
         try:
             for start in range(0, len(ids), chunk):
                 logits = step(ids[start : start + chunk])
@@ -537,18 +543,35 @@ def _rereads(config: QLLMConfig) -> bool:
 
 
 def _evidence(
-    memory: RequestMemory | None, config: QLLMConfig, layout: PromptLayout | None
+    memory: RequestMemory | None, config: QLLMConfig, layout: PromptLayout | None, *, ranked: bool
 ) -> tuple[RetrievedBlock, ...]:
     """Blocks retrieved while answering and the ``topk`` most relevant, best first.
 
-    Ranked by relevance to the question (:func:`_question_scores`), with document char
-    spans and how often each was retrieved while answering.
+    ``ranked`` (the final question's queries were kept): scored as the re-read scores them
+    (:meth:`RequestMemory.block_relevance` under ``config.reread_ranking``, averaged over
+    layers), so the evidence is what a re-read would choose; otherwise (a prompt given as
+    ids) by the question vector (:func:`_question_scores`). With document char spans and
+    how often each block was retrieved while answering; blocks of the prompt template (the
+    question before the document) are left out when the layout is known.
     """
     if memory is None:
         return ()
-    scores = _question_scores(memory)
-    best = sorted(range(len(scores)), key=lambda b: -scores[b])[: config.topk]
-    chosen = set(memory.counts) | set(best)
+    if ranked:
+        relevance = memory.block_relevance(config.reread_ranking)
+        scores = relevance.mean(dim=0).tolist() if relevance.numel() else []
+    else:
+        scores = _question_scores(memory)
+
+    def in_document(block_id: int) -> bool:
+        if layout is None:
+            return True
+        start = config.n_init + block_id * config.block_size
+        doc_start, doc_end = layout.document_span
+        return start < doc_end and doc_start < start + config.block_size
+
+    ranked_ids = [b for b in range(len(scores)) if in_document(b)]
+    best = sorted(ranked_ids, key=lambda b: -scores[b])[: config.topk]
+    chosen = {b for b in memory.counts if in_document(b)} | set(best)
     blocks = []
     for block_id in chosen:
         start = config.n_init + block_id * config.block_size

@@ -40,7 +40,28 @@ class ModelLoadError(QLLMError, OSError):
 
 
 class InvalidOptionError(QLLMError, ValueError):
-    """A generation option that cannot be used (wrong type, out of range, unknown name)."""
+    """A generation option that cannot be used (wrong type, out of range, unknown name).
+
+    Built by :meth:`bad_value` for one option's value: then :attr:`option` names it and
+    :attr:`problem` says what is wrong (the message is ``"{option} {problem}"``), so the
+    command line can say the same with its flag (:meth:`named`).
+    """
+
+    def __init__(
+        self, message: str, *, option: str | None = None, problem: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.option = option
+        self.problem = problem
+
+    @classmethod
+    def bad_value(cls, option: str, problem: str) -> InvalidOptionError:
+        """The error for ``option``'s value: ``problem`` is e.g. ``"must be ..., got 'x'"``."""
+        return cls(f"{option} {problem}", option=option, problem=problem)
+
+    def named(self, name: str) -> str:
+        """The message with the option called ``name`` (e.g. ``--top-p`` for ``top_p``)."""
+        return f"{name} {self.problem}" if self.problem else str(self)
 
 
 class InvalidInputError(QLLMError, ValueError):

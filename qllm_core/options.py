@@ -1,8 +1,11 @@
 """Decoding options of one request, validated strictly before any work is done.
 
-One function validates every option for the engine, the CLI and the providers, so a bad
-value is refused with the same :class:`~qllm_core.errors.InvalidOptionError`, naming the
-option, wherever it comes from, and before the document is read.
+One module validates every option for the engine, the CLI and the providers, so a bad
+value or an unknown name is refused with the same
+:class:`~qllm_core.errors.InvalidOptionError` text wherever it comes from (the CLI only
+spells the option as its flag), naming the option and, for an unknown name, the one
+probably meant, before the document is read. It imports nothing heavy: the CLI checks its
+arguments with it before torch is loaded.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 from .errors import InvalidOptionError
 
@@ -21,6 +24,25 @@ MAX_NEW_TOKENS_LIMIT = 1_048_576
 
 MAX_STOP_STRINGS = 64
 """Most stop strings one request may carry."""
+
+ALIASES: Mapping[str, str] = {"max_tokens": "max_new_tokens"}
+"""Other spellings the providers and the CLI accept for an option (``--max-tokens``),
+with the name each stands for."""
+
+HINTS: Mapping[str, str] = {
+    "source": "model",
+    "model_name": "model",
+    "num_output": "max_new_tokens",
+    "max_length": "max_new_tokens",
+    "num_predict": "max_new_tokens",
+    "n_predict": "max_new_tokens",
+    "temp": "temperature",
+    "preset": "config",
+}
+"""Names other libraries and tools use (LlamaIndex, transformers, Ollama, llama.cpp), and
+the option meant by each: suggested in error messages, never accepted silently."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,8 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         _check_all(self)
+        for name in ("temperature", "top_p"):  # ints accepted, kept as floats
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -55,16 +79,9 @@ class GenerationOptions:
 
         ``None`` for any option means its default; ``stop`` may be a str or a sequence of
         str. Raises :class:`InvalidOptionError` naming the option (for an unknown name, the
-        closest valid one).
+        one probably meant).
         """
-        names = cls.names()
-        for name in options:
-            if name not in names:
-                close = difflib.get_close_matches(str(name), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ";"
-                raise InvalidOptionError(
-                    f"unknown option {name!r}{hint} valid options: {', '.join(names)}"
-                )
+        check_names(options, cls.names())
         values = {k: v for k, v in options.items() if v is not None or k == "seed"}
         for name in ("max_new_tokens", "min_new_tokens", "seed"):  # numpy and torch ints too
             value = values.get(name)
@@ -72,42 +89,126 @@ class GenerationOptions:
                 values[name] = int(value)
         if "stop" in values:
             values["stop"] = _stop_strings(values["stop"])
-        if "temperature" in values:
-            values["temperature"] = _number("temperature", values["temperature"])
-        if "top_p" in values:
-            values["top_p"] = _number("top_p", values["top_p"])
         return cls(**values)
+
+
+_NUMBER_RULES = {"temperature": "a number ≥ 0 (0 is greedy)", "top_p": "a number in (0, 1]"}
+"""What the float options must be, as the error messages say it."""
+
+
+def check_names(
+    names: Iterable[str], valid: Sequence[str], *, where: str = "", aliases: bool = False
+) -> None:
+    """Raise for the first name not in ``valid`` (nor, with ``aliases``, an alias of one).
+
+    Raises:
+        InvalidOptionError: from :func:`unknown_option`.
+    """
+    for name in names:
+        if name not in valid and not (aliases and ALIASES.get(name) in valid):
+            raise unknown_option(name, valid, where=where)
+
+
+def unknown_option(
+    name: str, valid: Sequence[str], *, where: str = "", listing: str | None = None
+) -> InvalidOptionError:
+    """The error for an unknown option ``name``: the one probably meant, and the valid ones.
+
+    Args:
+        name: the name given.
+        valid: the names accepted there.
+        where: who got it (``"ChatQLLM"``, ``"the call"``, ``"quickllama ask"``).
+        listing: what to say instead of listing ``valid`` (the CLI points at ``--help``).
+    """
+    close = closest_name(name, valid)
+    hint = f"; did you mean {close!r}?" if close else ";"
+    lead = f"{where} got an unknown option" if where else "unknown option"
+    tail = listing if listing is not None else f"valid options: {', '.join(valid)}"
+    return InvalidOptionError(f"{lead} {name!r}{hint} {tail}")
+
+
+def closest_name(name: str, valid: Sequence[str]) -> str | None:
+    """The valid name ``name`` probably means, or ``None``.
+
+    Names are compared without leading dashes and with ``-`` read as ``_``, so this works
+    for keyword names and command-line flags alike: the target of an alias or a hint
+    (:data:`ALIASES`, :data:`HINTS`) when it is valid, else the closest spelling.
+    """
+    by_key = {_key(v): v for v in valid}
+    key = _key(name)
+    for table in (ALIASES, HINTS):
+        if table.get(key) in by_key:
+            return by_key[table[key]]
+    spellings = [*by_key, *(alias for alias, target in ALIASES.items() if target in by_key)]
+    close = difflib.get_close_matches(key, spellings, n=1)
+    if not close:
+        return None
+    return by_key[ALIASES.get(close[0], close[0])]
+
+
+def check_choice(name: str, value: T, choices: Sequence[T]) -> T:
+    """``value`` when it is one of ``choices``; else an error naming them (and the closest).
+
+    Raises:
+        InvalidOptionError: ``"{name} must be one of ..., got ...; did you mean ...?"``.
+    """
+    if value in choices:
+        return value
+    texts = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), texts, n=1) if isinstance(value, str) else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    problem = f"must be one of {listed(texts)}, got {shown(value)}{hint}"
+    raise InvalidOptionError.bad_value(name, problem)
+
+
+def listed(names: Sequence[str]) -> str:
+    """``names`` as a sentence lists them: ``"a, b or c"``."""
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def number_from_text(text: str) -> int | float | str:
+    """A command-line value as the number it spells (int first), else the text unchanged.
+
+    The text is then validated like any keyword value, so ``--temperature hot`` gets the
+    same message as ``temperature="hot"``.
+    """
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _key(name: str) -> str:
+    return str(name).lstrip("-").replace("-", "_").lower()
 
 
 def _check_all(opts: GenerationOptions) -> None:
     n = _int_between("max_new_tokens", opts.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
     _int_between("min_new_tokens", opts.min_new_tokens, 0, n, f"max_new_tokens ({n:,})")
-    temperature = _number("temperature", opts.temperature)
+    temperature = _number("temperature", opts.temperature, _NUMBER_RULES["temperature"])
     if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidOptionError(
-            f"temperature must be a finite number >= 0 (0 is greedy), got {opts.temperature!r}"
-        )
-    top_p = _number("top_p", opts.top_p)
+        raise _bad("temperature", _NUMBER_RULES["temperature"], opts.temperature)
+    top_p = _number("top_p", opts.top_p, _NUMBER_RULES["top_p"])
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise InvalidOptionError(f"top_p must be in (0, 1], got {opts.top_p!r}")
-    if opts.seed is not None and not _is_int(opts.seed):
-        raise InvalidOptionError(f"seed must be an int or None, got {_shown(opts.seed)}")
-    if opts.seed is not None and not -(2**63) <= opts.seed < 2**64:
-        raise InvalidOptionError(f"seed must be between -2**63 and 2**64 - 1, got {opts.seed}")
+        raise _bad("top_p", _NUMBER_RULES["top_p"], opts.top_p)
+    if opts.seed is not None:
+        _int_between("seed", opts.seed, -(2**63), 2**64 - 1, "2**64 - 1", "-2**63")
     if not isinstance(opts.stop, tuple) or not all(isinstance(s, str) for s in opts.stop):
-        raise InvalidOptionError(f"stop must be a tuple of str, got {_shown(opts.stop)}")
+        raise _bad("stop", "a tuple of str", opts.stop)
 
 
-def _int_between(name: str, value: object, low: int, high: int, high_text: str = "") -> int:
+def _int_between(
+    name: str, value: object, low: int, high: int, high_text: str = "", low_text: str = ""
+) -> int:
     """``value`` when it is an int in ``[low, high]``; else :class:`InvalidOptionError`.
 
-    ``high_text``: how the message names ``high`` (by default, its value).
+    ``high_text``/``low_text``: how the message names the bounds (by default, their values).
     """
-    if not _is_int(value):
-        raise InvalidOptionError(f"{name} must be an int, got {_shown(value)}")
-    if not low <= value <= high:
-        bound = high_text or f"{high:,}"
-        raise InvalidOptionError(f"{name} must be between {low} and {bound}, got {value:,}")
+    if not _is_int(value) or not low <= value <= high:
+        bounds = f"{low_text or low} to {high_text or f'{high:,}'}"
+        raise _bad(name, f"an int from {bounds}", value)
     return value
 
 
@@ -115,25 +216,38 @@ def _stop_strings(stop: object) -> tuple[str, ...]:
     if isinstance(stop, str):
         stop = (stop,)
     if not isinstance(stop, Sequence) or isinstance(stop, bytes | bytearray):
-        raise InvalidOptionError(f"stop must be a str or a list of str, got {_shown(stop)}")
+        raise _bad("stop", "a str or a list of str", stop)
     if len(stop) > MAX_STOP_STRINGS:
-        raise InvalidOptionError(f"stop has {len(stop)} strings; at most {MAX_STOP_STRINGS}")
+        raise InvalidOptionError.bad_value(
+            "stop", f"must hold at most {MAX_STOP_STRINGS} strings, got {len(stop)}"
+        )
     for i, item in enumerate(stop):
         if not isinstance(item, str):
-            raise InvalidOptionError(f"stop[{i}] must be a str, got {_shown(item)}")
+            raise _bad(f"stop[{i}]", "a str", item)
     return tuple(s for s in stop if s)
 
 
-def _number(name: str, value: object) -> float:
+def _number(name: str, value: object, rule: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidOptionError(f"{name} must be a number, got {_shown(value)}")
+        raise _bad(name, rule, value)
     return float(value)
+
+
+def _bad(name: str, requirement: str, value: object) -> InvalidOptionError:
+    return InvalidOptionError.bad_value(name, f"must be {requirement}, got {shown(value)}")
 
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """``value`` as error messages show it: its repr, shortened.
+
+    The type's name comes first when the repr alone does not tell it (not a str, number,
+    bool or ``None``).
+    """
     text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    text = text if len(text) <= 40 else text[:37] + "..."
+    plain = value is None or isinstance(value, str | int | float)
+    return text if plain else f"{type(value).__name__} {text}"

@@ -50,11 +50,39 @@ class AnswerStats:
     memory_tokens: int = 0
     """Prompt tokens taken from a document memory, not read again (``tokens_read`` counts
     only the tokens read for this request)."""
+    reread_seconds: float = 0.0
+    """Seconds of the re-read (ranking the passages and reading them), part of
+    ``prefill_seconds``."""
 
     @property
     def prefill_tokens_per_second(self) -> float:
-        """Prompt tokens read per second of prefill."""
-        return self.tokens_read / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+        """Prompt tokens read per second of prefill (the re-read's time included)."""
+        return _rate(self.tokens_read, self.prefill_seconds)
+
+    def phases(self) -> dict[str, dict[str, float]]:
+        """Tokens, seconds and tokens per second of the read, the re-read and the decoding.
+
+        ``read``: the tokens read for this request, in ``prefill_seconds`` less the
+        re-read; ``reread``: the re-read's document tokens and seconds; ``decode``: the
+        tokens generated. What ``quickllama --stats`` prints.
+        """
+        counts = {
+            "read": (self.tokens_read, self.prefill_seconds - self.reread_seconds),
+            "reread": (self.reread_tokens, self.reread_seconds),
+            "decode": (self.tokens_generated, self.decode_seconds),
+        }
+        return {
+            phase: {
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_second": _rate(tokens, seconds),
+            }
+            for phase, (tokens, seconds) in counts.items()
+        }
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)

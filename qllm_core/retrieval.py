@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import RANKINGS
+
 
 def representative_keys(
     keys: torch.Tensor, scores: torch.Tensor, block_size: int, repr_topk: int
@@ -70,10 +72,6 @@ def block_log_mass(queries: torch.Tensor, keys: torch.Tensor, scaling: float) ->
     """
     logits = torch.einsum("hgnd,bhsd->hgnbs", queries.float(), keys.float()) * scaling
     return logits.logsumexp(dim=-1)
-
-
-RANKINGS: tuple[str, ...] = ("mean", "peak", "token_peak")
-"""How :func:`block_relevance` reduces the question's attention shares to one score per block."""
 
 
 def block_relevance(log_mass: torch.Tensor, ranking: str = "mean") -> torch.Tensor:

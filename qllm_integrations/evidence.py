@@ -163,9 +163,9 @@ class Evidence:
     char_end: int
     """One past the last character."""
     score: float
-    """Relevance to the question: the passage's share of the question's attention over
-    the memory blocks (its share of retrievals when there is no question); higher is
-    stronger, and all passages of one answer sum to at most 1."""
+    """Relevance to the question: the best score among the passage's blocks, as the
+    engine's re-read ranks them (``QLLMConfig.reread_ranking``; their share of retrievals
+    when there is no question); higher is stronger, and merging never raises it."""
     count: int
     """How often retrieval chose it while answering (summed over layers and steps)."""
     text: str
@@ -209,7 +209,8 @@ def collect_evidence(
         joined: the text the engine read (:func:`plain_text` for a single text).
         blocks: ``answer.stats.retrieved_blocks``; blocks of the prompt template
             (``char_start`` is ``None``) give no passage.
-        limit: most blocks kept before merging (so at most this many passages).
+        limit: most passages returned (the best blocks are merged where they touch, and a
+            passage that spans sources is split per source, the best pieces kept).
     """
     in_text = [
         b
@@ -225,7 +226,7 @@ def collect_evidence(
         start, end = block.char_start or 0, block.char_end or 0
         if passages and start <= passages[-1].end + 1:
             passages[-1].end = max(passages[-1].end, end)
-            passages[-1].score += weights[id(block)]
+            passages[-1].score = max(passages[-1].score, weights[id(block)])
             passages[-1].count += block.count
         else:
             passages.append(_Passage(start, end, weights[id(block)], block.count))
@@ -237,7 +238,7 @@ def collect_evidence(
             share = (hi - lo) / covered
             lo, hi = _widen(joined.text, lo, hi, piece)
             evidence.append(_evidence(joined, piece, lo, hi, passage, share))
-    return sorted(evidence, key=lambda e: -e.score)
+    return sorted(evidence, key=lambda e: -e.score)[:limit]
 
 
 def _weights(blocks: Sequence[RetrievedBlock]) -> dict[int, float]:
@@ -267,7 +268,7 @@ def _evidence(
     return Evidence(
         char_start=char_start,
         char_end=char_start + hi - lo,
-        score=passage.score * share,
+        score=passage.score,
         count=round(passage.count * share),
         text=joined.text[lo:hi],
         source=piece.source,

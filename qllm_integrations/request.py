@@ -31,26 +31,28 @@ This module imports pydantic, but neither LangChain nor LlamaIndex nor torch.
 
 from __future__ import annotations
 
-import difflib
 import logging
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from qllm_core.config import MODES, QLLMConfig
 from qllm_core.documents import check_text
 from qllm_core.errors import EmptyInputError, InvalidOptionError
 from qllm_core.loading import EMBEDDED_MODEL_NAME
-from qllm_core.options import GenerationOptions
+from qllm_core.options import ALIASES, GenerationOptions, check_choice, check_names, shown
+from qllm_core.progress import ProgressListener, report_progress
 from qllm_core.protocol import EngineProtocol, MemoryProtocol, TextStream
 from qllm_core.results import Answer, AnswerStats
 from qllm_core.spec import EngineSpec
 from qllm_integrations.chat_template import chat_prompt_ids
 from qllm_integrations.engines import get_engine
 from qllm_integrations.evidence import Evidence, collect_evidence, plain_text
-from qllm_integrations.split import PromptSplit, split_chat, split_text
+from qllm_integrations.progress import ReportingStream
+from qllm_integrations.split import PromptSplit, split_chat, split_pattern, split_text
 
 logger = logging.getLogger(__name__)
 
@@ -67,42 +69,11 @@ GENERATION_NAMES: tuple[str, ...] = (*GenerationOptions.names(), "mode")
 CALL_NAMES: tuple[str, ...] = (*GENERATION_NAMES, "question", "document")
 """What a call accepts besides the prompt: the decoding options, ``question``, ``document``."""
 
-ALIASES: Mapping[str, str] = {"max_tokens": "max_new_tokens"}
-"""Other spellings accepted for an option (the value is the name it stands for)."""
-
-HINTS: Mapping[str, str] = {
-    "source": "model",
-    "model_name": "model",
-    "num_output": "max_new_tokens",
-    "max_length": "max_new_tokens",
-    "preset": "config",
-}
-"""Names of other libraries, and the option meant by them (used in error messages)."""
-
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 """Roles of the turns the providers pass in."""
 
 _SHORT_CHARS_PER_TOKEN = 16
 """No tokenizer packs more characters than this into one token: longer texts skip counting."""
-
-
-def check_names(names: Iterable[str], valid: Iterable[str], where: str) -> None:
-    """Raise when a name is neither valid nor an alias, naming the closest valid one.
-
-    Raises:
-        InvalidOptionError: the first unknown name, with a suggestion.
-    """
-    valid = tuple(valid)
-    for name in names:
-        if name in valid or (name in ALIASES and ALIASES[name] in valid):
-            continue
-        close = HINTS.get(name) or next(
-            iter(difflib.get_close_matches(str(name), [*valid, *ALIASES], n=1)), None
-        )
-        hint = f"; did you mean {ALIASES.get(close, close)!r}?" if close else ""
-        raise InvalidOptionError(
-            f"{where} got an unknown option {name!r}{hint} Valid options: {', '.join(valid)}"
-        )
 
 
 def resolve_aliases(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,24 +133,43 @@ class ProviderSettings(BaseModel):
     ``False`` (default, the more accurate on long documents, see BENCHMARKS.md): every
     question reads its document again, with the question before and after it (the
     paper's query-aware read, no memory kept)."""
+    progress: bool = True
+    """Show the read's progress while a request reads its document: the engine's bar (a
+    widget in notebooks, on stderr on a terminal) and events to the framework (LangChain
+    callbacks' ``on_custom_event`` named ``quickllama_progress``, LlamaIndex
+    instrumentation's ``QLLMReadProgressEvent``); ``False``: neither."""
 
     _engine: EngineProtocol | None = PrivateAttr(default=None)
 
     def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
-        """Validate names, then (after pydantic's own checks) values; keep ``engine``.
+        """Validate names and decoding options as a call would, then the rest; keep ``engine``.
 
-        Framework classes put this class first among their bases, so this runs first.
+        Every refusal is an :class:`~qllm_core.errors.InvalidOptionError` (or a
+        ``ConfigError``), with the text a call with the same option gets. Framework classes
+        put this class first among their bases, so this runs first.
         """
-        super().__init__(**self._checked_kwargs(kwargs))
+        checked = self._checked_kwargs(kwargs)
+        try:
+            super().__init__(**checked)
+        except ValidationError as error:
+            raise _option_error(error) from error
         self._engine = engine
         self.engine_spec()
         call_options(self, None, {})
 
     @classmethod
     def _checked_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Constructor arguments with aliases resolved; unknown names raise."""
-        check_names(kwargs, cls.model_fields, cls.__name__)
-        return resolve_aliases(kwargs)
+        """Constructor arguments with aliases resolved and decoding options validated.
+
+        Raises:
+            InvalidOptionError: an unknown name, or a decoding option's bad value.
+        """
+        check_names(kwargs, tuple(cls.model_fields), where=cls.__name__, aliases=True)
+        checked = resolve_aliases(kwargs)
+        engine_options({k: v for k, v in checked.items() if k in GENERATION_NAMES})
+        if isinstance(checked.get("stop"), str):
+            checked["stop"] = [checked["stop"]]
+        return checked
 
     def engine_spec(self) -> EngineSpec:
         """The :class:`~qllm_core.spec.EngineSpec` these settings describe."""
@@ -237,6 +227,8 @@ class CallOptions:
     read_once: bool = False
     """Whether a request with a document reads it through the engine's memory cache (a
     setting, not a call option)."""
+    progress: bool = True
+    """Whether the read's progress is shown and reported (a setting, not a call option)."""
 
     @property
     def explicit(self) -> bool:
@@ -257,23 +249,42 @@ def call_options(
     Raises:
         InvalidOptionError: an unknown name (the closest valid one is named) or a bad value.
     """
-    check_names(kwargs, CALL_NAMES, "the call")
+    check_names(kwargs, CALL_NAMES, where="the call", aliases=True)
     given = resolve_aliases(kwargs)
     if stop is not None:
-        given["stop"] = list(stop)
+        given["stop"] = stop  # validated with the rest
     values = {name: given.get(name, getattr(settings, name)) for name in GENERATION_NAMES}
-    mode = values.pop("mode")
-    if mode is not None and mode not in MODES:
-        raise InvalidOptionError(f"mode must be one of {MODES} or None, got {mode!r}")
-    options = GenerationOptions.from_kwargs(**values)
-    engine_options = {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
     return CallOptions(
-        engine_options,
+        engine_options(values),
         given.get("question"),
         given.get("document"),
         settings.max_evidence,
         settings.read_once,
+        settings.progress,
     )
+
+
+def engine_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The decoding options and ``mode`` among ``values``, validated, as engine keywords.
+
+    Raises:
+        InvalidOptionError: the message the engine gives for the same value.
+    """
+    values = dict(values)
+    mode = values.pop("mode", None)
+    if mode is not None:
+        check_choice("mode", mode, MODES)
+    options = GenerationOptions.from_kwargs(**values)
+    return {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
+
+
+def _option_error(error: ValidationError) -> InvalidOptionError:
+    """Pydantic's refusal of a setting, worded like the other option errors."""
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "a setting"
+    message = first["msg"][:1].lower() + first["msg"][1:]
+    problem = f"is invalid ({message}), got {shown(first.get('input'))}"
+    return InvalidOptionError.bad_value(name, problem)
 
 
 @dataclass
@@ -304,6 +315,8 @@ class Request:
     """Most evidence passages in :meth:`metadata`."""
     read_once: bool = False
     """Read the document through the engine's memory cache (see :meth:`load_memory`)."""
+    progress: bool = True
+    """Show the read's progress bar and report it to the listener given to :meth:`start`."""
     memory_use: MemoryUse = field(default_factory=MemoryUse, compare=False, repr=False)
     """The memory this request answers from, once :meth:`start` (or :meth:`load_memory`,
     :meth:`use_memory`) chose it; empty on the per-question and direct routes."""
@@ -343,12 +356,29 @@ class Request:
             raise ValueError("only a request with a document and read_once uses a memory")
         self.memory_use.memory, self.memory_use.reused = memory, True
 
-    def start(self) -> TextStream:
+    def reporting(self, listener: ProgressListener | None = None) -> AbstractContextManager[None]:
+        """The context the request's work runs in.
+
+        The read's progress goes to ``listener`` and the engine's bar shows, unless
+        :attr:`progress` is off (then neither).
+        """
+        return report_progress(listener if self.progress else None, bar=self.progress)
+
+    def start(self, listener: ProgressListener | None = None) -> TextStream:
         """Start the request; iterate the stream for text, close it to stop early.
 
         With :attr:`uses_memory` the document's memory is found (or read) first, so the
-        call may take as long as reading the document.
+        call may take as long as reading the document. ``listener`` receives the read's
+        progress, here and while the stream runs (see :meth:`reporting`).
         """
+        with self.reporting(listener):
+            stream = self._open()
+        if listener is None and self.progress:
+            return stream
+        return ReportingStream(stream, lambda: self.reporting(listener))
+
+    def _open(self) -> TextStream:
+        """The engine's stream for this request (a memory's is read first, if need be)."""
         if self.split is None:
             return self.engine.stream_ids(list(self.input_ids), **self.options)
         logger.debug(
@@ -363,9 +393,9 @@ class Request:
             return self.engine.stream(memory, self.split.question, **options)
         return self.engine.stream(self.split.document, self.split.question, **self.options)
 
-    def run(self) -> Answer:
-        """Run the request to its end."""
-        with self.start() as stream:
+    def run(self, listener: ProgressListener | None = None) -> Answer:
+        """Run the request to its end (``listener``: as for :meth:`start`)."""
+        with self.start(listener) as stream:
             return stream.collect()
 
     def metadata(self, answer: Answer) -> dict[str, Any]:
@@ -435,14 +465,19 @@ def text_request(
 ) -> Request:
     """The request for a plain prompt.
 
+    Every route refuses an empty document alike: a short prompt whose "Question:" line
+    has nothing before it is refused as a long one is (:func:`split_pattern`).
+
     Raises:
-        InvalidDocumentError, EmptyInputError: the prompt is not text, or is empty.
+        InvalidDocumentError, EmptyInputError: the prompt is not text, or is empty, or
+            holds a question with an empty document.
     """
     if options.explicit and prompt == "":
         prompt_text = ""  # everything is explicit; the prompt may be empty
     else:
         prompt_text = check_text("prompt", prompt)
     if not options.explicit and fits_window(engine, prompt_text):
+        split_pattern(prompt_text)  # raises for a labelled question without a document
         return _direct(engine, model_name, [("user", prompt_text)], options)
     split = split_text(prompt_text, question=options.question, document=options.document)
     return _split(engine, model_name, split, options)
@@ -456,8 +491,13 @@ def chat_request(
 ) -> Request:
     """The request for chat turns (``(role, text)``, role in :data:`ROLES`).
 
+    Blank turns are left out (an assistant turn that only called tools). When turns
+    other than the question are given, they are the document, and all of them blank is
+    an empty document, refused on every route (:func:`_check_context`).
+
     Raises:
-        InvalidDocumentError, EmptyInputError: a turn is not text; the question is empty.
+        InvalidDocumentError, EmptyInputError: a turn is not text; the question or the
+            document is empty.
         ValueError: an unknown role.
     """
     turns = [(role, _checked_turn(role, text)) for role, text in turns]
@@ -469,6 +509,7 @@ def chat_request(
                 "pass question= explicitly"
             )
         check_text("question", asked[-1])
+        _check_context(turns)
         if fits_window(engine, "\n\n".join(text for _, text in turns)):
             return _direct(engine, model_name, turns, options)
     context = [("assistant" if role == "tool" else role, text) for role, text in turns]
@@ -483,11 +524,34 @@ def fits_window(engine: EngineProtocol, text: str) -> bool:
 
 
 def _checked_turn(role: str, text: object) -> str:
+    """``text`` checked as a turn's text; blank text counts as none (``""``)."""
     if role not in ROLES:
         raise ValueError(f"unknown chat role {role!r}; expected one of {ROLES}")
-    if text == "":
+    if isinstance(text, str) and not text.strip():
         return ""
     return check_text(f"{role} message", text)
+
+
+def _check_context(turns: Sequence[tuple[str, str]]) -> None:
+    """Refuse a chat whose document is empty, whatever route it would take.
+
+    The document is every turn but the last user message. With such turns, all blank
+    (a ``{document}`` template filled with nothing), it is empty; with none, the question
+    turn is the whole prompt, refused as a plain prompt is (:func:`split_pattern`).
+
+    Raises:
+        EmptyInputError: an empty document.
+    """
+    last_user = max(i for i, (role, _) in enumerate(turns) if role == "user")
+    context = [text for i, (_, text) in enumerate(turns) if i != last_user]
+    if not context:
+        split_pattern(turns[last_user][1])
+    elif not any(context):
+        raise EmptyInputError(
+            "the document is empty: the messages before the question (system messages, "
+            "earlier turns, attached documents) hold no text; put the text to read in "
+            "them, or pass document= explicitly"
+        )
 
 
 def _direct(
@@ -504,6 +568,7 @@ def _direct(
         options.engine_options,
         input_ids=tuple(ids),
         max_evidence=options.max_evidence,
+        progress=options.progress,
     )
 
 
@@ -520,4 +585,5 @@ def _split(
         split=split,
         max_evidence=options.max_evidence,
         read_once=options.read_once,
+        progress=options.progress,
     )

@@ -179,8 +179,8 @@ def split_pattern(prompt: str) -> PromptSplit | None:
     document = body[: label.start()].rstrip()
     if not document.strip():
         raise EmptyInputError(
-            "the prompt holds a question but no document before it; put the text to read "
-            "before the 'Question:' line, or pass document= explicitly"
+            "the document is empty: the prompt holds a question but no text before it; put "
+            "the text to read before the 'Question:' line, or pass document= explicitly"
         )
     return PromptSplit(document=document, question=asked, route="pattern")
 

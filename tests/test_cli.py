@@ -22,6 +22,8 @@ class FakeEngine:
     instances: list[FakeEngine] = []
     pieces: tuple[str, ...] = ("The answer", " is ", "42.")
     error: Exception | None = None
+    stats: dict[str, Any] = {}
+    """Fields of the answer's stats to set (over the defaults below)."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
@@ -46,15 +48,16 @@ class FakeEngine:
             RetrievedBlock(10, 20, 7, char_start=4, char_end=30),
             RetrievedBlock(0, 5, 3, None, None),
         )
-        stats = AnswerStats(
-            mode=options.get("mode") or "qllm",
-            tokens_read=1234,
-            tokens_generated=3,
-            prefill_seconds=2.0,
-            decode_seconds=0.5,
-            question_found=True,
-            retrieved_blocks=blocks,
-        )
+        fields = {
+            "mode": options.get("mode") or "qllm",
+            "tokens_read": 1234,
+            "tokens_generated": 3,
+            "prefill_seconds": 2.0,
+            "decode_seconds": 0.5,
+            "question_found": True,
+            "retrieved_blocks": blocks,
+        }
+        stats = AnswerStats(**{**fields, **self.stats})
 
         def pieces() -> Generator[str, None, Answer]:
             yield from self.pieces
@@ -67,6 +70,7 @@ class FakeEngine:
 def engine(monkeypatch: pytest.MonkeyPatch) -> type[FakeEngine]:
     FakeEngine.instances = []
     FakeEngine.error = None
+    FakeEngine.stats = {}
     monkeypatch.setattr(cli, "_engine_class", lambda: FakeEngine)
     monkeypatch.setattr(cli, "_quiet_transformers", lambda: None)
     return FakeEngine
@@ -314,7 +318,107 @@ def test_summary_of_a_reread_names_its_passages_by_relevance():
         question_found=True,
         retrieved_blocks=(passage,),
         reread_tokens=6,
+        reread_seconds=0.5,
     )
     text = summary(Answer(text="x", finish_reason="eos", stats=stats), "0123456789abcdef")
-    assert "re-read 6 document tokens" in text
+    assert "re-read 6 tokens in 0.5 s (12.0 tok/s)" in text
+    assert "the passages below were re-read" in text
     assert "block chars 4-10 (relevance 0.250): '456789'" in text
+
+
+def test_stats_report_read_reread_and_decode_as_the_engine_does(
+    engine: type[FakeEngine], doc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A follow-up from a memory: 40 question tokens read, 3,000 re-read, 3 generated.
+    engine.stats = {"tokens_read": 40, "prefill_seconds": 8.0, "reread_tokens": 3000}
+    engine.stats |= {"reread_seconds": 7.5, "memory_tokens": 16_000}
+    assert cli.main(["ask", "--file", str(doc), "-q", "Q?"]) == 0
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith(
+        "read 40 tokens after 16,000 from memory in 0.5 s (80.0 tok/s); "
+        "re-read 3,000 tokens in 7.5 s (400 tok/s); generated 3 tokens in 0.5 s (6.0 tok/s)"
+    )
+    assert cli.main(["ask", "--file", str(doc), "-q", "Q?", "--stats"]) == 0
+    record = json.loads(capsys.readouterr().err)
+    assert record["phases"] == {
+        "read": {"tokens": 40, "seconds": 0.5, "tokens_per_second": 80.0},
+        "reread": {"tokens": 3000, "seconds": 7.5, "tokens_per_second": 400.0},
+        "decode": {"tokens": 3, "seconds": 0.5, "tokens_per_second": 6.0},
+    }
+    assert record["reread_seconds"] == 7.5
+
+
+USAGE_ERRORS = {
+    "temperature": (["--temperature", "hot"], "--temperature must be a number ≥ 0"),
+    "misspelled": (["--max-tokenz", "5"], "did you mean '--max-new-tokens'?"),
+    "llama.cpp name": (["--n-predict", "5"], "did you mean '--max-new-tokens'?"),
+    "python name": (["--top_p", "0.5"], "did you mean '--top-p'?"),
+    "mode": (["--mode", "qlm"], "or full, got 'qlm'; did you mean 'qllm'?"),
+    "top-p": (["--top-p", "0"], "--top-p must be a number in (0, 1], got 0"),
+    "max-new-tokens": (["--max-new-tokens", "1.5"], "--max-new-tokens must be an int from 1"),
+    "positional": (["doc.txt"], "unexpected argument 'doc.txt'; to read it, pass --file doc.txt"),
+    "mode of a memory": (["--memory", ".", "--mode", "full"], "--mode cannot be used with"),
+}
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS)
+def test_usage_errors_say_what_to_do(
+    engine: type[FakeEngine], case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra, expected = USAGE_ERRORS[case]
+    assert cli.main(["ask", "-q", "Q?", *extra]) == 2
+    err = capsys.readouterr().err
+    usage, message = err.split("quickllama ask: error: ")
+    assert usage.startswith("usage: quickllama ask")
+    assert expected in message
+    assert engine.instances == []
+
+
+def test_an_option_error_reads_as_in_python_with_the_flag(
+    engine: type[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qllm_core.errors import InvalidOptionError
+    from qllm_core.options import GenerationOptions
+
+    with pytest.raises(InvalidOptionError) as raised:
+        GenerationOptions.from_kwargs(temperature="hot")
+    assert cli.main(["ask", "-q", "Q?", "--temperature", "hot"]) == 2
+    assert f"error: --{raised.value}\n" in capsys.readouterr().err
+
+
+def test_demo_counts_are_checked(engine: type[FakeEngine], capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["demo", "--tokens", "lots"]) == 2
+    assert "--tokens must be a whole number ≥ 1, got 'lots'" in capsys.readouterr().err
+
+
+def test_max_tokens_is_max_new_tokens(engine: type[FakeEngine], doc: Path) -> None:
+    assert cli.main(["ask", "-f", str(doc), "-q", "Q?", "--max-tokens", "7"]) == 0
+    assert engine.instances[0].calls[0][2]["max_new_tokens"] == 7
+
+
+@pytest.mark.parametrize("command", ["ask", "chat"])
+def test_a_missing_memory_is_named_before_loading(
+    engine: type[FakeEngine], command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, "--memory", str(tmp_path / "gone.qllm")] + (["-q", "Q?"] * (command == "ask"))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"no saved memory at {tmp_path / 'gone.qllm'}" in err
+    assert "quickllama read FILE --save" in err
+    assert engine.instances == []
+
+
+USAGE_ARGV = ["ask", "-q", "Q?", "--temperature", "hot"]
+
+
+def test_a_usage_error_imports_no_torch() -> None:
+    """What makes a usage error answer in well under a second (torch takes seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from qllm_core import cli; "
+        f"rc = cli.main({USAGE_ARGV!r}); print(rc, 'torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["2", "False"], run.stderr

@@ -69,7 +69,15 @@ def test_chat_reads_once_and_answers_each_line(engine_class, doc, monkeypatch, c
 
 def test_ask_with_a_missing_memory_exits_2(engine_class, tmp_path, capsys):
     assert cli.main(["ask", "--memory", str(tmp_path / "none"), "-q", "Why?"]) == 2
-    assert "memory.json is missing" in capsys.readouterr().err
+    assert "no saved memory at" in capsys.readouterr().err
+    assert cli.main(["ask", "--memory", str(tmp_path), "-q", "Why?"]) == 2  # no memory.json
+    err = capsys.readouterr().err
+    assert "memory.json is missing" in err
+    advice = err.split("\n  on the command line: ")[1]
+    assert advice == (
+        "give the --model and --preset it was read with, or read it again: "
+        f"quickllama read FILE --save {tmp_path}\n"
+    )
 
 
 def test_ask_takes_a_file_or_a_memory_not_both(engine_class, doc, tmp_path, capsys):

@@ -217,3 +217,26 @@ def test_each_ranking_reaches_the_reread(tiny_engine, ranking):
         for e in (mean, other)
     ]
     assert spans[0] != spans[1]
+
+
+@pytest.mark.parametrize("ranking", ["mean", "peak"])
+def test_single_pass_evidence_ranks_blocks_as_the_reread_would(tiny_engine, ranking):
+    """One set of scores: the single pass's best evidence block is the re-read's best passage."""
+    config = tiny_engine.config.replace(mode="qllm", reread_ranking=ranking, reread_margin=0)
+    engines = [
+        QLLMEngine(
+            tiny_engine.model,
+            tiny_engine.tokenizer,
+            config=config.replace(reread_tokens=tokens),
+            progress=False,
+        )
+        for tokens in (0, 160)
+    ]
+    single, reread = (e.answer(DOC, QUESTION, max_new_tokens=1) for e in engines)
+    assert single.stats.reread_tokens == 0 < reread.stats.reread_tokens
+    best, passage = single.stats.retrieved_blocks[0], reread.stats.retrieved_blocks[0]
+    assert best.score == pytest.approx(passage.score, rel=1e-6)
+    layout = build_prompt(tiny_engine.tokenizer, DOC, QUESTION)
+    doc_start, doc_end = layout.document_span
+    for block in single.stats.retrieved_blocks:  # the template's blocks are no evidence
+        assert block.token_end > doc_start and block.token_start < doc_end

@@ -10,8 +10,10 @@ from qllm_integrations.langchain.documents import (
     create_document_reader_tool,
 )
 from qllm_integrations.langchain.llms import QLLM
+from qllm_integrations.langchain.progress import PROGRESS_EVENT
 
 __all__ = [
+    "PROGRESS_EVENT",
     "QLLM",
     "ChatQLLM",
     "Evidence",

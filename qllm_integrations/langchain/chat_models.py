@@ -32,10 +32,12 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 
 from qllm_core.documents import check_text
+from qllm_core.progress import ProgressListener
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.evidence import Evidence
+from qllm_integrations.langchain.progress import async_progress_listener, progress_listener
 from qllm_integrations.request import (
     PROVIDER,
     ProviderSettings,
@@ -91,8 +93,9 @@ class LangChainSettings(ProviderSettings):
                 "max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)
             ),
         )
-        if stop or self.stop:
-            params["ls_stop"] = list(stop or self.stop or [])
+        stops = [stop] if isinstance(stop, str) else stop or self.stop
+        if isinstance(stops, list) and stops:  # a bad stop is refused by the call itself
+            params["ls_stop"] = stops
         return params
 
     def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
@@ -194,8 +197,18 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        return self._result(messages, stop, kwargs, progress_listener(run_manager))
+
+    def _result(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        listener: ProgressListener | None,
+    ) -> ChatResult:
+        """Answer ``messages`` (``listener``: hears the read's progress)."""
         request = self._request(messages, stop, kwargs)
-        answer = request.run()
+        answer = request.run(listener)
         message = AIMessage(
             content=answer.text,
             response_metadata=request.metadata(answer),
@@ -218,7 +231,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # The engine blocks (it runs the model): keep it off the event loop.
-        return await run_in_thread(self._generate, messages, stop, None, **kwargs)
+        listener = async_progress_listener(run_manager)
+        return await run_in_thread(self._result, messages, stop, kwargs, listener)
 
     def _stream(
         self,
@@ -228,7 +242,7 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        for item in answer_events(request.start()):
+        for item in answer_events(request.start(progress_listener(run_manager))):
             chunk = _chat_chunk(request, item)
             if run_manager and isinstance(item, str):
                 run_manager.on_llm_new_token(item, chunk=chunk)
@@ -242,7 +256,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = await run_in_thread(self._request, messages, stop, kwargs)
-        async for item in iterate_in_thread(lambda: answer_events(request.start())):
+        listener = async_progress_listener(run_manager)
+        async for item in iterate_in_thread(lambda: answer_events(request.start(listener))):
             chunk = _chat_chunk(request, item)
             if run_manager and isinstance(item, str):
                 await run_manager.on_llm_new_token(item, chunk=chunk)
@@ -353,14 +368,16 @@ def _texts(content: str | list[Any]) -> tuple[list[str], str]:
 
 
 def _plain_text(block: dict[str, Any]) -> str:
+    """An attached document's text (refused when empty: a document must hold text)."""
     if "text" in block:
-        return str(block["text"])
+        return check_text("attached document", str(block["text"]))
     data = block.get("base64") or block.get("data")
     if isinstance(data, str):
         try:
-            return base64.b64decode(data).decode("utf-8")
+            text = base64.b64decode(data).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as error:
             raise ValueError(
                 f"a 'text-plain' block's base64 data is not UTF-8 text: {error}"
             ) from error
+        return check_text("attached document", text)
     raise ValueError(f"a 'text-plain' block needs 'text' (or 'base64'); got keys {sorted(block)}")

@@ -9,9 +9,11 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
+from qllm_core.progress import ProgressListener
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.langchain.chat_models import LangChainSettings, usage_metadata
+from qllm_integrations.langchain.progress import async_progress_listener, progress_listener
 from qllm_integrations.request import Request, answer_events, call_options, text_request
 
 
@@ -52,23 +54,27 @@ class QLLM(LangChainSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        generations = []
-        totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        if self.streaming:  # callbacks see every token
+            return _result(
+                self.model_label(),
+                [_streamed(self._stream(p, stop, run_manager, **kwargs)) for p in prompts],
+            )
+        return self._results(prompts, stop, kwargs, progress_listener(run_manager))
+
+    def _results(
+        self,
+        prompts: list[str],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        listener: ProgressListener | None,
+    ) -> LLMResult:
+        """Answer each prompt in turn (``listener``: hears the reads' progress)."""
+        answers = []
         for prompt in prompts:
-            if self.streaming:  # callbacks see every token
-                chunks = list(self._stream(prompt, stop, run_manager, **kwargs))
-                text, info = "".join(c.text for c in chunks), chunks[-1].generation_info or {}
-            else:
-                request = self._request(prompt, stop, kwargs)
-                answer = request.run()
-                text, info = answer.text, _info(request, answer)
-            generations.append([Generation(text=text, generation_info=info)])
-            for key, value in info["usage"].items():
-                totals[key] += value
-        return LLMResult(
-            generations=generations,
-            llm_output={"model_name": self.model_label(), "token_usage": totals},
-        )
+            request = self._request(prompt, stop, kwargs)
+            answer = request.run(listener)
+            answers.append((answer.text, _info(request, answer)))
+        return _result(self.model_label(), answers)
 
     async def _agenerate(
         self,
@@ -78,7 +84,13 @@ class QLLM(LangChainSettings, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         # The engine blocks (it runs the model): keep it off the event loop.
-        return await run_in_thread(self._generate, prompts, stop, None, **kwargs)
+        if self.streaming:  # callbacks see every token
+            return _result(
+                self.model_label(),
+                [await _astreamed(self._astream(p, stop, run_manager, **kwargs)) for p in prompts],
+            )
+        listener = async_progress_listener(run_manager)
+        return await run_in_thread(self._results, prompts, stop, kwargs, listener)
 
     def _stream(
         self,
@@ -88,7 +100,7 @@ class QLLM(LangChainSettings, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
-        for item in answer_events(request.start()):
+        for item in answer_events(request.start(progress_listener(run_manager))):
             chunk = _chunk(request, item)
             if run_manager and isinstance(item, str):
                 run_manager.on_llm_new_token(item, chunk=chunk)
@@ -102,11 +114,39 @@ class QLLM(LangChainSettings, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         request = await run_in_thread(self._request, prompt, stop, kwargs)
-        async for item in iterate_in_thread(lambda: answer_events(request.start())):
+        listener = async_progress_listener(run_manager)
+        async for item in iterate_in_thread(lambda: answer_events(request.start(listener))):
             chunk = _chunk(request, item)
             if run_manager and isinstance(item, str):
                 await run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
+
+
+Answered = tuple[str, dict[str, Any]]
+"""One prompt's answer text and its generation info."""
+
+
+def _streamed(chunks: Iterator[GenerationChunk]) -> Answered:
+    """A streamed answer's text and the info its closing chunk carries."""
+    pieces = list(chunks)
+    return "".join(c.text for c in pieces), pieces[-1].generation_info or {}
+
+
+async def _astreamed(chunks: AsyncIterator[GenerationChunk]) -> Answered:
+    """:func:`_streamed` of an async stream."""
+    return _streamed(iter([chunk async for chunk in chunks]))
+
+
+def _result(model_name: str, answers: list[Answered]) -> LLMResult:
+    """The generations of ``answers``, with their summed token usage."""
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for _, info in answers:
+        for key, value in info["usage"].items():
+            totals[key] += value
+    return LLMResult(
+        generations=[[Generation(text=text, generation_info=info)] for text, info in answers],
+        llm_output={"model_name": model_name, "token_usage": totals},
+    )
 
 
 def _chunk(request: Request, item: str | Answer) -> GenerationChunk:

@@ -12,6 +12,7 @@ from .guards import (
     check_settings,
 )
 from .llm import QLLM
+from .progress import ReadProgressEvent
 from .query_engine import WholeDocumentQueryEngine, evidence_node
 from .tools import document_function_tool, document_tool
 
@@ -19,6 +20,7 @@ __all__ = [
     "QLLM",
     "ContextSplitError",
     "ContextSplitWarning",
+    "ReadProgressEvent",
     "WholeDocumentQueryEngine",
     "check_query_engine",
     "check_settings",

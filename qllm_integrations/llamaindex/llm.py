@@ -33,7 +33,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts.base import BasePromptTemplate
 
-from qllm_core.documents import decode_document
+from qllm_core.documents import check_text, decode_document
 from qllm_core.errors import InvalidDocumentError
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
@@ -49,6 +49,7 @@ from qllm_integrations.request import (
 )
 
 from .guards import GuardPolicy, check_call
+from .progress import report_read
 
 HINT_KEY = "quickllama_split"
 """``ChatMessage.additional_kwargs`` key under which a template's split is passed along."""
@@ -123,7 +124,7 @@ class QLLM(ProviderSettings, CustomLLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Answer the question found in ``prompt`` about the rest of it."""
         request = self._text(prompt, kwargs)
-        return _completion(request, request.run())
+        return _completion(request, request.run(report_read))
 
     @llm_completion_callback()
     def stream_complete(
@@ -131,19 +132,19 @@ class QLLM(ProviderSettings, CustomLLM):
     ) -> CompletionResponseGen:
         """Like :meth:`complete`, yielding the answer piece by piece."""
         request = self._text(prompt, kwargs)
-        return _chunks(request, answer_events(request.start()))
+        return _chunks(request, answer_events(request.start(report_read)))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Answer the last user message about the earlier messages (or its own context)."""
         request = self._chat(messages, kwargs)
-        return _chat(_completion(request, request.run()))
+        return _chat(_completion(request, request.run(report_read)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Like :meth:`chat`, yielding the answer piece by piece."""
         request = self._chat(messages, kwargs)
-        return (_chat(r) for r in _chunks(request, answer_events(request.start())))
+        return (_chat(r) for r in _chunks(request, answer_events(request.start(report_read))))
 
     @llm_completion_callback()
     async def acomplete(
@@ -151,7 +152,7 @@ class QLLM(ProviderSettings, CustomLLM):
     ) -> CompletionResponse:
         """:meth:`complete` with the engine in a worker thread."""
         request = self._text(prompt, kwargs)
-        return _completion(request, await run_in_thread(request.run))
+        return _completion(request, await run_in_thread(request.run, report_read))
 
     @llm_completion_callback()
     async def astream_complete(
@@ -159,13 +160,15 @@ class QLLM(ProviderSettings, CustomLLM):
     ) -> CompletionResponseAsyncGen:
         """:meth:`stream_complete` with the engine in a worker thread."""
         request = self._text(prompt, kwargs)
-        return iterate_in_thread(lambda: _chunks(request, answer_events(request.start())))
+        return iterate_in_thread(
+            lambda: _chunks(request, answer_events(request.start(report_read)))
+        )
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """:meth:`chat` with the engine in a worker thread."""
         request = self._chat(messages, kwargs)
-        return _chat(_completion(request, await run_in_thread(request.run)))
+        return _chat(_completion(request, await run_in_thread(request.run, report_read)))
 
     @llm_chat_callback()
     async def astream_chat(
@@ -176,7 +179,7 @@ class QLLM(ProviderSettings, CustomLLM):
 
         async def chats() -> ChatResponseAsyncGen:
             async for response in iterate_in_thread(
-                lambda: _chunks(request, answer_events(request.start()))
+                lambda: _chunks(request, answer_events(request.start(report_read)))
             ):
                 yield _chat(response)
 
@@ -246,13 +249,15 @@ def add_template_hint(
 ) -> list[ChatMessage]:
     """Attach the template's question and context to the last message (a copy of it).
 
-    Messages are returned unchanged when the template has no string ``query_str``.
+    Messages are returned unchanged when the template has no string ``query_str``. A
+    context variable given but blank is passed on as an empty document (``""``), which
+    the request refuses (no answer from nothing).
     """
     question = prompt_args.get("query_str")
     if not messages or not isinstance(question, str) or not question.strip():
         return messages
-    texts = (_text(prompt_args.get(k)) for k in _DOCUMENT_KEYS)
-    document = next((t for t in texts if t is not None and t.strip()), None)
+    texts = [t for t in (_text(prompt_args.get(k)) for k in _DOCUMENT_KEYS) if t is not None]
+    document = next((t for t in texts if t.strip()), "" if texts else None)
     last = messages[-1].model_copy(deep=False)
     last.additional_kwargs = {
         **last.additional_kwargs,
@@ -287,7 +292,8 @@ def flatten_messages(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
                 texts.append(block.text)
             elif isinstance(block, DocumentBlock) and _is_plain_text(block):
                 raw = block.resolve_document().read()
-                turns.append((role, decode_document(raw, block.title or "document block")))
+                text = decode_document(raw, block.title or "document block")
+                turns.append((role, check_text("attached document", text)))
             else:
                 raise InvalidDocumentError(
                     f"a {type(block).__name__} in a {role} message is not text; quickllama "

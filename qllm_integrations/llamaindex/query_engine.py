@@ -32,6 +32,7 @@ from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.readers.base import BaseReader
 from llama_index.core.schema import (
     BaseNode,
+    MetadataMode,
     NodeRelationship,
     NodeWithScore,
     RelatedNodeInfo,
@@ -40,7 +41,7 @@ from llama_index.core.schema import (
 from llama_index.core.settings import Settings
 from pydantic import SkipValidation
 
-from qllm_core.errors import MemoryFileError, MemoryMismatchError
+from qllm_core.errors import EmptyInputError, MemoryFileError, MemoryMismatchError
 from qllm_core.persistence import read_manifest
 from qllm_core.protocol import MemoryProtocol, TextStream
 from qllm_core.results import Answer
@@ -50,6 +51,7 @@ from qllm_integrations.request import Request, answer_events, call_options, text
 
 from .documents import join_documents
 from .llm import QLLM
+from .progress import report_read
 
 MANIFEST = "quickllama_query_engine.json"
 """File of a persist directory holding the joined text and what the memory was read for."""
@@ -126,9 +128,17 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
             headers: put each document's title and metadata before its text.
             **kwargs: ``streaming``, ``max_sources``, ``callback_manager``.
 
+        Raises:
+            ValueError: no documents.
+            EmptyInputError: no document holds text (a query would read only headers).
         """
         if not documents:
             raise ValueError("no documents to read; pass at least one Document")
+        if not any(node.get_content(metadata_mode=MetadataMode.NONE).strip() for node in documents):
+            raise EmptyInputError(
+                f"none of the {len(documents)} documents holds any text (all are empty or "
+                "whitespace); load documents with text (extract a PDF's text first)"
+            )
         joined = join_documents(documents, headers=headers)
         return cls(llm=llm or _default_llm(), joined=joined, **kwargs)
 
@@ -259,10 +269,13 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
     def _start(self, request: Request) -> TextStream:
         """Start ``request``, from the kept memory when it reads once (read it first)."""
         if request.uses_memory:
-            memory, was_kept = self._kept.obtain(request.options.get("mode"), request.load_memory)
+            with request.reporting(report_read):
+                memory, was_kept = self._kept.obtain(
+                    request.options.get("mode"), request.load_memory
+                )
             if was_kept:
                 request.use_memory(memory)
-        return request.start()
+        return request.start(report_read)
 
     def _answer(self, query_str: str) -> tuple[Request, Answer]:
         request = self._request(query_str)

@@ -259,3 +259,56 @@ def test_abandoned_stream_releases_the_real_engine(real_tiny_engine: Any) -> Non
         lambda: chat.stream(QUESTION, document=DOC),
         lambda: chat.invoke(QUESTION, document=DOC),
     )
+
+
+BAD_VALUES: dict[str, object] = {
+    "temperature": "hot",
+    "top_p": 2,
+    "max_new_tokens": "5",
+    "min_new_tokens": -1,
+    "seed": "x",
+    "stop": 5,
+    "mode": "qlm",
+}
+
+
+def _option_error(run: Callable[[], object]) -> str:
+    with pytest.raises(InvalidOptionError) as raised:
+        run()
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("option", BAD_VALUES)
+def test_a_bad_value_reads_the_same_at_every_door(option: str) -> None:
+    """Constructors and calls of both providers, and the engine's own options, agree."""
+    value = BAD_VALUES[option]
+    engine = FakeEngine()
+    doors: dict[str, Callable[[], object]] = {
+        "ChatQLLM()": lambda: lc.ChatQLLM(engine=engine, **{option: value}),
+        "langchain QLLM()": lambda: lc.QLLM(engine=engine, **{option: value}),
+        "llamaindex QLLM()": lambda: li.QLLM(engine=engine, **{option: value}),
+        "ChatQLLM.invoke": lambda: lc.ChatQLLM(engine=engine).invoke(TEMPLATE, **{option: value}),
+        "QLLM.invoke": lambda: lc.QLLM(engine=engine).invoke(TEMPLATE, **{option: value}),
+        "QLLM.complete": lambda: li.QLLM(engine=engine).complete(TEMPLATE, **{option: value}),
+    }
+    if option != "mode":  # the engine takes a mode through its config
+        from qllm_core.options import GenerationOptions
+
+        doors["GenerationOptions"] = lambda: GenerationOptions.from_kwargs(**{option: value})
+    texts = {door: _option_error(run) for door, run in doors.items()}
+    assert len(set(texts.values())) == 1, texts
+    assert next(iter(texts.values())).startswith(f"{option} must be")
+    assert engine.calls == []
+
+
+def test_a_misspelled_mode_gets_a_suggestion() -> None:
+    message = _option_error(lambda: li.QLLM(engine=FakeEngine(), mode="qlm"))
+    assert message.endswith("got 'qlm'; did you mean 'qllm'?")
+
+
+@pytest.mark.parametrize("cls", [lc.ChatQLLM, lc.QLLM, li.QLLM])
+def test_other_settings_are_option_errors_too(cls: type) -> None:
+    message = _option_error(lambda: cls(engine=FakeEngine(), max_evidence=-1))
+    assert message.startswith("max_evidence is invalid") and message.endswith("got -1")
+    message = _option_error(lambda: cls(engine=FakeEngine(), read_once="maybe"))
+    assert message.startswith("read_once is invalid")

@@ -123,7 +123,7 @@ def test_multiline_question_is_kept_whole() -> None:
 
 
 def test_pattern_without_document_raises() -> None:
-    with pytest.raises(EmptyInputError, match="no document"):
+    with pytest.raises(EmptyInputError, match="the document is empty"):
         split_text("Question: what is the pass key?\nAnswer:")
 
 

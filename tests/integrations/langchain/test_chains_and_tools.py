@@ -156,7 +156,10 @@ def test_evidence_helpers() -> None:
     ]
     evidence = collect_evidence(joined, blocks)
     assert [(e.char_start, e.char_end, e.source) for e in evidence] == [(0, 4, 2), (0, 3, 0)]
-    assert evidence[0].score == 0.5 and round(evidence[1].score, 2) == 0.15
+    assert evidence[0].score == 0.5 and evidence[1].score == 0.1  # merged: the best block's
+    spanning = [RetrievedBlock(0, 1, count=1, char_start=1, char_end=9, score=0.5)]
+    assert [e.source for e in collect_evidence(joined, spanning, limit=3)] == [0, 2]
+    assert len(collect_evidence(joined, spanning, limit=1)) == 1  # split per source, capped
     text = format_evidence(evidence)
     assert "page 2" in text and "score 0.50" in text
     assert "no part" in format_evidence([])
