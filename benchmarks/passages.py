@@ -225,8 +225,8 @@ def run_passages(
     """Read every sample once and answer it with each variant; resumes from earlier records.
 
     ``variants`` may name ``rag`` (chunk-and-embed RAG, :mod:`benchmarks.rag`) besides the
-    re-read variants; ``answers_only``: skip the samples not read yet (to add a variant
-    while another process reads).
+    re-read variants; ``answers_only``: read nothing, answer only what needs no read of
+    its own (``rag``, or variants of samples read already), e.g. beside a process that reads.
     """
     folder = paths.out / f"passages-{set_name}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -247,13 +247,13 @@ def run_passages(
     summary: dict[str, Any] = {}
     rag = None
     for sample in tqdm(list(samples), desc=f"passages {set_name}", unit="sample"):
-        if sample.sample_id not in reads:
-            if answers_only:
-                continue
+        if sample.sample_id not in reads and not answers_only:
             reads[sample.sample_id] = _append(reads_path, read_sample(engine, sample))
         for name in ("oracle", *variants):
             if (sample.sample_id, name) in done:
                 continue
+            if name != "rag" and sample.sample_id not in reads:
+                continue  # answers_only: not read yet
             if name == "rag":
                 if rag is None:
                     from .rag import RagSystem, minilm_embeddings

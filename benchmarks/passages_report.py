@@ -65,14 +65,15 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
     ]
     if len({r["task"] for r in reads}) > 1:
         lines += ["### Right answers per task and length", "", _task_table(reads, correct), ""]
-    baseline = "mean-3072" if len(correct.get("mean-3072", {})) == len(reads) else "qllm-reread"
-    if baseline in correct:
-        lines += [
-            f"### Paired with `{baseline}` (the default before this benchmark), per sample",
-            "",
-            _pair_table(correct, baseline),
-            "",
-        ]
+    before = "mean-3072" if len(correct.get("mean-3072", {})) == len(reads) else "qllm-reread"
+    for baseline, what in ((before, "the default before this benchmark"), ("rag", "RAG")):
+        if baseline in correct:
+            lines += [
+                f"### Paired with `{baseline}` ({what}), per sample",
+                "",
+                _pair_table(correct, baseline),
+                "",
+            ]
     return "\n".join(lines)
 
 

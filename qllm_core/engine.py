@@ -28,6 +28,7 @@ from .layer_memory import RequestMemory, RequestPlan
 from .memory_cache import MemoryCache, default_cache_bytes
 from .options import GenerationOptions
 from .patching import AttachedModel
+from .question_attention import QuestionAttention
 from .progress import Phase, prefill_progress
 from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
 from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
@@ -272,6 +273,8 @@ class QLLMEngine:
 
         def read() -> tuple[Forward, torch.Tensor]:
             step = self.new_forward(config, plan)
+            if isinstance(step, NativeForward) and layout is not None:
+                step.recorder = self._question_attention(layout, config)
             return step, self._prefill(step, ids, config)
 
         return AnswerStream(
@@ -310,7 +313,8 @@ class QLLMEngine:
             if isinstance(state, RequestMemory):
                 step = QLLMForward(self.model, self._attached, state)
             else:
-                step = NativeForward(self.model, cache=state)
+                recorder = self._question_attention(layout, config)
+                step = NativeForward(self.model, cache=state, recorder=recorder)
             return step, self._prefill(step, fed, config)
 
         progress = _Progress(mode=config.mode, question_found=True)
@@ -418,6 +422,8 @@ class QLLMEngine:
                 retrieved_blocks=(
                     _passage_evidence(passages, layout)
                     if passages
+                    else _full_evidence(step.recorder, config, layout)
+                    if isinstance(step, NativeForward) and step.recorder is not None
                     else _evidence(memory, config, layout, ranked=plan.rank_span is not None)
                 ),
                 reread_tokens=sum(p.end - p.start for p in passages),
@@ -444,6 +450,14 @@ class QLLMEngine:
         if config.mode != "auto":
             return config
         return config.replace(mode="full" if tokens <= self.window_tokens(config) else "qllm")
+
+    def _question_attention(
+        self, layout: PromptLayout, config: QLLMConfig
+    ) -> QuestionAttention | None:
+        """A recorder of the final question's attention over the document (mode ``full``)."""
+        return self._attached.question_attention(
+            layout.final_question_span, layout.document_span, config.block_size
+        )
 
     def _check_reread_fits(
         self, layout: PromptLayout, config: QLLMConfig, max_new_tokens: int
@@ -588,6 +602,34 @@ def _evidence(
             )
         )
     return tuple(sorted(blocks, key=lambda b: (-b.score, -b.count, b.token_start)))
+
+
+def _full_evidence(
+    recorder: QuestionAttention, config: QLLMConfig, layout: PromptLayout | None
+) -> tuple[RetrievedBlock, ...]:
+    """The ``topk`` document blocks the question attended to most in a ``full`` read.
+
+    Scored as the re-read scores memory blocks (``config.reread_ranking``), over blocks of
+    ``block_size`` document tokens; best first.
+    """
+    scores = recorder.relevance(config.reread_ranking).tolist()
+    doc_start, doc_end = recorder.document_span
+    blocks = []
+    for block_id in sorted(range(len(scores)), key=lambda b: -scores[b])[: config.topk]:
+        start = doc_start + block_id * config.block_size
+        end = min(doc_end, start + config.block_size)
+        chars = layout.char_span(start, end) if layout else None
+        blocks.append(
+            RetrievedBlock(
+                token_start=start,
+                token_end=end,
+                count=0,
+                char_start=chars[0] if chars else None,
+                char_end=chars[1] if chars else None,
+                score=scores[block_id],
+            )
+        )
+    return tuple(blocks)
 
 
 def _question_scores(memory: RequestMemory) -> list[float]:

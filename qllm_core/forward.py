@@ -16,6 +16,7 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from .layer_memory import RequestMemory
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
+from .question_attention import RECORDER_KWARG, QuestionAttention
 
 
 class Forward(Protocol):
@@ -51,11 +52,20 @@ class NativeForward:
 
     The prompt is read into a ``DynamicCache`` (each chunk attends to what came before it
     and no further); :meth:`reserve` then moves it into a ``StaticCache`` for decoding.
+    With a ``recorder``, the chunks holding its rank span run through the registered
+    ranking attention, which returns the native attention's output and records the
+    question's attention over the document (:mod:`~qllm_core.question_attention`).
     """
 
-    def __init__(self, model: PreTrainedModel, cache: DynamicCache | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        cache: DynamicCache | None = None,
+        recorder: QuestionAttention | None = None,
+    ) -> None:
         """``cache``: keys and values of earlier tokens to read on from (default: none)."""
         self.model = model
+        self.recorder = recorder
         self.cache: DynamicCache | StaticCache = (
             DynamicCache(config=model.config) if cache is None else cache
         )
@@ -95,11 +105,26 @@ class NativeForward:
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with its own attention and cache."""
         input_ids = torch.tensor([ids], device=self.model.device)
+        start = self.cache.get_seq_length()
+        recorder = self.recorder
+        if recorder is not None and not recorder.covers(start, len(ids)):
+            recorder = None
+        extra: dict[str, QuestionAttention] = {}
         with self._lock, torch.inference_mode():
-            out = self.model(
-                input_ids=input_ids,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_arg: self.cache},
-            )
+            native = self.model.config._attn_implementation
+            if recorder is not None:
+                recorder.start = start
+                self.model.set_attn_implementation(recorder.implementation)
+                extra[RECORDER_KWARG] = recorder
+            try:
+                out = self.model(
+                    input_ids=input_ids,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_arg: self.cache},
+                    **extra,
+                )
+            finally:
+                if recorder is not None:
+                    self.model.set_attn_implementation(native)
         return out.logits[0, -1]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
+from . import question_attention
 from .errors import UnsupportedModelError
 
 ATTENTION_NAME = "quickllama"
@@ -163,6 +164,20 @@ class AttachedModel:
                 _ATTACHMENTS[model] = attachment
         self._rotary = attachment.rotary
         self._native_attention = attachment.native_attention
+        self._can_rank = question_attention.register(attachment.native_attention)
+
+    def question_attention(
+        self, rank_span: tuple[int, int], document_span: tuple[int, int], block_size: int
+    ) -> question_attention.QuestionAttention | None:
+        """A recorder of the question's attention for a read with the model's own attention.
+
+        ``None`` where the native attention cannot be wrapped (eager).
+        """
+        if not self._can_rank:
+            return None
+        return question_attention.QuestionAttention(
+            rank_span, document_span, block_size, self._native_attention
+        )
 
     @property
     def rotary(self) -> nn.Module:
