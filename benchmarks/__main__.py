@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"({', '.join(passages_mod.VARIANTS)}) or rag",
     )
     passages.add_argument(
-        "--answers-only", action="store_true", help="read nothing: rag, or variants of samples read already"
+        "--answers-only",
+        action="store_true",
+        help="read nothing: rag, or variants of samples read already",
     )
     add_arguments(passages)
 

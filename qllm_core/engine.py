@@ -28,9 +28,9 @@ from .layer_memory import RequestMemory, RequestPlan
 from .memory_cache import MemoryCache, default_cache_bytes
 from .options import GenerationOptions
 from .patching import AttachedModel
-from .question_attention import QuestionAttention
 from .progress import Phase, prefill_progress
 from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
+from .question_attention import QuestionAttention
 from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .retrieval import question_shares
