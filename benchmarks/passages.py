@@ -156,7 +156,7 @@ def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
 def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str) -> dict[str, Any]:
     """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer."""
     from qllm_core.prompt import build_prompt, encode_text
-    from qllm_core.reread import SEPARATOR, choose_passages, reread_ids
+    from qllm_core.reread import SEPARATOR, passages_for, reread_ids
 
     config = engine.config
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)
@@ -165,15 +165,10 @@ def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str)
         passages = oracle_passages(layout, spans)
     else:
         variant = VARIANTS[name]
-        passages = choose_passages(
+        passages = passages_for(
             torch.tensor(read["relevance"][variant.ranking]),
-            document_span=layout.document_span,
-            n_init=config.n_init,
-            block_size=config.block_size,
-            budget=variant.tokens,
-            margin=config.reread_margin,
-            min_tokens=variant.min_tokens,
-            ratio=variant.ratio,
+            layout.document_span,
+            config.replace(**variant.config_fields()),
         )
     separator = encode_text(engine.tokenizer, SEPARATOR)
     ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)

@@ -31,7 +31,7 @@ from .patching import AttachedModel
 from .progress import Phase, prefill_progress
 from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
 from .question_attention import QuestionAttention
-from .reread import SEPARATOR, Passage, choose_passages, max_reread_length, reread_ids
+from .reread import SEPARATOR, Passage, max_reread_length, passages_for, reread_ids
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .retrieval import question_shares
 from .rope import RotaryTable
@@ -488,15 +488,10 @@ class QLLMEngine:
         replaced by them.
         """
         relevance = memory.block_relevance(config.reread_ranking)
-        passages = choose_passages(
+        passages = passages_for(
             relevance.mean(dim=0) if relevance.numel() else relevance.new_zeros(0),
-            document_span=layout.document_span,
-            n_init=config.n_init,
-            block_size=config.block_size,
-            budget=config.reread_tokens,
-            margin=config.reread_margin,
-            min_tokens=config.reread_min_tokens,
-            ratio=config.reread_score_ratio,
+            layout.document_span,
+            config,
         )
         step = NativeForward(self.model)
         separator = encode_text(self.tokenizer, SEPARATOR)

@@ -13,8 +13,12 @@ always kept, since they have no block to be scored by.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .config import QLLMConfig
 
 SEPARATOR = "\n[...]\n"
 """Text placed between passages that are not adjacent in the document."""
@@ -87,6 +91,25 @@ def choose_passages(
         passages.append(Passage(doc_start + i, doc_start + j, max(scores[i:j])))
         i = j
     return passages
+
+
+def passages_for(
+    relevance: torch.Tensor, document_span: tuple[int, int], config: QLLMConfig
+) -> list[Passage]:
+    """:func:`choose_passages` with the ``reread_*`` settings of ``config``.
+
+    relevance: (num_blocks,) the blocks' scores under ``config.reread_ranking``.
+    """
+    return choose_passages(
+        relevance,
+        document_span=document_span,
+        n_init=config.n_init,
+        block_size=config.block_size,
+        budget=config.reread_tokens,
+        margin=config.reread_margin,
+        min_tokens=config.reread_min_tokens,
+        ratio=config.reread_score_ratio,
+    )
 
 
 def reread_ids(
