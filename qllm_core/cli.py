@@ -463,7 +463,9 @@ def summary(answer: Answer, document: str | None, max_blocks: int = 3) -> str:
     in_document = [b for b in stats.retrieved_blocks if b.char_start is not None]
     for block in in_document[:max_blocks]:
         start, end = block.char_start or 0, block.char_end or 0
-        how = f"relevance {block.score:.3f}" if stats.reread_tokens else f"chosen {block.count}x"
+        how = f"relevance {block.score:.3f}"
+        if block.count and not stats.reread_tokens:
+            how += f", retrieved {block.count}x while answering"
         if document is None:
             lines.append(f"  block chars {start}-{end} ({how})")
             continue

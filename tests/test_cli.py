@@ -45,7 +45,7 @@ class FakeEngine:
             raise self.error
         text = "".join(self.pieces)
         blocks = (
-            RetrievedBlock(10, 20, 7, char_start=4, char_end=30),
+            RetrievedBlock(10, 20, 7, char_start=4, char_end=30, score=0.5),
             RetrievedBlock(0, 5, 3, None, None),
         )
         fields = {
@@ -90,7 +90,7 @@ def test_ask_streams_answer_and_summary(
     out, err = capsys.readouterr()
     assert out == "The answer is 42.\n"
     assert "read 1,234 tokens in 2.0 s (617 tok/s)" in err
-    assert "block chars 4-30 (chosen 7x): 'upon a time the answer wa'" in err
+    assert "block chars 4-30 (relevance 0.500, retrieved 7x while answering): 'upon a time" in err
     (built,) = engine.instances
     assert built.kwargs == {
         "source": None,
@@ -175,7 +175,7 @@ def test_stats_json(
         "count": 7,
         "char_start": 4,
         "char_end": 30,
-        "score": 0.0,
+        "score": 0.5,
     }
 
 
