@@ -93,8 +93,6 @@ SIZES: dict[str, Size] = {
         full_max_tokens=16 * K,
     ),
 }
-SIZES["long"] = dataclasses.replace(
-    SIZES["standard"], name="long", task_lengths=(64 * K, 128 * K)
-)
+SIZES["long"] = dataclasses.replace(SIZES["standard"], name="long", task_lengths=(64 * K, 128 * K))
 """Far beyond the window (issue 22): 8x and 16x the embedded model's trained context, the
 tasks, samples and generator of ``standard``. A 128K read takes about 4 minutes here."""

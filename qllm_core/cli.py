@@ -57,7 +57,14 @@ _CHOICES: dict[str, Sequence[str]] = {
     "offload_dtype": OFFLOAD_DTYPES,
 }
 """Options that name one of a few values, and those values."""
-_DECODING_FLAGS = ("max_new_tokens", "temperature", "top_p", "seed")
+_DECODING_FLAGS = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "seed",
+)
 """Options checked as :class:`GenerationOptions` (``--max-tokens`` is ``--max-new-tokens``)."""
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
@@ -248,6 +255,18 @@ def _common_options(*, max_new_tokens: int) -> argparse.ArgumentParser:
     )
     add("--temperature", default="0", metavar="T", help="0 is greedy (default)")
     add("--top-p", default="1", metavar="P", help="nucleus sampling mass (default: 1)")
+    add(
+        "--repetition-penalty",
+        default="1",
+        metavar="R",
+        help="≥ 1: divides the logits of tokens already in the answer (default: 1, off)",
+    )
+    add(
+        "--no-repeat-ngram-size",
+        default="0",
+        metavar="N",
+        help="no run of N tokens twice in the answer (default: 0, off)",
+    )
     add("--seed", default=None, metavar="N", help="sampling seed")
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     add("--dtype", metavar="DTYPE", help=f"weights' dtype: {listed(DTYPES)} (by device)")
@@ -417,6 +436,8 @@ def _answer(
         max_new_tokens=options.max_new_tokens,
         temperature=options.temperature,
         top_p=options.top_p,
+        repetition_penalty=options.repetition_penalty,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
         seed=options.seed,
         mode=args.mode if isinstance(source, str) else None,
     )

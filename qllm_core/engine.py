@@ -35,7 +35,7 @@ from .reread import SEPARATOR, Passage, max_reread_length, passages_for, reread_
 from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
 from .retrieval import question_shares
 from .rope import RotaryTable
-from .sampling import TextAccumulator, next_token
+from .sampling import TextAccumulator, TokenChooser
 from .validation import question_span as checked_span
 from .validation import token_ids, vocab_size
 
@@ -146,7 +146,8 @@ class QLLMEngine:
         read on from (the question after the document; ``mode`` must then be ``None``).
         Options: ``max_new_tokens`` (256), ``min_new_tokens`` (0: an end-of-sequence
         token may end the answer at once), ``temperature`` (0: greedy), ``top_p`` (1),
-        ``seed``, ``stop`` (strings), ``mode`` (overrides ``config.mode``). Every option
+        ``repetition_penalty`` (1: off), ``no_repeat_ngram_size`` (0: off), ``seed``,
+        ``stop`` (strings), ``mode`` (overrides ``config.mode``). Every option
         is validated (:meth:`GenerationOptions.from_kwargs`) before the document is read.
         """
         opts = GenerationOptions.from_kwargs(**options)
@@ -382,19 +383,12 @@ class QLLMEngine:
         prefill_seconds = time.perf_counter() - t0
         progress.read(len(ids) - memory_tokens, prefill_seconds)
         text = TextAccumulator(self.tokenizer, opts.stop)
-        generator = None
-        if opts.seed is not None:
-            generator = torch.Generator().manual_seed(opts.seed)
+        choose = TokenChooser(opts, self._eos, logits.device)
         finish: FinishReason = "length"
         generated = 0
-        held_off = torch.tensor(sorted(self._eos), dtype=torch.long, device=logits.device)
         t1 = time.perf_counter()
         while generated < opts.max_new_tokens:
-            if generated < opts.min_new_tokens and self._eos:
-                logits = logits.index_fill(0, held_off, float("-inf"))
-            token = next_token(
-                logits, temperature=opts.temperature, top_p=opts.top_p, generator=generator
-            )
+            token = choose(logits)
             if token in self._eos:
                 finish = "eos"
                 break

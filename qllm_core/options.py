@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeGuard, TypeVar
 
@@ -37,6 +37,7 @@ HINTS: Mapping[str, str] = {
     "num_predict": "max_new_tokens",
     "n_predict": "max_new_tokens",
     "temp": "temperature",
+    "repeat_penalty": "repetition_penalty",
     "preset": "config",
 }
 """Names other libraries and tools use (LlamaIndex, transformers, Ollama, llama.cpp), and
@@ -58,6 +59,13 @@ class GenerationOptions:
     """0 is greedy; else a finite number > 0 that divides the logits."""
     top_p: float = 1.0
     """Nucleus sampling mass in (0, 1]."""
+    repetition_penalty: float = 1.0
+    """A number ≥ 1 (1 is off): the logit of every token already in the answer is divided
+    by it when positive, multiplied by it when negative (transformers' option of that
+    name, over the answer's tokens only, not the prompt)."""
+    no_repeat_ngram_size: int = 0
+    """An int ≥ 0 (0 is off): no run of this many tokens appears twice in the answer
+    (transformers' option of that name, over the answer's tokens only)."""
     seed: int | None = None
     """Seed of the sampling generator (``None``: the global RNG)."""
     stop: tuple[str, ...] = ()
@@ -65,7 +73,7 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         _check_all(self)
-        for name in ("temperature", "top_p"):  # ints accepted, kept as floats
+        for name in ("temperature", "top_p", "repetition_penalty"):  # ints kept as floats
             object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
@@ -83,7 +91,7 @@ class GenerationOptions:
         """
         check_names(options, cls.names())
         values = {k: v for k, v in options.items() if v is not None or k == "seed"}
-        for name in ("max_new_tokens", "min_new_tokens", "seed"):  # numpy and torch ints too
+        for name in _INT_NAMES:  # numpy and torch ints too
             value = values.get(name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 values[name] = int(value)
@@ -92,8 +100,16 @@ class GenerationOptions:
         return cls(**values)
 
 
-_NUMBER_RULES = {"temperature": "a number ≥ 0 (0 is greedy)", "top_p": "a number in (0, 1]"}
-"""What the float options must be, as the error messages say it."""
+_INT_NAMES = ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "seed")
+"""The int options."""
+
+_NUMBER_RULES: Mapping[str, tuple[str, Callable[[float], bool]]] = {
+    "temperature": ("a number ≥ 0 (0 is greedy)", lambda t: t >= 0),
+    "top_p": ("a number in (0, 1]", lambda p: 0 < p <= 1),
+    "repetition_penalty": ("a number ≥ 1 (1 is off)", lambda r: r >= 1),
+}
+"""What each float option must be: as the error messages say it, and the finite values
+it takes."""
 
 
 def check_names(
@@ -187,12 +203,14 @@ def _key(name: str) -> str:
 def _check_all(opts: GenerationOptions) -> None:
     n = _int_between("max_new_tokens", opts.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
     _int_between("min_new_tokens", opts.min_new_tokens, 0, n, f"max_new_tokens ({n:,})")
-    temperature = _number("temperature", opts.temperature, _NUMBER_RULES["temperature"])
-    if not math.isfinite(temperature) or temperature < 0:
-        raise _bad("temperature", _NUMBER_RULES["temperature"], opts.temperature)
-    top_p = _number("top_p", opts.top_p, _NUMBER_RULES["top_p"])
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise _bad("top_p", _NUMBER_RULES["top_p"], opts.top_p)
+    for name, (rule, takes) in _NUMBER_RULES.items():
+        value = getattr(opts, name)
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (real and math.isfinite(value) and takes(float(value))):
+            raise _bad(name, rule, value)
+    _int_between(
+        "no_repeat_ngram_size", opts.no_repeat_ngram_size, 0, MAX_NEW_TOKENS_LIMIT, "", "0 (off)"
+    )
     if opts.seed is not None:
         _int_between("seed", opts.seed, -(2**63), 2**64 - 1, "2**64 - 1", "-2**63")
     if not isinstance(opts.stop, tuple) or not all(isinstance(s, str) for s in opts.stop):
@@ -225,12 +243,6 @@ def _stop_strings(stop: object) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise _bad(f"stop[{i}]", "a str", item)
     return tuple(s for s in stop if s)
-
-
-def _number(name: str, value: object, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _bad(name, rule, value)
-    return float(value)
 
 
 def _bad(name: str, requirement: str, value: object) -> InvalidOptionError:

@@ -12,7 +12,7 @@ blocks (:func:`~qllm_core.retrieval.block_relevance`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -102,7 +102,8 @@ def ranking_attention(
     out = ALL_ATTENTION_FUNCTIONS[recorder.native](
         module, query, key, value, attention_mask, scaling=scaling, **kwargs
     )
-    recorder.record(module.layer_idx, query, key, scaling or query.shape[-1] ** -0.5)
+    layer_idx = cast(int, module.layer_idx)
+    recorder.record(layer_idx, query, key, scaling or query.shape[-1] ** -0.5)
     return out
 
 

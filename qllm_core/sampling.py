@@ -1,27 +1,98 @@
-"""Next-token choice and incremental detokenization with stop strings."""
+"""Next-token choice through transformers' logits processors; text with stop strings.
+
+The scores are shaped as transformers' ``generate`` shapes them, with its own processors
+and in its order, so every option means what it means there; what differs is the history
+they see: the answer's own tokens, never the prompt (see :class:`TokenChooser`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, cast
 
 import torch
+from transformers import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .options import GenerationOptions
 
 
-def next_token(
-    logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Greedy when ``temperature == 0``; else nucleus sampling. logits: (vocab,)."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+class TokenChooser:
+    """Chooses each token of one answer from the model's logits, and keeps the answer's tokens.
+
+    Each choice runs, in ``generate``'s order: ``repetition_penalty`` (the logit of every
+    token already in the answer is divided by it when positive, multiplied when negative),
+    ``no_repeat_ngram_size`` (a token that would complete an n-gram the answer already
+    holds is barred), ``min_new_tokens`` (the end-of-sequence tokens are barred until the
+    answer has that many tokens); then greedy (``temperature`` 0) takes the highest score,
+    else the logits are divided by ``temperature``, cut to the ``top_p`` nucleus, and one
+    token is drawn on the CPU with a ``torch.Generator`` seeded by ``seed`` (without one,
+    torch's global generator). An option that is off adds no processor, so
+    with the penalty and the n-gram guard off the choices are those of the hand-written
+    sampler this replaced, token for token (``tests/test_sampling.py`` keeps it as the
+    reference; only a token whose place in the ``top_p`` nucleus rests on float32
+    rounding of the cumulative mass, summed in the other order, could tell them apart).
+
+    The penalty and the n-gram guard see the answer's tokens only, not the prompt.
+    ``generate`` applies them over the whole ``input_ids``; over a document of 100K tokens
+    that is slow (each step scans the whole history) and wrong for an answer about it,
+    which must be free to quote the document's names and numbers.
+    """
+
+    def __init__(
+        self,
+        options: GenerationOptions,
+        eos_token_ids: Collection[int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        """``eos_token_ids``: the tokens ``min_new_tokens`` holds off; ``device``: the logits'."""
+        self._device = torch.device(device)
+        self._greedy = options.temperature == 0
+        self._generator = None
+        if options.seed is not None:
+            self._generator = torch.Generator().manual_seed(options.seed)
+        self._processors = LogitsProcessorList()
+        if options.repetition_penalty != 1:
+            self._processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
+        if options.no_repeat_ngram_size:
+            self._processors.append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
+        if options.min_new_tokens and eos_token_ids:
+            eos = torch.tensor(sorted(eos_token_ids), device=self._device)
+            self._processors.append(
+                MinNewTokensLengthLogitsProcessor(0, options.min_new_tokens, eos)
+            )
+        if not self._greedy:
+            self._processors.append(TemperatureLogitsWarper(options.temperature))
+            if options.top_p < 1:
+                self._processors.append(TopPLogitsWarper(options.top_p))
+        self.tokens: list[int] = []
+        """The tokens chosen so far, in order."""
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """Choose the next token and add it to :attr:`tokens`.
+
+        Args:
+            logits: (vocab,) the model's scores for the next token, any float dtype, on
+                the ``device`` given.
+        """
+        scores = logits.float()[None]  # (1, vocab): processors take a batch
+        if self._processors:
+            history = torch.tensor([self.tokens], dtype=torch.long, device=self._device)
+            history = cast(torch.LongTensor, history)  # (1, answer tokens so far)
+            scores = self._processors(history, scores)
+        if self._greedy:
+            token = int(scores.argmax())
+        else:
+            probs = torch.softmax(scores[0], dim=-1).cpu()
+            token = int(torch.multinomial(probs, 1, generator=self._generator))
+        self.tokens.append(token)
+        return token
 
 
 class TextAccumulator:

@@ -64,7 +64,8 @@ DIRECT: Final = "direct"
 
 GENERATION_NAMES: tuple[str, ...] = (*GenerationOptions.names(), "mode")
 """Decoding options, as settings and per call: ``max_new_tokens``, ``min_new_tokens``,
-``temperature``, ``top_p``, ``seed``, ``stop`` and ``mode``."""
+``temperature``, ``top_p``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``seed``,
+``stop`` and ``mode``."""
 
 CALL_NAMES: tuple[str, ...] = (*GENERATION_NAMES, "question", "document")
 """What a call accepts besides the prompt: the decoding options, ``question``, ``document``."""
@@ -116,6 +117,11 @@ class ProviderSettings(BaseModel):
     """Sampling temperature; 0 is greedy decoding."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest token set with this much probability."""
+    repetition_penalty: float = 1.0
+    """Divides the logit of every token already in the answer (multiplies it when
+    negative), ≥ 1; 1 is off. The prompt's tokens are not penalized."""
+    no_repeat_ngram_size: int = 0
+    """No run of this many tokens appears twice in an answer; 0 is off."""
     seed: int | None = None
     """Seed of the sampler, for reproducible sampling at temperature > 0."""
     stop: list[str] | None = None
@@ -218,8 +224,8 @@ class CallOptions:
     """One call's validated options: the engine's keyword arguments and the explicit split."""
 
     engine_options: dict[str, Any]
-    """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``,
-    ``mode``."""
+    """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_p``,
+    ``repetition_penalty``, ``no_repeat_ngram_size``, ``seed``, ``stop``, ``mode``."""
     question: str | None = None
     document: str | None = None
     max_evidence: int = 3

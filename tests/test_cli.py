@@ -105,6 +105,8 @@ def test_ask_streams_answer_and_summary(
         "max_new_tokens": 256,
         "temperature": 0.0,
         "top_p": 1.0,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
         "seed": None,
         "mode": None,
     }
@@ -129,6 +131,10 @@ def test_ask_passes_options(engine: type[FakeEngine], doc: Path) -> None:
         "0.7",
         "--top-p",
         "0.9",
+        "--repetition-penalty",
+        "1.2",
+        "--no-repeat-ngram-size",
+        "4",
         "--seed",
         "5",
         "--device",
@@ -156,6 +162,8 @@ def test_ask_passes_options(engine: type[FakeEngine], doc: Path) -> None:
         "max_new_tokens": 7,
         "temperature": 0.7,
         "top_p": 0.9,
+        "repetition_penalty": 1.2,
+        "no_repeat_ngram_size": 4,
         "seed": 5,
         "mode": "infllm",
     }
@@ -356,6 +364,15 @@ USAGE_ERRORS = {
     "mode": (["--mode", "qlm"], "or full, got 'qlm'; did you mean 'qllm'?"),
     "top-p": (["--top-p", "0"], "--top-p must be a number in (0, 1], got 0"),
     "max-new-tokens": (["--max-new-tokens", "1.5"], "--max-new-tokens must be an int from 1"),
+    "repetition-penalty": (
+        ["--repetition-penalty", "0.8"],
+        "--repetition-penalty must be a number ≥ 1 (1 is off), got 0.8",
+    ),
+    "no-repeat-ngram-size": (
+        ["--no-repeat-ngram-size", "two"],
+        "--no-repeat-ngram-size must be an int from 0 (off) to 1,048,576, got 'two'",
+    ),
+    "Ollama name": (["--repeat-penalty", "1.1"], "did you mean '--repetition-penalty'?"),
     "positional": (["doc.txt"], "unexpected argument 'doc.txt'; to read it, pass --file doc.txt"),
     "mode of a memory": (["--memory", ".", "--mode", "full"], "--mode cannot be used with"),
 }

@@ -82,8 +82,10 @@ def test_every_mode_answers_the_same_prompt(tiny_engine, mode):
     answer = tiny_engine.answer(DOC, QUESTION, max_new_tokens=3, mode=mode)
     assert answer.stats.mode == mode
     assert answer.stats.tokens_generated >= 1 or answer.finish_reason == "eos"
-    if mode in ("full", "streaming"):
+    if mode == "streaming":  # no memory blocks to retrieve
         assert answer.stats.retrieved_blocks == ()
+    else:  # full: the blocks the question attended to (tests/test_question_attention.py)
+        assert answer.stats.retrieved_blocks
 
 
 def test_generate_from_token_ids(tiny_engine):

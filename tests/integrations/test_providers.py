@@ -65,6 +65,9 @@ def _li(role: MessageRole, text: str) -> ChatMessage:
     return ChatMessage(role=role, content=text)
 
 
+REPEATS = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+"""The repetition options, passed per call in the "options per call" case."""
+
 CASES: dict[str, tuple[Run, Run, str]] = {
     "explicit document and question": (
         _lc_text(QUESTION, document=DOC),
@@ -95,8 +98,8 @@ CASES: dict[str, tuple[Run, Run, str]] = {
     "short prompt": (_lc_chat([HumanMessage("Hello")]), _li_text("Hello"), "direct"),
     "Question: template": (_lc_text(TEMPLATE), _li_text(TEMPLATE), "pattern"),
     "options per call": (
-        _lc_text(TEMPLATE, max_tokens=3, temperature=0.5, seed=7, stop=["never"]),
-        _li_text(TEMPLATE, max_new_tokens=3, temperature=0.5, seed=7, stop=["never"]),
+        _lc_text(TEMPLATE, max_tokens=3, temperature=0.5, seed=7, stop=["never"], **REPEATS),
+        _li_text(TEMPLATE, max_new_tokens=3, temperature=0.5, seed=7, stop=["never"], **REPEATS),
         "pattern",
     ),
 }
@@ -122,6 +125,8 @@ def test_same_route_engine_call_and_metadata(case: str) -> None:
     else:
         assert call.method == "stream" and call.question is not None
         assert QUESTION in call.question or call.question == QUESTION
+    if case == "options per call":
+        assert {k: call.options[k] for k in REPEATS} == REPEATS
     if case == "chat with a tool message":
         assert call.question == QUESTION
         assert call.document is not None and TOOL_OUTPUT in call.document
@@ -266,6 +271,8 @@ BAD_VALUES: dict[str, object] = {
     "top_p": 2,
     "max_new_tokens": "5",
     "min_new_tokens": -1,
+    "repetition_penalty": 0.9,
+    "no_repeat_ngram_size": 1.5,
     "seed": "x",
     "stop": 5,
     "mode": "qlm",

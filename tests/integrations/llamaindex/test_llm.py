@@ -51,11 +51,21 @@ def test_complete_splits_llamaindex_template(llm, fake_engine):
 
 
 def test_explicit_question_and_options(llm, fake_engine):
-    llm.complete(DOC, question="Which code?", max_tokens=3, stop=["x"], temperature=0.5)
+    llm.complete(
+        DOC,
+        question="Which code?",
+        max_tokens=3,
+        stop=["x"],
+        temperature=0.5,
+        repetition_penalty=1.2,
+        no_repeat_ngram_size=3,
+    )
     call = fake_engine.calls[-1]
     assert call.question == "Which code?" and call.document == DOC
     assert call.options["max_new_tokens"] == 3
     assert call.options["stop"] == ["x"] and call.options["temperature"] == 0.5
+    assert call.options["repetition_penalty"] == 1.2
+    assert call.options["no_repeat_ngram_size"] == 3
 
 
 def test_stream_complete_puts_usage_on_the_last_chunk(llm, fake_engine):

@@ -47,10 +47,18 @@ def test_query_returns_answer_and_evidence(llm, fake_engine):
 
 
 def test_generation_settings_come_from_the_llm(fake_engine):
-    llm = QLLM(engine=fake_engine, max_new_tokens=3, temperature=0.3)
+    llm = QLLM(
+        engine=fake_engine,
+        max_new_tokens=3,
+        temperature=0.3,
+        repetition_penalty=1.15,
+        no_repeat_ngram_size=4,
+    )
     engine = WholeDocumentQueryEngine.from_documents(_docs(), llm=llm)
     assert engine.query("What is the lighthouse password?").response == "The answer is"
-    assert fake_engine.calls[-1].options["temperature"] == 0.3
+    options = fake_engine.calls[-1].options
+    assert options["temperature"] == 0.3
+    assert options["repetition_penalty"] == 1.15 and options["no_repeat_ngram_size"] == 4
 
 
 def test_default_llm_is_settings_llm_when_it_is_a_qllm(llm, clean_settings):
