@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import machine, runner
-from .paths import Paths, save_json
+from .paths import Paths, load_json, save_json
 from .scoring import overlaps, score
 from .tasks import Sample
 
@@ -230,7 +230,7 @@ def run_passages(
     answers = runner.read_records(answers_path)
     done = {(r["sample_id"], r["variant"]) for r in answers}
     meta = {
-        "command": command,
+        "commands": _commands(paths.results / f"passages-{set_name}.json", command),
         "machine": machine.describe(str(engine.model.device)),
         "model": engine.model_name,
         "config": dataclasses.asdict(engine.config),
@@ -265,6 +265,13 @@ def run_passages(
         }
         save_json(paths.results / f"passages-{set_name}.json", summary)
     return summary
+
+
+def _commands(summary: Path, command: str) -> list[str]:
+    """The commands of every invocation that added to this set's records, this one last."""
+    meta = (load_json(summary) or {}).get("meta", {})
+    earlier = meta.get("commands") or ([meta["command"]] if "command" in meta else [])
+    return [c for c in earlier if c != command] + [command]
 
 
 def _append(path: Path, record: dict[str, Any]) -> dict[str, Any]:

@@ -35,10 +35,11 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
     oracle = correct.get("oracle", {})
     fair = sorted(s for s, ok in oracle.items() if ok)
     machine = meta["machine"]
+    commands = meta.get("commands") or [meta["command"]]  # summaries written before 12-06
     lines = [
         f"## Retrieval apart from reading (`{name}`)",
         "",
-        f"- Command: `{meta['command']}` ({meta['date']})",
+        "- Commands: " + ", then ".join(f"`{c}`" for c in commands) + f" ({meta['date']})",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB RAM",
         f"- {len(reads)} samples read once each (mode `qllm`, median read "
         f"{statistics.median(r['read_seconds'] for r in reads):.0f} s); every variant "
@@ -64,7 +65,14 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
         "",
     ]
     if len({r["task"] for r in reads}) > 1:
-        lines += ["### Right answers per task and length", "", _task_table(reads, correct), ""]
+        lines += [
+            "### Right answers per task and length",
+            "",
+            "(in k): the samples whose facts were all inside what the system read.",
+            "",
+            _task_table(reads, answers, correct),
+            "",
+        ]
     before = "mean-3072" if len(correct.get("mean-3072", {})) == len(reads) else "qllm-reread"
     for baseline, what in ((before, "the default before this benchmark"), ("rag", "RAG")):
         if baseline in correct:
@@ -162,14 +170,22 @@ def _pair_table(correct: dict[str, dict[str, bool]], baseline: str) -> str:
     return tabulate(rows, headers, tablefmt="github")
 
 
-def _task_table(reads: list[dict[str, Any]], correct: dict[str, dict[str, bool]]) -> str:
+def _task_table(
+    reads: list[dict[str, Any]],
+    answers: list[dict[str, Any]],
+    correct: dict[str, dict[str, bool]],
+) -> str:
     task_of = {r["sample_id"]: f"{r['task']} {r['length'] // 1024}K" for r in reads}
     groups = sorted(set(task_of.values()), key=lambda g: (g.split()[0], int(g.split()[1][:-1])))
+    inside = {(r["variant"], r["sample_id"]) for r in answers if r["inside"]}
     rows = []
     for name, right in correct.items():
         row = [name]
         for group in groups:
-            mine = [ok for s, ok in right.items() if task_of.get(s) == group]
-            row.append(f"{sum(mine)}/{len(mine)}" if mine else "-")
+            mine = [s for s in right if task_of.get(s) == group]
+            cell = f"{sum(right[s] for s in mine)}/{len(mine)}" if mine else "-"
+            if mine and any(r["variant"] == name for r in answers):
+                cell += f" (in {sum((name, s) in inside for s in mine)})"
+            row.append(cell)
         rows.append(row)
     return tabulate(rows, ["system", *groups], tablefmt="github")
