@@ -41,12 +41,14 @@ ORACLE_TOKENS = 512
 
 @dataclass(frozen=True)
 class Variant:
-    """How a re-read chooses its passages (the ``QLLMConfig.reread_*`` fields)."""
+    """How a re-read chooses its passages (the ``QLLMConfig.reread_*`` fields), and the
+    generation options its answer is decoded with (``repetition_penalty``, ...)."""
 
     ranking: str
     tokens: int
     min_tokens: int = 0
     ratio: float = 0.0
+    options: tuple[tuple[str, Any], ...] = ()
 
     def config_fields(self) -> dict[str, Any]:
         """The engine config that re-reads this way."""
@@ -64,6 +66,13 @@ VARIANTS: dict[str, Variant] = {
     "peak-1536": Variant("peak", 1536),
     "token_peak-1536": Variant("token_peak", 1536),
     "peak-sized": Variant("peak", 3072, min_tokens=768, ratio=0.5),
+    # repetition control (issue 24): the default's passages, decoded with a guard
+    "peak-sized-ngram6": Variant(
+        "peak", 3072, min_tokens=768, ratio=0.5, options=(("no_repeat_ngram_size", 6),)
+    ),
+    "peak-sized-penalty1.1": Variant(
+        "peak", 3072, min_tokens=768, ratio=0.5, options=(("repetition_penalty", 1.1),)
+    ),
 }
 """Re-read variants answered by default; ``oracle`` is always answered too."""
 
@@ -172,7 +181,8 @@ def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str)
         )
     separator = encode_text(engine.tokenizer, SEPARATOR)
     ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)
-    answer = engine.generate(ids, mode="full", max_new_tokens=sample.max_new_tokens)
+    options = dict(VARIANTS[name].options) if name in VARIANTS else {}
+    answer = engine.generate(ids, mode="full", max_new_tokens=sample.max_new_tokens, **options)
     inside = bool(spans) and all(
         any(p.start <= lo and hi <= p.end for p in passages) for lo, hi in spans
     )
@@ -183,6 +193,7 @@ def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str)
         "variant": name,
         "answer": answer.text,
         "correct": score(sample.expected, answer.text),
+        "finish_reason": answer.finish_reason,
         "inside": inside,
         "reread_tokens": sum(p.end - p.start for p in passages),
         "prefill_seconds": answer.stats.prefill_seconds,

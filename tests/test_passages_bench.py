@@ -35,6 +35,7 @@ def _sample() -> Sample:
         passages.Variant("mean", 160),
         passages.Variant("peak", 160),
         passages.Variant("token_peak", 128, min_tokens=64, ratio=0.5),
+        passages.Variant("peak", 160, options=(("no_repeat_ngram_size", 2),)),
     ],
 )
 def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatch, variant):
@@ -44,7 +45,7 @@ def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatc
     record = passages.answer_variant(tiny_engine, sample, read, "under-test")
     config = tiny_engine.config.replace(mode="qllm", reread_margin=32, **variant.config_fields())
     engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
-    answer = engine.answer(DOC, QUESTION, max_new_tokens=6)
+    answer = engine.answer(DOC, QUESTION, max_new_tokens=6, **dict(variant.options))
     assert record["answer"] == answer.text
     assert record["reread_tokens"] == answer.stats.reread_tokens
 
