@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,7 +80,7 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
             lines += [
                 f"### Paired with `{baseline}` ({what}), per sample",
                 "",
-                _pair_table(correct, baseline),
+                _pair_table(correct, baseline, _groups(reads)),
                 "",
             ]
     return "\n".join(lines)
@@ -142,7 +143,7 @@ def _answer_table(
                 f"{len(inside)}/{len(records)}" if records else "-",
                 sum(not r["correct"] for r in inside) if records else "-",
                 sum(not r["inside"] and not r["correct"] for r in records) if records else "-",
-                f"{statistics.median(tokens):.0f}" if tokens else "-",
+                _spread(tokens),
                 f"{statistics.median(seconds):.1f}" if seconds else "-",
             ]
         )
@@ -153,21 +154,45 @@ def _answer_table(
         "inside",
         "misread",
         "not re-read",
-        "median re-read tokens",
+        "re-read tokens (10/50/90%)",
         "median answer s",
     ]
     return tabulate(rows, headers, tablefmt="github")
 
 
-def _pair_table(correct: dict[str, dict[str, bool]], baseline: str) -> str:
+def _spread(values: list[int]) -> str:
+    """The 10th, 50th and 90th percentiles of ``values``, as ``p10/p50/p90``."""
+    if len(values) < 2:
+        return f"{values[0]}" if values else "-"
+    deciles = statistics.quantiles(values, n=10, method="inclusive")
+    return f"{deciles[0]:.0f}/{statistics.median(values):.0f}/{deciles[-1]:.0f}"
+
+
+def _pair_table(
+    correct: dict[str, dict[str, bool]], baseline: str, group_of: dict[str, str]
+) -> str:
+    """Wins, losses and ties against ``baseline``, and where (task and length) each loss is."""
     records = [
         {"system": name, "sample_id": sample, "status": "ok", "correct": ok}
         for name, right in correct.items()
         for sample, ok in right.items()
     ]
     rows = paired_rows(records, baseline, list(correct))
-    headers = ["system", "wins", "losses", "both right", "both wrong", "paired"]
+    base = correct[baseline]
+    for row in rows:
+        lost = Counter(
+            group_of[s]
+            for s, ok in correct[row[0]].items()
+            if not ok and base.get(s) and s in group_of
+        )
+        row.append(", ".join(f"{g}: {n}" for g, n in sorted(lost.items())) or "none")
+    headers = ["system", "wins", "losses", "both right", "both wrong", "paired", "losses in"]
     return tabulate(rows, headers, tablefmt="github")
+
+
+def _groups(reads: list[dict[str, Any]]) -> dict[str, str]:
+    """Each sample's task and length, e.g. ``needle 32K``."""
+    return {r["sample_id"]: f"{r['task']} {r['length'] // 1024}K" for r in reads}
 
 
 def _task_table(
@@ -175,7 +200,7 @@ def _task_table(
     answers: list[dict[str, Any]],
     correct: dict[str, dict[str, bool]],
 ) -> str:
-    task_of = {r["sample_id"]: f"{r['task']} {r['length'] // 1024}K" for r in reads}
+    task_of = _groups(reads)
     groups = sorted(set(task_of.values()), key=lambda g: (g.split()[0], int(g.split()[1][:-1])))
     inside = {(r["variant"], r["sample_id"]) for r in answers if r["inside"]}
     rows = []
