@@ -60,7 +60,8 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
         "### Answers per variant",
         "",
         "`inside`: every fact was inside the re-read; `misread`: inside but answered wrong "
-        "(the model); `not re-read`: outside and wrong (the ranking).",
+        "(the model); `not re-read`: outside and wrong (the ranking); `repeats`: answers in "
+        "which a run of six words occurs twice (a loop).",
         "",
         _answer_table(answers, correct, fair),
         "",
@@ -143,6 +144,7 @@ def _answer_table(
                 f"{len(inside)}/{len(records)}" if records else "-",
                 sum(not r["correct"] for r in inside) if records else "-",
                 sum(not r["inside"] and not r["correct"] for r in records) if records else "-",
+                sum(has_repeat(r["answer"]) for r in records) if records else "-",
                 _spread(tokens),
                 f"{statistics.median(seconds):.1f}" if seconds else "-",
             ]
@@ -154,10 +156,18 @@ def _answer_table(
         "inside",
         "misread",
         "not re-read",
+        "repeats",
         "re-read tokens (10/50/90%)",
         "median answer s",
     ]
     return tabulate(rows, headers, tablefmt="github")
+
+
+def has_repeat(answer: str, words: int = 6) -> bool:
+    """Whether some run of ``words`` words occurs twice in ``answer`` (a looping answer)."""
+    tokens = answer.split()
+    runs = [tuple(tokens[i : i + words]) for i in range(len(tokens) - words + 1)]
+    return len(set(runs)) < len(runs)
 
 
 def _spread(values: list[int]) -> str:

@@ -6,7 +6,7 @@ import pytest
 from test_reread import DOC, QUESTION
 
 from benchmarks import passages
-from benchmarks.passages_report import blocks_ahead, passages_sections
+from benchmarks.passages_report import blocks_ahead, has_repeat, passages_sections
 from benchmarks.paths import Paths, load_json
 from benchmarks.tasks import Sample
 from qllm_core import QLLMEngine
@@ -85,3 +85,9 @@ def test_blocks_ahead_counts_other_blocks_above_the_last_fact():
     assert blocks_ahead([0, 1, 2]) == 0  # three facts in the first three blocks
     assert blocks_ahead([0, 4]) == 3
     assert blocks_ahead([None]) is None
+
+
+def test_has_repeat_finds_a_six_word_run_said_twice():
+    loop = "The audit found that the fees rose. The audit found that the fees rose."
+    assert has_repeat(loop)
+    assert not has_repeat("The audit found that the fees rose in 2023, not in 2022.")
