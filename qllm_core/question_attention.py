@@ -63,8 +63,11 @@ class QuestionAttention:
         """Keep the rank span's log attention mass per document block.
 
         query: (1, heads, q_len, D) for prompt positions ``[start, start + q_len)``; key:
-        (1, kv_heads, k_len, D), every key read so far (the cache's).
+        (1, kv_heads, k_len, D), every key read so far (the cache's). A layer whose cache
+        keeps less than the whole prompt (a sliding window) is not recorded.
         """
+        if key.shape[2] != self.start + query.shape[2]:
+            return
         lo = max(self.rank_span[0], self.start) - self.start
         hi = min(self.rank_span[1], self.start + query.shape[2]) - self.start
         doc_start, doc_end = self.document_span

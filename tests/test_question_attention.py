@@ -61,3 +61,15 @@ def test_full_answers_are_unchanged_and_get_evidence(tiny_engine):
     assert all(doc_start <= b.token_start < b.token_end <= doc_end for b in blocks)
     assert all(b.char_start is not None and b.char_end > b.char_start for b in blocks)
     assert tiny_engine.model.config._attn_implementation == "sdpa"  # restored
+
+
+def test_a_layer_that_keeps_a_sliding_window_is_not_recorded():
+    from qllm_core.question_attention import QuestionAttention
+
+    recorder = QuestionAttention((10, 12), (2, 8), block_size=4, native="sdpa")
+    recorder.start = 8
+    query, key = torch.randn(1, 2, 4, 8), torch.randn(1, 1, 12, 8)
+    recorder.record(0, query, key[:, :, -6:], scaling=0.3)  # a window of 6 keys, not 12
+    assert recorder.relevance("peak").numel() == 0
+    recorder.record(0, query, key, scaling=0.3)
+    assert recorder.relevance("peak").shape == (2,)  # document [2, 8): blocks of 4 -> 2
