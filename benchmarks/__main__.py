@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(passages_mod.VARIANTS),
         help="answered besides the oracle: re-read variants "
-        f"({', '.join(passages_mod.VARIANTS)}) or rag",
+        f"({', '.join(passages_mod.VARIANTS)}), rag, or {passages_mod.SINGLE_PASS} "
+        "(the single pass, decoded from the read)",
     )
     passages.add_argument(
         "--answers-only",

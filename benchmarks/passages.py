@@ -11,7 +11,10 @@ it), so all variants and the oracle are paired on the same read:
 - the rank of the block holding each fact (0 = first; the worst over a sample's facts),
   whether every fact is inside the re-read, the re-read's length, the answer;
 - ``oracle``: the answer's passage alone (the fact widened to :data:`ORACLE_TOKENS`
-  tokens) in place of the document: the model's ceiling, what no ranking can beat.
+  tokens) in place of the document: the model's ceiling, what no ranking can beat;
+- ``qllm`` (when asked for): the paper's single pass, decoded from the read itself with
+  no re-read, exactly as ``engine.answer`` in mode ``qllm`` with ``reread_tokens=0``
+  (a test checks it).
 
 Records go to ``benchmarks/out/passages-<set>/`` (resumable: a rerun skips what is there;
 new variants re-use the stored reads) and the summary to ``results/passages-<set>.json``.
@@ -37,6 +40,8 @@ from .tasks import Sample
 
 ORACLE_TOKENS = 512
 """Tokens of the oracle passage around each fact."""
+SINGLE_PASS = "qllm"
+"""The variant answered from the read itself (the paper's method, no re-read)."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,17 @@ def block_ranks(
     return out
 
 
-def read_sample(engine: Any, sample: Sample) -> dict[str, Any]:
-    """The default's read of ``sample``: block relevance per ranking, fact ranks, timing."""
+def read_sample(
+    engine: Any, sample: Sample, *, single_pass: bool = False
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The default's read of ``sample``: block relevance per ranking, fact ranks, timing.
+
+    With ``single_pass``, also the :data:`SINGLE_PASS` answer record, decoded greedily
+    from the read once the relevance is taken (else ``None``).
+    """
+    from qllm_core.decoding import decode
     from qllm_core.layer_memory import RequestPlan
+    from qllm_core.options import GenerationOptions
     from qllm_core.prompt import build_prompt
     from qllm_core.retrieval import RANKINGS
 
@@ -124,19 +137,39 @@ def read_sample(engine: Any, sample: Sample) -> dict[str, Any]:
     with torch.inference_mode():
         step = engine.new_forward(config, plan)
         for start in range(0, len(ids), config.prefill_chunk_size):
-            step(ids[start : start + config.prefill_chunk_size])
+            logits = step(ids[start : start + config.prefill_chunk_size])
         read_seconds = time.perf_counter() - started
         relevance = {
             name: step.memory.block_relevance(name).mean(dim=0).tolist() for name in RANKINGS
         }
+        rank_seconds = time.perf_counter() - started - read_seconds
+        single = None
+        if single_pass:
+            options = GenerationOptions.from_kwargs(max_new_tokens=sample.max_new_tokens)
+            decoding = decode(step, logits, options, engine.tokenizer, engine.eos_token_ids)
+            decode_started = time.perf_counter()
+            decoded = _result(decoding)
+            single = {
+                "sample_id": sample.sample_id,
+                "task": sample.task,
+                "length": sample.length,
+                "variant": SINGLE_PASS,
+                "answer": decoded.text,
+                "correct": score(sample.expected, decoded.text),
+                "finish_reason": decoded.finish_reason,
+                "inside": None,
+                "reread_tokens": 0,
+                "prefill_seconds": read_seconds,
+                "decode_seconds": time.perf_counter() - decode_started,
+            }
     spans = fact_spans(layout, sample)
-    return {
+    record = {
         "sample_id": sample.sample_id,
         "task": sample.task,
         "length": sample.length,
         "prompt_tokens": len(ids),
         "read_seconds": read_seconds,
-        "rank_seconds": time.perf_counter() - started - read_seconds,
+        "rank_seconds": rank_seconds,
         "fact_spans": spans,
         "ranks": {
             name: block_ranks(scores, spans, config.n_init, config.block_size)
@@ -144,6 +177,16 @@ def read_sample(engine: Any, sample: Sample) -> dict[str, Any]:
         },
         "relevance": relevance,
     }
+    return record, single
+
+
+def _result(generator: Any) -> Any:
+    """Run ``generator`` to its end; its return value."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
 
 
 def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
@@ -230,8 +273,8 @@ def run_passages(
 ) -> dict[str, Any]:
     """Read every sample once and answer it with each variant; resumes from earlier records.
 
-    ``variants`` may name ``rag`` (chunk-and-embed RAG, :mod:`benchmarks.rag`) besides the
-    re-read variants; ``answers_only``: read nothing, answer only what needs no read of
+    ``variants`` may name ``rag`` (chunk-and-embed RAG, :mod:`benchmarks.rag`) and
+    :data:`SINGLE_PASS` besides the re-read variants; ``answers_only``: read nothing, answer only what needs no read of
     its own (``rag``, or variants of samples read already), e.g. beside a process that reads.
     """
     folder = paths.out / f"passages-{set_name}"
@@ -253,10 +296,16 @@ def run_passages(
     summary: dict[str, Any] = {}
     rag = None
     for sample in tqdm(list(samples), desc=f"passages {set_name}", unit="sample"):
-        if sample.sample_id not in reads and not answers_only:
-            reads[sample.sample_id] = _append(reads_path, read_sample(engine, sample))
+        single = SINGLE_PASS in variants and (sample.sample_id, SINGLE_PASS) not in done
+        if (sample.sample_id not in reads or single) and not answers_only:
+            # a sample read before the single pass was asked for is read again for it
+            read, record = read_sample(engine, sample, single_pass=single)
+            if sample.sample_id not in reads:
+                reads[sample.sample_id] = _append(reads_path, read)
+            if record is not None:
+                answers.append(_append(answers_path, record))
         for name in ("oracle", *variants):
-            if (sample.sample_id, name) in done:
+            if (sample.sample_id, name) in done or name == SINGLE_PASS:
                 continue
             if name != "rag" and sample.sample_id not in reads:
                 continue  # answers_only: not read yet

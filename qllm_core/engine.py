@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, StaticCache
 from .backends import select_attention
 from .capacity import check_fits
 from .config import QLLMConfig
+from .decoding import decode
 from .document_memory import QUESTION_ROOM, DocumentMemory, document_hash, state_nbytes
 from .documents import check_text
 from .errors import (
@@ -32,10 +33,9 @@ from .progress import Phase, prefill_progress
 from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
 from .question_attention import QuestionAttention
 from .reread import SEPARATOR, Passage, max_reread_length, passages_for, reread_ids
-from .results import Answer, AnswerStats, AnswerStream, FinishReason, RetrievedBlock
+from .results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 from .retrieval import question_shares
 from .rope import RotaryTable
-from .sampling import TextAccumulator, TokenChooser
 from .validation import question_span as checked_span
 from .validation import token_ids, vocab_size
 
@@ -84,7 +84,8 @@ class QLLMEngine:
             tune_host_allocator()
         select_attention(self.config.attention_backend, self.device)  # fails early if it can't run
         self._rope = RotaryTable(self._attached.rotary, device=self.device, dtype=self.dtype)
-        self._eos = _eos_ids(model, tokenizer)
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+        """Tokens that end an answer: the model's, its generation config's and the tokenizer's."""
 
     @classmethod
     def from_pretrained(
@@ -382,34 +383,17 @@ class QLLMEngine:
                 step.reserve(opts.max_new_tokens)
         prefill_seconds = time.perf_counter() - t0
         progress.read(len(ids) - memory_tokens, prefill_seconds)
-        text = TextAccumulator(self.tokenizer, opts.stop)
-        choose = TokenChooser(opts, self._eos, logits.device)
-        finish: FinishReason = "length"
-        generated = 0
         t1 = time.perf_counter()
-        while generated < opts.max_new_tokens:
-            token = choose(logits)
-            if token in self._eos:
-                finish = "eos"
-                break
-            generated += 1
+
+        def counted(generated: int) -> None:
             progress.generated = generated
-            delta = text.add(token)
-            if delta:
-                yield delta
-            if text.stopped:
-                finish = "stop"
-                break
-            if generated < opts.max_new_tokens:
-                logits = step([token])
-        tail = text.flush()
-        if tail:
-            yield tail
+
+        decoded = yield from decode(step, logits, opts, self.tokenizer, self.eos_token_ids, counted)
         with torch.inference_mode():
             stats = AnswerStats(
                 mode=config.mode,
                 tokens_read=len(ids) - memory_tokens,
-                tokens_generated=generated,
+                tokens_generated=decoded.tokens,
                 prefill_seconds=prefill_seconds,
                 decode_seconds=time.perf_counter() - t1,
                 question_found=plan.question_span is not None,
@@ -424,7 +408,7 @@ class QLLMEngine:
                 reread_seconds=reread_seconds,
                 memory_tokens=memory_tokens,
             )
-        return Answer(text=text.text, finish_reason=finish, stats=stats)
+        return Answer(text=decoded.text, finish_reason=decoded.finish_reason, stats=stats)
 
     def window_tokens(self, config: QLLMConfig | None = None) -> int:
         """Longest prompt plus answer read with the model's own attention in mode ``auto``."""

@@ -41,13 +41,25 @@ def _sample() -> Sample:
 def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatch, variant):
     monkeypatch.setitem(passages.VARIANTS, "under-test", variant)
     sample = _sample()
-    read = passages.read_sample(tiny_engine, sample)
+    read, single = passages.read_sample(tiny_engine, sample)
+    assert single is None
     record = passages.answer_variant(tiny_engine, sample, read, "under-test")
     config = tiny_engine.config.replace(mode="qllm", reread_margin=32, **variant.config_fields())
     engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
     answer = engine.answer(DOC, QUESTION, max_new_tokens=6, **dict(variant.options))
     assert record["answer"] == answer.text
     assert record["reread_tokens"] == answer.stats.reread_tokens
+
+
+def test_the_single_pass_answers_as_the_engine_without_a_reread(tiny_engine):
+    sample = _sample()
+    _, record = passages.read_sample(tiny_engine, sample, single_pass=True)
+    config = tiny_engine.config.replace(mode="qllm", reread_tokens=0)
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    answer = engine.answer(DOC, QUESTION, max_new_tokens=6)
+    assert record is not None and record["variant"] == passages.SINGLE_PASS
+    assert record["answer"] == answer.text
+    assert record["finish_reason"] == answer.finish_reason
 
 
 def test_block_ranks_take_the_best_block_a_fact_touches():
