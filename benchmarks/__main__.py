@@ -13,7 +13,7 @@ from . import compare as compare_mod
 from . import followup as followup_mod
 from . import passages as passages_mod
 from . import recall as recall_mod
-from .engine_spec import add_arguments, from_arguments
+from .engine_args import add_arguments, from_arguments
 from .paths import REPO_ROOT, Paths, save_json
 from .sizes import SIZES
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "recall":
         ranks = recall_mod.run_recall(
-            spec.load(), args.tasks, args.lengths, args.samples, args.seed
+            spec.load(progress=False), args.tasks, args.lengths, args.samples, args.seed
         )
         table = recall_mod.recall_table(ranks)
         save_json(
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
     elif args.command == "passages":
-        engine = spec.load()
+        engine = spec.load(progress=False)
         if args.task_set == "realdocs":
             from .realdocs import real_samples
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "followup":
         followup_mod.run_followup(
-            spec.load(),
+            spec.load(progress=False),
             paths,
             args.lengths,
             max_new_tokens=args.max_new_tokens,
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "compare":
         compare_mod.run_compare(
-            spec.load(),
+            spec.load(progress=False),
             SIZES[args.size],
             paths,
             args.systems,
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             command=machine.command_line(),
         )
     else:
-        engine = spec.load()
+        engine = spec.load(progress=False)
         size = SIZES[args.size]
         if args.full_max_tokens is not None:
             size = dataclasses.replace(size, full_max_tokens=args.full_max_tokens)

@@ -7,8 +7,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from qllm_core.spec import EngineSpec
+
 from . import machine, report, runner, throughput
-from .engine_spec import EngineSpec
 from .paths import Paths, load_json, save_json
 from .prose import PROSE_NAME
 from .rag import EMBEDDING_NAME, RagSettings, RagSystem, minilm_embeddings
@@ -145,10 +146,8 @@ def _engine_facts(spec: EngineSpec, points: list[throughput.Point]) -> dict[str,
     for point in points:
         if point.engine:
             return dict(point.engine)
-    from qllm_core import QLLMConfig
-
-    config = spec.config() or QLLMConfig.default_for(spec.model)
-    name = "SmolLM2-135M-Instruct (embedded)" if spec.model is None else spec.model
+    config = spec.resolved_config()
+    name = "SmolLM2-135M-Instruct (embedded)" if spec.source is None else spec.source
     return {"model": name, "config": _config_dict(config)}
 
 

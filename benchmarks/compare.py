@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import haystack, machine, runner
 from .paths import Paths, load_json, save_json
 from .rag import EMBEDDING_NAME, RagSettings, RagSystem, minilm_embeddings
+from .report import write_report
 from .sizes import Size
 from .systems import EngineSystem, System, engine_with
 from .tasks import Sample, make_sample
@@ -108,8 +109,6 @@ def run_compare(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Answer the size's samples with each system in turn; resumes from earlier records."""
-    from .report import write_report
-
     started = time.perf_counter()
     records_path = paths.out / f"compare-{size.name}" / "records.jsonl"
     records_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,110 +171,3 @@ def _earlier_variants(summary: Path, records: list[dict[str, Any]]) -> dict[str,
     kept = {r["system"] for r in records}
     variants = load_json(summary)["meta"].get("variants", {})
     return {name: changes for name, changes in variants.items() if name in kept}
-
-
-def paired_rows(
-    records: list[dict[str, Any]], baseline: str, systems: Sequence[str]
-) -> list[list[Any]]:
-    """Per system, on the samples both it and ``baseline`` answered: wins, losses, ties."""
-    by_key = {(r["system"], r["sample_id"]): r for r in records if r["status"] != "skipped"}
-    rows = []
-    for system in systems:
-        if system == baseline:
-            continue
-        wins = losses = both = neither = 0
-        for (name, sample_id), record in by_key.items():
-            base = by_key.get((baseline, sample_id))
-            if name != system or base is None:
-                continue
-            new, old = bool(record["correct"]), bool(base["correct"])
-            wins += new and not old
-            losses += old and not new
-            both += new and old
-            neither += not new and not old
-        if wins + losses + both + neither:
-            rows.append([system, wins, losses, both, neither, wins + losses + both + neither])
-    return rows
-
-
-def _rates(records: list[dict[str, Any]]) -> tuple[float, float]:
-    """Prefill and decode tokens/s over ``records`` (total tokens over total seconds)."""
-    prefill = sum(r["tokens_read"] for r in records) / sum(r["prefill_seconds"] for r in records)
-    generated = sum(r["tokens_generated"] for r in records)
-    return prefill, generated / max(1e-9, sum(r["decode_seconds"] for r in records))
-
-
-def speed_rows(records: list[dict[str, Any]], systems: Sequence[str]) -> list[list[Any]]:
-    """Per system and length: mean prefill and decode tokens/s over the samples run."""
-    rows = []
-    lengths = sorted({r["length"] for r in records})
-    for system in systems:
-        for length in lengths:
-            mine = [
-                r
-                for r in records
-                if r["system"] == system and r["length"] == length and r["status"] == "ok"
-            ]
-            if not mine:
-                continue
-            prefill, decode = _rates(mine)
-            rows.append([system, length, len(mine), round(prefill), round(decode, 1)])
-    return rows
-
-
-@dataclasses.dataclass(frozen=True)
-class FrontierPoint:
-    """One system's accuracy (share right) and tokens/s on the frontier's samples."""
-
-    system: str
-    accuracy: float
-    prefill: float
-    decode: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Frontier:
-    """Points on the same samples: the longest two ``lengths`` (beyond the model's window),
-    ``samples`` of them run by every system; speeds at ``longest``. ``full``: its accuracy
-    and sample count over the lengths it ran (in window only), or ``None``."""
-
-    points: list[FrontierPoint]
-    lengths: list[int]
-    longest: int
-    samples: int
-    full: tuple[float, int] | None
-
-
-def frontier_points(records: list[dict[str, Any]]) -> Frontier:
-    """Each system's accuracy over the samples of the longest two lengths that every system
-    (but ``full``) ran, and its prefill and decode tokens/s at the longest length on those.
-
-    Restricting to the common samples keeps the points paired when a system ran only part
-    of the samples (an interrupted or later run).
-    """
-    ok = [r for r in records if r["status"] == "ok"]
-    lengths = sorted({r["length"] for r in records})[-2:]
-    longest = lengths[-1] if lengths else 0
-    ran: dict[str, set[str]] = {}
-    for r in ok:
-        if r["system"] != "full" and r["length"] in lengths:
-            ran.setdefault(r["system"], set()).add(r["sample_id"])
-    common = set.intersection(*ran.values()) if ran else set()
-    points = []
-    for system in ran:
-        scored = [r for r in ok if r["system"] == system and r["sample_id"] in common]
-        at_longest = [r for r in scored if r["length"] == longest]
-        if not scored or not at_longest:
-            continue
-        accuracy = sum(bool(r["correct"]) for r in scored) / len(scored)
-        points.append(FrontierPoint(system, accuracy, *_rates(at_longest)))
-    full = [r for r in ok if r["system"] == "full"]
-    full_accuracy = (sum(bool(r["correct"]) for r in full) / len(full), len(full)) if full else None
-    return Frontier(points, lengths, longest, len(common), full_accuracy)
-
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a saved summary (empty when there is none)."""
-    if not path.exists():
-        return []
-    return list(json.loads(path.read_text(encoding="utf-8"))["records"])

@@ -7,7 +7,7 @@ from typing import Any
 from tabulate import tabulate
 
 from . import figures, tables
-from .compare import frontier_points, paired_rows, speed_rows
+from .pairing import frontier_points, outcomes, paired_rows, speed_rows
 from .paths import Paths
 
 BASELINE = "qllm"
@@ -39,11 +39,12 @@ def compare_section(data: dict[str, Any], paths: Paths) -> str:
     ]
     for task in dict.fromkeys(r["task"] for r in records):
         out += [f"#### {task}\n", tables.accuracy_table(records, task) + "\n"]
+    correct = outcomes(records)
     for baseline, what in (
         (BASELINE, "the paper's method"),
         (DEFAULT, "the mean-ranked re-read, the default until issue 28"),
     ):
-        paired = paired_rows(records, baseline, systems)
+        paired = paired_rows(correct, baseline, systems)
         if paired:
             out += [
                 f"### Paired with `{baseline}` ({what}), sample by sample\n",

@@ -18,7 +18,7 @@ from .tables import accuracy_cells, k_tokens, needle_grid  # noqa: E402
 from .throughput import Point  # noqa: E402
 
 if TYPE_CHECKING:
-    from .compare import Frontier
+    from .pairing import Frontier
 
 # Red -> yellow -> green, the palette of the well-known Needle-in-a-Haystack plots.
 NEEDLE_COLORS = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"])
@@ -102,7 +102,7 @@ def speed_memory_plot(points: list[Point], modes: Sequence[str], path: Path, tit
 
 def frontier(points: Frontier, path: Path) -> Path:
     """Accuracy against prefill and decode tokens/s, one point per system (see
-    :func:`benchmarks.compare.frontier_points`); ``full`` as a dashed line."""
+    :func:`benchmarks.pairing.frontier_points`); ``full`` as a dashed line."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     if points.full is not None:
         accuracy, samples = points.full

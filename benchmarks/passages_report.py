@@ -9,7 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .compare import paired_rows
+from .pairing import pair, paired_rows
 from .paths import Paths, load_json
 
 RANK_CUTS: tuple[int, ...] = (1, 3, 10)
@@ -182,18 +182,10 @@ def _pair_table(
     correct: dict[str, dict[str, bool]], baseline: str, group_of: dict[str, str]
 ) -> str:
     """Wins, losses and ties against ``baseline``, and where (task and length) each loss is."""
-    records = [
-        {"system": name, "sample_id": sample, "status": "ok", "correct": ok}
-        for name, right in correct.items()
-        for sample, ok in right.items()
-    ]
-    rows = paired_rows(records, baseline, list(correct))
-    base = correct[baseline]
+    rows = paired_rows(correct, baseline, list(correct))
     for row in rows:
         lost = Counter(
-            group_of[s]
-            for s, ok in correct[row[0]].items()
-            if not ok and base.get(s) and s in group_of
+            group_of[s] for s in pair(correct[row[0]], correct[baseline]).lost if s in group_of
         )
         row.append(", ".join(f"{g}: {n}" for g, n in sorted(lost.items())) or "none")
     headers = ["system", "wins", "losses", "both right", "both wrong", "paired", "losses in"]

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qllm_core.spec import EngineSpec
+
 from . import memory
-from .engine_spec import EngineSpec
+from .engine_args import to_args
 from .tasks import make_sample
 
 _RESULT_PREFIX = "BENCHMARK-POINT "
@@ -107,7 +109,7 @@ def measure_in_subprocess(
         str(length),
         "--memory-fraction",
         str(memory_fraction),
-        *spec.to_args(),
+        *to_args(spec),
     ]
     try:
         done = subprocess.run(
@@ -128,7 +130,7 @@ def point_main(spec: EngineSpec, mode: str, length: int, memory_fraction: float)
     if (spec.device or "cpu").startswith("cpu") and memory_fraction > 0:
         memory.limit_address_space(memory_fraction)
     try:
-        engine = spec.load()
+        engine = spec.load(progress=False)
         point = measure_here(engine, mode, length)
     except MemoryError as error:
         point = Point(mode, length, "oom", message=str(error)[:200])

