@@ -206,34 +206,80 @@ def encode_text_with_offsets(
     return ids, spans
 
 
+TOOL_LABEL = "Tool result:\n"
+"""Opens the text of a ``tool`` turn, which templates see as a user turn."""
+
+
 def encode_chat(
     tokenizer: Any, messages: Sequence[tuple[str, str]], *, add_generation_prompt: bool = True
 ) -> list[int]:
     """Token ids of ``(role, content)`` messages in the tokenizer's chat template.
 
     The template's own text is tokenized with special tokens recognised; every message's
-    content with :func:`encode_text`, so no message can add or close a turn. Without a chat
-    template, the messages are joined as ``role: content`` lines.
+    content with :func:`encode_text`, so no message can add or close a turn. Roles are
+    those of the template (``system``, ``user``, ``assistant``) and ``tool``: a tool turn
+    becomes a user turn that opens with :data:`TOOL_LABEL`. Consecutive turns of one role
+    are merged with a blank line (some templates insist on alternation); a template that
+    refuses system turns gets them folded into the first user turn. Without a chat
+    template, the messages are written as ``role: content`` lines, then ``assistant:``
+    when ``add_generation_prompt``.
+
+    Raises:
+        ValueError: no messages.
     """
     if not messages:
         raise ValueError("encode_chat needs at least one message")
-    slots = [_SLOT.format(i) for i in range(len(messages))]
-    if getattr(tokenizer, "chat_template", None):
-        turns = [
-            {"role": role, "content": slot} for (role, _), slot in zip(messages, slots, strict=True)
-        ]
-        rendered = tokenizer.apply_chat_template(
-            turns, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    else:
-        rendered = "\n".join(
-            f"{role}: {slot}" for (role, _), slot in zip(messages, slots, strict=True)
-        )
+    roles, contents = _merged_turns(messages)
+    slots = [_SLOT.format(i) for i in range(len(roles))]
+    if not getattr(tokenizer, "chat_template", None):
+        lines = "".join(f"{role}: {slot}\n" for role, slot in zip(roles, slots, strict=True))
+        rendered = lines + ("assistant:" if add_generation_prompt else "")
+        return _encode_slotted(tokenizer, rendered, slots, contents)
+    turns = [{"role": role, "content": slot} for role, slot in zip(roles, slots, strict=True)]
+    try:
+        rendered = _render_chat(tokenizer, turns, add_generation_prompt)
+    except Exception:  # jinja's TemplateError and friends: the template refused system turns
+        system = [i for i, role in enumerate(roles) if role == "system"]
+        rest = [i for i, role in enumerate(roles) if role != "system"]
+        if not system or not rest or roles[rest[0]] != "user":
+            raise
+        first = rest[0]
+        contents[first] = "\n\n".join([*(contents[i] for i in system), contents[first]])
+        rendered = _render_chat(tokenizer, [turns[i] for i in rest], add_generation_prompt)
+    return _encode_slotted(tokenizer, rendered, slots, contents)
+
+
+def _merged_turns(messages: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Roles and contents of ``messages``: tool turns labelled, runs of one role merged."""
+    roles: list[str] = []
+    contents: list[str] = []
+    for role, content in messages:
+        if role == "tool":
+            role, content = "user", TOOL_LABEL + content
+        if roles and roles[-1] == role:
+            contents[-1] += "\n\n" + content
+        else:
+            roles.append(role)
+            contents.append(content)
+    return roles, contents
+
+
+def _render_chat(tokenizer: Any, turns: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    rendered = tokenizer.apply_chat_template(
+        turns, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return str(rendered)
+
+
+def _encode_slotted(
+    tokenizer: Any, rendered: str, slots: Sequence[str], contents: Sequence[str]
+) -> list[int]:
+    """Template text with special tokens recognised; each slot's content with them split."""
     pieces = re.split("(" + "|".join(re.escape(slot) for slot in slots) + ")", rendered)
     ids: list[int] = []
     for piece in pieces:
         if piece in slots:
-            ids += encode_text(tokenizer, messages[slots.index(piece)][1])
+            ids += encode_text(tokenizer, contents[slots.index(piece)])
         else:
             ids += _encode(tokenizer, piece)
     return ids

@@ -53,12 +53,6 @@ def get_engine(spec: EngineSpec | None = None) -> EngineProtocol:
     return engine
 
 
-def cached_engines() -> dict[EngineKey, EngineProtocol]:
-    """A snapshot of the engines loaded so far, by key."""
-    with _registry_lock:
-        return dict(_engines)
-
-
 def clear_engines() -> None:
     """Forget every cached engine (their memory is freed once no wrapper holds them)."""
     with _registry_lock:

@@ -1,14 +1,13 @@
 """ChatQLLM: a LangChain chat model that reads whole documents with Q-LLM.
 
-A translator: LangChain messages become ``(role, text)`` turns, and the provider core
-(:mod:`qllm_integrations.request`) decides the route, validates the options and runs the
-engine; its answer becomes an ``AIMessage``.
+A translator: LangChain messages become ``(role, text)`` turns (content blocks as
+:mod:`qllm_integrations.content` says), :mod:`qllm_integrations.routing` decides the
+route and builds the request that runs the engine, and its answer becomes an
+``AIMessage``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -27,26 +26,28 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 
-from qllm_core.documents import check_text
+from qllm_core.errors import InvalidDocumentError
+from qllm_core.inputs.documents import check_text
 from qllm_core.progress import ProgressListener
+from qllm_core.prompt import encode_chat, encode_text
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations.content import (
+    attached_text,
+    decode_base64,
+    is_text_mimetype,
+    join_blocks,
+    not_text,
+)
 from qllm_integrations.evidence import Evidence
 from qllm_integrations.langchain.progress import async_progress_listener, progress_listener
-from qllm_integrations.request import (
-    PROVIDER,
-    ProviderSettings,
-    Request,
-    answer_events,
-    call_options,
-    chat_request,
-    usage,
-)
+from qllm_integrations.request import PROVIDER, Request, answer_events, usage
+from qllm_integrations.routing import chat_request
+from qllm_integrations.settings import ProviderSettings, call_options
 
 _SKIPPED_BLOCKS = frozenset(
     {"reasoning", "thinking", "tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use"}
@@ -98,22 +99,44 @@ class LangChainSettings(ProviderSettings):
             params["ls_stop"] = stops
         return params
 
-    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
-        if isinstance(model_input, bytes | bytearray):  # else read as a list of messages
-            check_text("prompt", model_input)
-        return super()._convert_input(model_input)  # type: ignore[misc]
+    # Bytes are a Sequence to LangChain, which would read them as a list of messages and
+    # fail on the first int; the public entry points refuse them as the engine does.
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """LangChain's ``invoke``; bytes are refused with ``InvalidDocumentError``."""
+        return super().invoke(_checked_input(input), config, **kwargs)  # type: ignore[misc]
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """LangChain's ``ainvoke``; bytes are refused with ``InvalidDocumentError``."""
+        return await super().ainvoke(_checked_input(input), config, **kwargs)  # type: ignore[misc]
+
+    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """LangChain's ``stream``; bytes are refused (at the call) with ``InvalidDocumentError``."""
+        return super().stream(_checked_input(input), config, **kwargs)  # type: ignore[misc]
+
+    def astream(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """LangChain's ``astream``; bytes are refused (at the call), as by ``stream``."""
+        return super().astream(_checked_input(input), config, **kwargs)  # type: ignore[misc]
 
     def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` in the model's own tokenizer (loads the engine)."""
-        ids = self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [int(i) for i in ids]
+        """Token ids of ``text`` as the engine reads caller text (special tokens split).
+
+        Loads the engine. ``get_num_tokens`` counts these.
+        """
+        return encode_text(self.get_engine().tokenizer, text)
+
+
+def _checked_input(model_input: Any) -> Any:
+    """``model_input``, unless it is bytes (refused as the engine refuses a bytes prompt)."""
+    if isinstance(model_input, bytes | bytearray):
+        check_text("prompt", model_input)
+    return model_input
 
 
 class ChatQLLM(LangChainSettings, BaseChatModel):
     """Chat model over a quickllama engine: pass a whole document, ask about it.
 
     The last user message is the question; system messages, earlier messages, tool results
-    and ``text-plain`` blocks are the document (see :mod:`qllm_integrations.request`).
+    and ``text-plain`` blocks are the document (see :mod:`qllm_integrations.routing`).
     Pass ``question=`` / ``document=`` to ``invoke`` or ``bind`` to say so explicitly. A
     conversation that fits the engine's local window is sent whole, in the model's chat
     template (route ``direct``).
@@ -167,6 +190,22 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
             structured_output=False,
             temperature=True,
         )
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of ``messages`` in the model's chat template, ready for the answer.
+
+        The encoding of the ``direct`` route (:func:`qllm_core.prompt.encode_chat`); a long
+        conversation is split into document and question, whose prompt differs slightly.
+        ``tools`` are refused: the engine cannot call tools.
+        """
+        if tools:
+            raise NotImplementedError("ChatQLLM cannot call tools; count messages only")
+        turns = [(role, text) for role, text in flatten_messages(messages) if text.strip()]
+        if not turns:
+            return 0
+        return len(encode_chat(self.get_engine().tokenizer, turns))
 
     def bind_tools(
         self,
@@ -315,14 +354,16 @@ def flatten_messages(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     its own, placed before the rest of its message.
 
     Raises:
-        ValueError: on content the model cannot read (images, audio, files).
+        InvalidDocumentError: content the model cannot read (images, audio, PDFs), or an
+            attached document that is not UTF-8 text.
+        EmptyInputError: an attached document holds no text.
     """
     turns: list[tuple[str, str]] = []
     for message in messages:
         if not isinstance(message, BaseMessage):
             raise TypeError(f"expected LangChain messages, got {type(message).__name__}")
         role = _role(message)
-        attached, own = _texts(message.content)
+        attached, own = _texts(message.content, role)
         turns.extend((role, text) for text in attached)
         turns.append((role, own))
     return turns
@@ -344,8 +385,8 @@ def _role(message: BaseMessage) -> str:
     return "user"
 
 
-def _texts(content: str | list[Any]) -> tuple[list[str], str]:
-    """Attached ``text-plain`` documents, and the message's own text."""
+def _texts(content: str | list[Any], role: str) -> tuple[list[str], str]:
+    """Attached text documents, and the message's own text (see :mod:`..content`)."""
     if isinstance(content, str):
         return [], content
     attached: list[str] = []
@@ -357,27 +398,22 @@ def _texts(content: str | list[Any]) -> tuple[list[str], str]:
         kind = block.get("type")
         if kind == "text":
             own.append(block.get("text", ""))
-        elif kind == "text-plain":
-            attached.append(_plain_text(block))
+        elif kind == "text-plain" or (kind == "file" and is_text_mimetype(block.get("mime_type"))):
+            attached.append(_attached(block))
         elif kind not in _SKIPPED_BLOCKS:
-            raise ValueError(
-                f"quickllama models read text only; got a {kind!r} content block. Pass "
-                "documents as text (a 'text-plain' block or a plain string)"
-            )
-    return attached, "".join(own)
+            raise not_text(repr(kind), role)
+    return attached, join_blocks(own)
 
 
-def _plain_text(block: dict[str, Any]) -> str:
+def _attached(block: dict[str, Any]) -> str:
     """An attached document's text (refused when empty: a document must hold text)."""
+    name = str(block.get("title") or "attached document")
     if "text" in block:
-        return check_text("attached document", str(block["text"]))
+        return attached_text(block["text"], name)
     data = block.get("base64") or block.get("data")
     if isinstance(data, str):
-        try:
-            text = base64.b64decode(data).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as error:
-            raise ValueError(
-                f"a 'text-plain' block's base64 data is not UTF-8 text: {error}"
-            ) from error
-        return check_text("attached document", text)
-    raise ValueError(f"a 'text-plain' block needs 'text' (or 'base64'); got keys {sorted(block)}")
+        return attached_text(decode_base64(data, name), name)
+    raise InvalidDocumentError(
+        f"a {block.get('type')!r} block needs 'text' (or 'base64' data); got keys "
+        f"{sorted(block)}. Put the document's text in 'text'"
+    )

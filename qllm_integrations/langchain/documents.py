@@ -212,7 +212,7 @@ def _load(document: str | None, path: str | None) -> str:
         )
     if document is not None:
         return document
-    from qllm_core.documents import read_document
+    from qllm_core.inputs.documents import read_document
 
     try:
         return read_document(str(path))

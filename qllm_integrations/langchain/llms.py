@@ -14,7 +14,9 @@ from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.langchain.chat_models import LangChainSettings, usage_metadata
 from qllm_integrations.langchain.progress import async_progress_listener, progress_listener
-from qllm_integrations.request import Request, answer_events, call_options, text_request
+from qllm_integrations.request import Request, answer_events
+from qllm_integrations.routing import text_request
+from qllm_integrations.settings import call_options
 
 
 class QLLM(LangChainSettings, BaseLLM):

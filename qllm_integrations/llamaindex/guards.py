@@ -34,7 +34,7 @@ from llama_index.core.response_synthesizers.compact_and_accumulate import Compac
 from llama_index.core.settings import Settings
 
 from qllm_core.errors import QLLMError
-from qllm_integrations.request import ProviderSettings
+from qllm_integrations.settings import ProviderSettings
 
 GuardPolicy = Literal["warn", "raise", "off"]
 """What a guard does on a problem: warn, raise :class:`ContextSplitError`, or nothing."""
@@ -153,21 +153,36 @@ def check_query_engine(query_engine: Any, *, policy: GuardPolicy = "raise") -> l
 
 
 def check_settings(llm: Any = None, *, policy: GuardPolicy = "warn") -> list[str]:
-    """Check that ``Settings.prompt_helper`` does not shrink a QLLM's window.
+    """Check that ``Settings.prompt_helper`` does not shrink the QLLM of ``Settings.llm``.
 
-    ``llm`` defaults to ``Settings.llm``; an LLM that is not a QLLM is not checked.
+    ``llm`` defaults to ``Settings.llm`` (:func:`configured_llm`). Only a QLLM that is
+    ``Settings.llm`` is checked: reading ``Settings.prompt_helper`` makes LlamaIndex install
+    one built from ``Settings.llm`` when none is set, which for that QLLM is the right one,
+    and for another LLM would shrink the window of every later query engine.
     """
-    # Settings' public getters would create (and install) a default LLM and prompt helper
-    # when none is set, so the stored values are read instead.
-    llm = llm if llm is not None else Settings._llm
+    configured = configured_llm()
+    llm = llm if llm is not None else configured
     problems = []
-    if isinstance(llm, ProviderSettings):
+    if isinstance(llm, ProviderSettings) and llm is configured:
         problem = prompt_helper_problem(
-            Settings._prompt_helper, llm.max_input_tokens(), "Settings.prompt_helper"
+            Settings.prompt_helper, llm.max_input_tokens(), "Settings.prompt_helper"
         )
         problems = [problem] if problem else []
     enforce(problems, policy, stacklevel=3)
     return problems
+
+
+def configured_llm() -> object | None:
+    """``Settings.llm``, or ``None`` when none is set and LlamaIndex has no default.
+
+    With no LLM set, LlamaIndex resolves its default (OpenAI, when
+    ``llama-index-llms-openai`` and an API key are there) and keeps it, as it does for any
+    component that asks; without them it raises, and there is no LLM.
+    """
+    try:
+        return Settings.llm
+    except (ImportError, ValueError):
+        return None
 
 
 def enforce(problems: list[str], policy: GuardPolicy, *, stacklevel: int = 2) -> None:

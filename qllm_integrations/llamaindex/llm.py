@@ -1,18 +1,20 @@
 """``QLLM``: the Q-LLM engine as a LlamaIndex ``CustomLLM``.
 
 A translator: LlamaIndex prompts and chat messages become a prompt or ``(role, text)``
-turns for the provider core (:mod:`qllm_integrations.request`), which decides the route,
-validates the options and runs the engine; its answer becomes a LlamaIndex response whose
+turns for the provider core (:mod:`qllm_integrations.routing`), which decides the route
+and builds the request that runs the engine; its answer becomes a LlamaIndex response whose
 ``raw`` is the same metadata the LangChain provider reports.
 
 Templated calls (``llm.predict(template, context_str=..., query_str=...)``, which every
 response synthesizer makes) are split exactly: the template's own ``query_str`` is the
-question and its ``context_str`` the document, passed along on the last message.
+question and its ``context_str`` the document, handed to the chat call ``predict`` makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -32,27 +34,23 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts.base import BasePromptTemplate
+from llama_index.core.types import TokenAsyncGen, TokenGen
 
-from qllm_core.documents import check_text, decode_document
-from qllm_core.errors import InvalidDocumentError
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
-from qllm_integrations.request import (
-    CallOptions,
-    ProviderSettings,
-    Request,
-    answer_events,
-    call_options,
-    chat_request,
-    text_request,
-)
+from qllm_integrations.content import attached_text, is_text_mimetype, join_blocks, not_text
+from qllm_integrations.request import Request, answer_events
+from qllm_integrations.routing import chat_request, text_request
+from qllm_integrations.settings import CallOptions, ProviderSettings, call_options
 
 from .guards import GuardPolicy, check_call
 from .progress import report_read
 
-HINT_KEY = "quickllama_split"
-"""``ChatMessage.additional_kwargs`` key under which a template's split is passed along."""
+_TEMPLATE: ContextVar[tuple[QLLM, dict[str, Any] | None] | None] = ContextVar(
+    "quickllama_template", default=None
+)
+"""The QLLM whose templated call (``predict`` and friends) runs now, and its split."""
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -72,7 +70,7 @@ class QLLM(ProviderSettings, CustomLLM):
     """Query-aware long-context LLM: reads up to ``max_input_tokens`` in one call.
 
     The settings are those of the LangChain provider, with the same names (see
-    :class:`~qllm_integrations.request.ProviderSettings`). The engine is shared
+    :class:`~qllm_integrations.settings.ProviderSettings`). The engine is shared
     process-wide and loaded on first use, not here; pass ``engine=`` to use one you built.
 
     Per call, ``question=`` and ``document=`` say which part of the prompt is which;
@@ -150,32 +148,32 @@ class QLLM(ProviderSettings, CustomLLM):
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        """:meth:`complete` with the engine in a worker thread."""
-        request = self._text(prompt, kwargs)
-        return _completion(request, await run_in_thread(request.run, report_read))
+        """:meth:`complete` with the request built and run in a worker thread."""
+        request, answer = await run_in_thread(self._run_text, prompt, kwargs)
+        return _completion(request, answer)
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        """:meth:`stream_complete` with the engine in a worker thread."""
-        request = self._text(prompt, kwargs)
+        """:meth:`stream_complete` with the request built and run in a worker thread."""
+        request = await run_in_thread(self._text, prompt, kwargs)
         return iterate_in_thread(
             lambda: _chunks(request, answer_events(request.start(report_read)))
         )
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """:meth:`chat` with the engine in a worker thread."""
-        request = self._chat(messages, kwargs)
-        return _chat(_completion(request, await run_in_thread(request.run, report_read)))
+        """:meth:`chat` with the request built and run in a worker thread."""
+        request, answer = await run_in_thread(self._run_chat, messages, kwargs)
+        return _chat(_completion(request, answer))
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        """:meth:`stream_chat` with the engine in a worker thread."""
-        request = self._chat(messages, kwargs)
+        """:meth:`stream_chat` with the request built and run in a worker thread."""
+        request = await run_in_thread(self._chat, messages, kwargs)
 
         async def chats() -> ChatResponseAsyncGen:
             async for response in iterate_in_thread(
@@ -185,14 +183,53 @@ class QLLM(ProviderSettings, CustomLLM):
 
         return chats()
 
-    def _get_messages(self, prompt: BasePromptTemplate, **prompt_args: Any) -> list[ChatMessage]:
-        """Render a template (``predict`` and friends), check it, and mark its split."""
-        messages = super()._get_messages(prompt, **prompt_args)
+    # Templated calls: LlamaIndex renders the template and calls chat() with the text, so
+    # the template's own query_str and context_str are handed to that call by a context
+    # variable, set around LlamaIndex's public predict/stream methods.
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        """LlamaIndex's ``predict``, the template's question and context kept apart."""
+        with self._template(prompt, prompt_args):
+            return super().predict(prompt, **prompt_args)
+
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        """LlamaIndex's ``stream``, the template's question and context kept apart."""
+        with self._template(prompt, prompt_args):
+            return super().stream(prompt, **prompt_args)
+
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        """LlamaIndex's ``apredict``, the template's question and context kept apart."""
+        with self._template(prompt, prompt_args):
+            return await super().apredict(prompt, **prompt_args)
+
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        """LlamaIndex's ``astream``, the template's question and context kept apart."""
+        with self._template(prompt, prompt_args):
+            return await super().astream(prompt, **prompt_args)
+
+    @contextmanager
+    def _template(
+        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]
+    ) -> Iterator[None]:
+        """Check a templated call, and hand its split to the chat call made inside."""
         prompt_type = prompt.metadata.get("prompt_type")
         prompt_type = getattr(prompt_type, "value", prompt_type)
         check_call(prompt_type, self.guard, self._warned)
-        variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
-        return add_template_hint(messages, variables, prompt_type)
+        variables = {**prompt.kwargs, **prompt_args}
+        token = _TEMPLATE.set((self, template_split(variables, prompt_type)))
+        try:
+            yield
+        finally:
+            _TEMPLATE.reset(token)
+
+    def _run_text(self, prompt: object, kwargs: dict[str, Any]) -> tuple[Request, Answer]:
+        request = self._text(prompt, kwargs)
+        return request, request.run(report_read)
+
+    def _run_chat(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[Request, Answer]:
+        request = self._chat(messages, kwargs)
+        return request, request.run(report_read)
 
     def _text(self, prompt: object, kwargs: dict[str, Any]) -> Request:
         options = call_options(self, kwargs.pop("stop", None), kwargs)
@@ -200,7 +237,8 @@ class QLLM(ProviderSettings, CustomLLM):
 
     def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request:
         options = call_options(self, kwargs.pop("stop", None), kwargs)
-        hint = template_hint(messages)
+        template = _TEMPLATE.get()
+        hint = template[1] if template is not None and template[0] is self else None
         if not options.explicit and hint is not None:
             if hint.get("document") is not None and hint.get("prompt_type") != "refine":
                 hinted = CallOptions(**{**vars(options), **_question_document(hint)})
@@ -244,44 +282,32 @@ def _chat(response: CompletionResponse) -> ChatResponse:
     )
 
 
-def add_template_hint(
-    messages: list[ChatMessage], prompt_args: Mapping[str, Any], prompt_type: str | None
-) -> list[ChatMessage]:
-    """Attach the template's question and context to the last message (a copy of it).
+def template_split(
+    prompt_args: Mapping[str, Any], prompt_type: str | None
+) -> dict[str, Any] | None:
+    """The template's question and context, or ``None`` without a string ``query_str``.
 
-    Messages are returned unchanged when the template has no string ``query_str``. A
-    context variable given but blank is passed on as an empty document (``""``), which
+    A context variable given but blank is passed on as an empty document (``""``), which
     the request refuses (no answer from nothing).
     """
     question = prompt_args.get("query_str")
-    if not messages or not isinstance(question, str) or not question.strip():
-        return messages
+    if not isinstance(question, str) or not question.strip():
+        return None
     texts = [t for t in (_text(prompt_args.get(k)) for k in _DOCUMENT_KEYS) if t is not None]
     document = next((t for t in texts if t.strip()), "" if texts else None)
-    last = messages[-1].model_copy(deep=False)
-    last.additional_kwargs = {
-        **last.additional_kwargs,
-        HINT_KEY: {"question": question, "document": document, "prompt_type": prompt_type},
-    }
-    return [*messages[:-1], last]
-
-
-def template_hint(messages: Sequence[ChatMessage]) -> dict[str, Any] | None:
-    """The hint :func:`add_template_hint` left on the last message, if any."""
-    if not messages:
-        return None
-    hint = messages[-1].additional_kwargs.get(HINT_KEY)
-    return hint if isinstance(hint, dict) else None
+    return {"question": question, "document": document, "prompt_type": prompt_type}
 
 
 def flatten_messages(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
-    """``(role, text)`` turns for the provider core.
+    """``(role, text)`` turns for the provider core (content as :mod:`..content` says).
 
-    Text blocks of one message are joined by newlines; a ``text/plain`` document block
-    becomes a turn of its own, placed before the rest of its message.
+    Text blocks of one message are joined by newlines; a text document block becomes a
+    turn of its own, placed before the rest of its message.
 
     Raises:
-        InvalidDocumentError: a block that is not text (image, audio, PDF, ...).
+        InvalidDocumentError: a block that is not text (image, audio, PDF, ...), or a
+            document block that is not UTF-8 text.
+        EmptyInputError: a document block holds no text.
     """
     turns: list[tuple[str, str]] = []
     for message in messages:
@@ -290,17 +316,12 @@ def flatten_messages(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
         for block in message.blocks:
             if isinstance(block, TextBlock):
                 texts.append(block.text)
-            elif isinstance(block, DocumentBlock) and _is_plain_text(block):
+            elif isinstance(block, DocumentBlock) and is_text_mimetype(block.document_mimetype):
                 raw = block.resolve_document().read()
-                text = decode_document(raw, block.title or "document block")
-                turns.append((role, check_text("attached document", text)))
+                turns.append((role, attached_text(raw, block.title or "attached document")))
             else:
-                raise InvalidDocumentError(
-                    f"a {type(block).__name__} in a {role} message is not text; quickllama "
-                    "reads text only: extract the text first and pass it as a TextBlock or "
-                    "a text/plain DocumentBlock"
-                )
-        turns.append((role, "\n".join(texts)))
+                raise not_text(type(block).__name__, role)
+        turns.append((role, join_blocks(texts)))
     return turns
 
 
@@ -311,8 +332,3 @@ def _text(value: object) -> str | None:
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
         return "\n".join(value)
     return None
-
-
-def _is_plain_text(block: DocumentBlock) -> bool:
-    mimetype = block.document_mimetype or ""
-    return mimetype.startswith("text/") or mimetype in ("application/json", "application/xml")

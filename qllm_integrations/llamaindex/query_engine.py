@@ -38,18 +38,20 @@ from llama_index.core.schema import (
     RelatedNodeInfo,
     TextNode,
 )
-from llama_index.core.settings import Settings
 from pydantic import SkipValidation
 
 from qllm_core.errors import EmptyInputError, MemoryFileError, MemoryMismatchError
-from qllm_core.persistence import read_manifest
+from qllm_core.memory.persistence import read_manifest
 from qllm_core.protocol import MemoryProtocol, TextStream
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.evidence import Evidence, JoinedText, collect_evidence
-from qllm_integrations.request import Request, answer_events, call_options, text_request
+from qllm_integrations.request import Request, answer_events
+from qllm_integrations.routing import text_request
+from qllm_integrations.settings import call_options
 
 from .documents import join_documents
+from .guards import configured_llm
 from .llm import QLLM
 from .progress import report_read
 
@@ -171,8 +173,8 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
             TypeError: the LLM's engine is not a ``QLLMEngine`` (nothing else can load
                 a memory).
         """
-        from qllm_core.document_memory import DocumentMemory, document_hash
         from qllm_core.engine import QLLMEngine
+        from qllm_core.memory.document import DocumentMemory, document_hash
 
         folder = Path(persist_dir)
         manifest = _read_manifest(folder)
@@ -370,5 +372,5 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _default_llm() -> QLLM:
-    configured = Settings._llm
+    configured = configured_llm()
     return configured if isinstance(configured, QLLM) else QLLM()

@@ -31,9 +31,9 @@ from typing import Any
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 
 from qllm_core.config import QLLMConfig
-from qllm_core.documents import check_text
 from qllm_core.errors import ConfigError, InputTooLongError
-from qllm_core.loading import load_tokenizer
+from qllm_core.inputs.documents import check_text
+from qllm_core.models.loading import load_tokenizer
 from qllm_core.protocol import EngineProtocol, MemoryProtocol
 from qllm_core.results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 

@@ -59,7 +59,9 @@ def test_each_part_of_the_key_matters(loads: list[EngineSpec]) -> None:
         engines.get_engine(EngineSpec(dtype="float32")),
     ]
     assert len({id(e) for e in [base, *others]}) == 6
-    assert len(engines.cached_engines()) == 6
+    assert len(loads) == 6
+    assert engines.get_engine(EngineSpec()) is base  # all six stay cached, none reloaded
+    assert len(loads) == 6
 
 
 def test_paths_are_normalized(loads: list[EngineSpec], tmp_path: Path) -> None:

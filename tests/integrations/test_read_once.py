@@ -28,7 +28,9 @@ from qllm_integrations.langchain import (  # noqa: E402
     create_document_qa_chain,
     create_document_reader_tool,
 )
-from qllm_integrations.request import Request, call_options, text_request  # noqa: E402
+from qllm_integrations.request import Request  # noqa: E402
+from qllm_integrations.routing import text_request  # noqa: E402
+from qllm_integrations.settings import call_options  # noqa: E402
 
 DOC = " ".join(f"Entry {i}: the harbour logged ship number {i} at dawn." for i in range(40))
 OTHER_DOC = DOC.replace("dawn", "dusk")

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from qllm_core.config import QLLMConfig
 from qllm_core.errors import EmptyInputError, InvalidOptionError
 from qllm_core.spec import EngineSpec
-from qllm_integrations import request as params_module
+from qllm_integrations import settings as params_module
 from qllm_integrations.langchain import ChatQLLM
 from qllm_integrations.split import QuestionNotFoundWarning
 

@@ -33,7 +33,7 @@ class MetadataRecorder(BaseCallbackHandler):
 
 
 def test_lcel_chain_over_a_long_document() -> None:
-    from qllm_core.documents import synthetic_document
+    from qllm_core.inputs.documents import synthetic_document
 
     document = synthetic_document(10_000, seed=3, fact=FACT, at=0.4)
     prompt = ChatPromptTemplate.from_messages(

@@ -1,0 +1,250 @@
+"""Provider settings and per-call options: one set of names and checks for both frameworks.
+
+One set of option names on both sides (:data:`GENERATION_NAMES`, plus ``question``/
+``document`` per call and the engine settings of :class:`ProviderSettings`).
+``max_tokens`` is accepted as another spelling of ``max_new_tokens`` (LangChain's standard
+parameter); any other name raises :class:`~qllm_core.errors.InvalidOptionError` naming the
+closest valid one, at construction or at the call.
+
+This module imports pydantic, but neither LangChain nor LlamaIndex nor torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+
+from qllm_core.config import MODES, QLLMConfig
+from qllm_core.errors import InvalidOptionError
+from qllm_core.models.loading import EMBEDDED_MODEL_NAME
+from qllm_core.options import ALIASES, GenerationOptions, check_choice, check_names, shown
+from qllm_core.protocol import EngineProtocol
+from qllm_core.spec import EngineSpec
+from qllm_integrations.engines import get_engine
+
+GENERATION_NAMES: tuple[str, ...] = (*GenerationOptions.names(), "mode")
+"""Decoding options, as settings and per call: ``max_new_tokens``, ``min_new_tokens``,
+``temperature``, ``top_p``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``seed``,
+``stop`` and ``mode``."""
+
+CALL_NAMES: tuple[str, ...] = (*GENERATION_NAMES, "question", "document")
+"""What a call accepts besides the prompt: the decoding options, ``question``, ``document``."""
+
+
+def resolve_aliases(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with aliases renamed (``max_tokens`` -> ``max_new_tokens``).
+
+    Raises:
+        InvalidOptionError: an option given under both of its names.
+    """
+    out = dict(values)
+    for alias, name in ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise InvalidOptionError(f"give {name!r} or {alias!r}, not both (the same option)")
+            out[name] = out.pop(alias)
+    return out
+
+
+class ProviderSettings(BaseModel):
+    """The settings both providers' classes have, with the same names and meaning.
+
+    Constructing with an unknown name raises :class:`~qllm_core.errors.InvalidOptionError`
+    naming the closest valid one; an impossible value raises it (or ``ConfigError``) too.
+    """
+
+    model: str | None = None
+    """Model source: ``None`` for the embedded SmolLM2-135M-Instruct; a local model
+    directory, a ``.gguf`` file or a hub id otherwise."""
+    config: QLLMConfig | str | None = None
+    """Engine settings, or a preset name (``llama3``, ``mistral``, ``smollm2``, ...);
+    ``None``: the engine's default for the model."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``, ...; ``None``: CUDA when available."""
+    dtype: str | None = None
+    """``float32``, ``bfloat16``, ``float16``; ``None``: float32 on CPU, bfloat16 on GPU."""
+    max_new_tokens: int = 256
+    """Most tokens to generate per answer (``max_tokens`` is accepted as well)."""
+    min_new_tokens: int = 0
+    """Tokens generated before the model's end-of-sequence token may end an answer."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest token set with this much probability."""
+    repetition_penalty: float = 1.0
+    """Divides the logit of every token already in the answer (multiplies it when
+    negative), ≥ 1; 1 is off. The prompt's tokens are not penalized."""
+    no_repeat_ngram_size: int = 0
+    """No run of this many tokens appears twice in an answer; 0 is off."""
+    seed: int | None = None
+    """Seed of the sampler, for reproducible sampling at temperature > 0."""
+    stop: list[str] | None = None
+    """Strings that end the answer (cut from it); a ``stop`` given per call replaces these."""
+    mode: str | None = None
+    """Attention mode of every request (``auto``, ``qllm``, ``infllm``, ``streaming``,
+    ``full``); ``None`` keeps the engine config's mode."""
+    max_evidence: int = Field(default=3, ge=0)
+    """Most evidence passages in each response's metadata (``evidence``)."""
+    read_once: bool = False
+    """Read each document once and keep it: a request with a document (any route but
+    ``direct``) takes the document's memory from the engine's cache
+    (``engine.memory_for``), reading it question-free on a miss, and reads only the
+    question on from it: follow-up questions cost their own tokens, not the document's.
+    ``False`` (default, the more accurate on long documents, see BENCHMARKS.md): every
+    question reads its document again, with the question before and after it (the
+    paper's query-aware read, no memory kept)."""
+    progress: bool = True
+    """Show the read's progress while a request reads its document: the engine's bar (a
+    widget in notebooks, on stderr on a terminal) and events to the framework (LangChain
+    callbacks' ``on_custom_event`` named ``quickllama_progress``, LlamaIndex
+    instrumentation's ``QLLMReadProgressEvent``); ``False``: neither."""
+
+    _engine: EngineProtocol | None = PrivateAttr(default=None)
+
+    def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
+        """Validate names and decoding options as a call would, then the rest; keep ``engine``.
+
+        Every refusal is an :class:`~qllm_core.errors.InvalidOptionError` (or a
+        ``ConfigError``), with the text a call with the same option gets. Framework classes
+        put this class first among their bases, so this runs first.
+        """
+        checked = self._checked_kwargs(kwargs)
+        try:
+            super().__init__(**checked)
+        except ValidationError as error:
+            raise _option_error(error) from error
+        self._engine = engine
+        self.engine_spec()
+        call_options(self, None, {})
+
+    @classmethod
+    def _checked_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments with aliases resolved and decoding options validated.
+
+        Raises:
+            InvalidOptionError: an unknown name, or a decoding option's bad value.
+        """
+        check_names(kwargs, tuple(cls.model_fields), where=cls.__name__, aliases=True)
+        checked = resolve_aliases(kwargs)
+        engine_options({k: v for k, v in checked.items() if k in GENERATION_NAMES})
+        if isinstance(checked.get("stop"), str):
+            checked["stop"] = [checked["stop"]]
+        return checked
+
+    def engine_spec(self) -> EngineSpec:
+        """The :class:`~qllm_core.spec.EngineSpec` these settings describe."""
+        preset = self.config if isinstance(self.config, str) else None
+        config = self.config if isinstance(self.config, QLLMConfig) else None
+        return EngineSpec(
+            source=self.model, preset=preset, config=config, device=self.device, dtype=self.dtype
+        )
+
+    def get_engine(self) -> EngineProtocol:
+        """The engine given at construction, else the shared one (loaded on first use)."""
+        if self._engine is None:
+            self._engine = get_engine(self.engine_spec())
+        return self._engine
+
+    def model_label(self) -> str:
+        """The model's name, without loading it: the source, else the given engine's."""
+        if self.model is not None:
+            return self.model
+        if self._engine is not None:
+            return self._engine.model_name
+        return EMBEDDED_MODEL_NAME
+
+    def max_input_tokens(self) -> int:
+        """The engine's prompt limit, known without loading the model."""
+        if self._engine is not None:
+            return self._engine.max_input_tokens
+        return self.engine_spec().resolved_config().max_input_tokens
+
+    def identifying_params(self) -> dict[str, Any]:
+        """The settings, JSON-ready (the config as a dict or a preset name)."""
+        config = self.config
+        return {
+            "model": self.model_label(),
+            "source": self.model,
+            "config": asdict(config) if isinstance(config, QLLMConfig) else config,
+            **{
+                name: getattr(self, name)
+                for name in ("device", "dtype", *GENERATION_NAMES, "read_once")
+            },
+        }
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """One call's validated options: the engine's keyword arguments and the explicit split."""
+
+    engine_options: dict[str, Any]
+    """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_p``,
+    ``repetition_penalty``, ``no_repeat_ngram_size``, ``seed``, ``stop``, ``mode``."""
+    question: str | None = None
+    document: str | None = None
+    max_evidence: int = 3
+    """Most evidence passages in the response metadata (a setting, not a call option)."""
+    read_once: bool = False
+    """Whether a request with a document reads it through the engine's memory cache (a
+    setting, not a call option)."""
+    progress: bool = True
+    """Whether the read's progress is shown and reported (a setting, not a call option)."""
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the caller said which part is the question or the document."""
+        return self.question is not None or self.document is not None
+
+
+def call_options(
+    settings: ProviderSettings, stop: Sequence[str] | None, kwargs: Mapping[str, Any]
+) -> CallOptions:
+    """The settings overridden by one call's keyword arguments, validated.
+
+    Args:
+        settings: the provider object's settings.
+        stop: a ``stop`` passed separately (LangChain does); it replaces the settings' stop.
+        kwargs: the call's keyword arguments (names from :data:`CALL_NAMES`).
+
+    Raises:
+        InvalidOptionError: an unknown name (the closest valid one is named) or a bad value.
+    """
+    check_names(kwargs, CALL_NAMES, where="the call", aliases=True)
+    given = resolve_aliases(kwargs)
+    if stop is not None:
+        given["stop"] = stop  # validated with the rest
+    values = {name: given.get(name, getattr(settings, name)) for name in GENERATION_NAMES}
+    return CallOptions(
+        engine_options(values),
+        given.get("question"),
+        given.get("document"),
+        settings.max_evidence,
+        settings.read_once,
+        settings.progress,
+    )
+
+
+def engine_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The decoding options and ``mode`` among ``values``, validated, as engine keywords.
+
+    Raises:
+        InvalidOptionError: the message the engine gives for the same value.
+    """
+    values = dict(values)
+    mode = values.pop("mode", None)
+    if mode is not None:
+        check_choice("mode", mode, MODES)
+    options = GenerationOptions.from_kwargs(**values)
+    return {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
+
+
+def _option_error(error: ValidationError) -> InvalidOptionError:
+    """Pydantic's refusal of a setting, worded like the other option errors."""
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "a setting"
+    message = first["msg"][:1].lower() + first["msg"][1:]
+    problem = f"is invalid ({message}), got {shown(first.get('input'))}"
+    return InvalidOptionError.bad_value(name, problem)
