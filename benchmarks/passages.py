@@ -3,7 +3,7 @@
 ``python -m benchmarks passages --task-set realdocs`` (or ``standard``) reads each sample
 once, as the default does (mode ``qllm``, question before and after the document), and
 keeps every memory block's relevance under each ranking of
-:data:`qllm_core.retrieval.RANKINGS` (averaged over layers). Each re-read variant of
+:data:`qllm_core.memory.retrieval.RANKINGS` (averaged over layers). Each re-read variant of
 :data:`VARIANTS` then chooses its passages from those scores, re-reads them with the model's
 own attention and answers, exactly as the engine configured that way would (a test checks
 it), so all variants and the oracle are paired on the same read:
@@ -119,11 +119,11 @@ def read_sample(
     With ``single_pass``, also the :data:`SINGLE_PASS` answer record, decoded greedily
     from the read once the relevance is taken (else ``None``).
     """
-    from qllm_core.decoding import decode
-    from qllm_core.layer_memory import RequestPlan
+    from qllm_core.answering.decoding import decode
+    from qllm_core.memory.request import RequestPlan
+    from qllm_core.memory.retrieval import RANKINGS
     from qllm_core.options import GenerationOptions
     from qllm_core.prompt import build_prompt
-    from qllm_core.retrieval import RANKINGS
 
     config = engine.config.replace(mode="qllm")
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)
@@ -191,7 +191,7 @@ def _result(generator: Any) -> Any:
 
 def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
     """Each fact widened to :data:`ORACLE_TOKENS` tokens inside the document, merged."""
-    from qllm_core.reread import Passage
+    from qllm_core.answering.reread import Passage
 
     doc_start, doc_end = layout.document_span
     out: list[Any] = []
@@ -207,8 +207,8 @@ def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
 
 def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str) -> dict[str, Any]:
     """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer."""
+    from qllm_core.answering.reread import SEPARATOR, passages_for, reread_ids
     from qllm_core.prompt import build_prompt, encode_text
-    from qllm_core.reread import SEPARATOR, passages_for, reread_ids
 
     config = engine.config
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)

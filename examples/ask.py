@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from qllm_core import QLLMError
-from qllm_core.documents import read_document
+from qllm_core.inputs.documents import read_document
 from qllm_core.engine import QLLMEngine
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qllm_core.documents import synthetic_document
+from qllm_core.inputs.documents import synthetic_document
 from qllm_integrations.langchain import ChatQLLM, create_document_reader_tool
 
 FACT = "The pass key to the harbour archive is 71432."

@@ -16,7 +16,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from qllm_core import QLLMError
-from qllm_core.documents import read_document, synthetic_document
+from qllm_core.inputs.documents import read_document, synthetic_document
 from qllm_integrations.langchain import ChatQLLM, get_evidence
 
 FACT = "The pass key to the harbour archive is 71432."

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import PRESETS, QLLMConfig
-    from .document_memory import DocumentMemory
     from .engine import QLLMEngine
     from .errors import (
         ConfigError,
@@ -27,13 +26,14 @@ if TYPE_CHECKING:
         QLLMError,
         UnsupportedModelError,
     )
+    from .memory.document import DocumentMemory
     from .options import GenerationOptions
     from .results import Answer, AnswerStats, AnswerStream, RetrievedBlock
 
 _LAZY = {
     "PRESETS": ".config",
     "QLLMConfig": ".config",
-    "DocumentMemory": ".document_memory",
+    "DocumentMemory": ".memory.document",
     "QLLMEngine": ".engine",
     "GenerationOptions": ".options",
     "Answer": ".results",

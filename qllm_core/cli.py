@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import MODES, OFFLOAD_DTYPES, PRESETS
-from .documents import check_text, read_document, synthetic_document
 from .errors import InvalidOptionError, MemoryFileError, MemoryMismatchError, QLLMError
+from .inputs.documents import check_text, read_document, synthetic_document
 from .options import (
     GenerationOptions,
     check_choice,
@@ -353,7 +353,7 @@ def _check_memory_dir(path: str) -> None:
 
 def _load_memory(engine: Any, path: str) -> Any:
     """The memory saved in ``path``; a refusal says what to do on the command line."""
-    from .document_memory import DocumentMemory
+    from .memory.document import DocumentMemory
 
     try:
         memory = DocumentMemory.load(path, engine)

@@ -14,7 +14,7 @@ OFFLOAD_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 RANKINGS: tuple[str, ...] = ("mean", "peak", "token_peak")
 """How the re-read reduces the question's attention to one score per block
-(:func:`qllm_core.retrieval.block_relevance`)."""
+(:func:`qllm_core.memory.retrieval.block_relevance`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +70,7 @@ class QLLMConfig:
     sentence cut by a block boundary is read whole."""
     reread_ranking: Literal["mean", "peak", "token_peak"] = "mean"
     """How the re-read ranks memory blocks by the final question's attention over all
-    their keys (:func:`~qllm_core.retrieval.block_relevance`, averaged over layers):
+    their keys (:func:`~qllm_core.memory.retrieval.block_relevance`, averaged over layers):
     ``mean`` share over heads and question tokens, the ``peak`` share any head and token
     gives, or ``token_peak``, each token's most focused head averaged over tokens."""
     reread_min_tokens: int = 0

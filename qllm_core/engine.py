@@ -12,32 +12,32 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, StaticCache
 
-from .backends import select_attention
-from .capacity import check_fits
+from .answering.decoding import decode
+from .answering.reread import SEPARATOR, Passage, max_reread_length, passages_for, reread_ids
 from .config import QLLMConfig
-from .decoding import decode
-from .document_memory import QUESTION_ROOM, DocumentMemory, document_hash, state_nbytes
-from .documents import check_text
 from .errors import (
     ConfigError,
     InputTooLongError,
     InsufficientMemoryError,
 )
-from .forward import Forward, NativeForward, QLLMForward
-from .host_allocator import tune_host_allocator
-from .layer_memory import RequestMemory, RequestPlan
-from .memory_cache import MemoryCache, default_cache_bytes
+from .inputs.documents import check_text
+from .inputs.validation import question_span as checked_span
+from .inputs.validation import token_ids, vocab_size
+from .kernels.backends import select_attention
+from .kernels.rope import RotaryTable
+from .memory.cache import MemoryCache, default_cache_bytes
+from .memory.capacity import check_fits
+from .memory.document import QUESTION_ROOM, DocumentMemory, document_hash, state_nbytes
+from .memory.host_allocator import tune_host_allocator
+from .memory.request import RequestMemory, RequestPlan
+from .memory.retrieval import question_shares
+from .models.forward import Forward, NativeForward, QLLMForward
+from .models.patching import AttachedModel
+from .models.question_attention import QuestionAttention
 from .options import GenerationOptions
-from .patching import AttachedModel
 from .progress import Phase, prefill_progress
 from .prompt import PromptLayout, build_document_prompt, build_prompt, encode_text
-from .question_attention import QuestionAttention
-from .reread import SEPARATOR, Passage, max_reread_length, passages_for, reread_ids
 from .results import Answer, AnswerStats, AnswerStream, RetrievedBlock
-from .retrieval import question_shares
-from .rope import RotaryTable
-from .validation import question_span as checked_span
-from .validation import token_ids, vocab_size
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class QLLMEngine:
     A request reads its document afresh (:meth:`answer` with a string), or reads on from a
     document read once (:meth:`read`, then :meth:`answer` with the memory). Requests (of
     this engine, or of any engine on the same model) run concurrently step by step: each
-    model forward step holds the model's lock (:func:`~qllm_core.patching.model_lock`),
+    model forward step holds the model's lock (:func:`~qllm_core.models.patching.model_lock`),
     nothing is held between steps.
     """
 
@@ -99,7 +99,7 @@ class QLLMEngine:
         memory_cache_bytes: int | None = None,
     ) -> QLLMEngine:
         """Load a model (``None``: the embedded SmolLM2-135M) and attach the engine."""
-        from .loading import load_model
+        from .models.loading import load_model
 
         model, tokenizer = load_model(source, device=device, dtype=dtype)
         config = config or QLLMConfig.default_for(source)
@@ -178,9 +178,9 @@ class QLLMEngine:
         """Read ``document`` once, with no question, into a memory that questions read on from.
 
         ``mode`` overrides ``config.mode``; ``auto`` reads with ``full`` attention when the
-        document leaves :data:`~qllm_core.document_memory.QUESTION_ROOM` tokens of the
+        document leaves :data:`~qllm_core.memory.document.QUESTION_ROOM` tokens of the
         window free, with ``qllm`` beyond. The memory holds the whole state (see
-        :mod:`~qllm_core.document_memory`); :meth:`memory_for` keeps recent ones.
+        :mod:`~qllm_core.memory.document`); :meth:`memory_for` keeps recent ones.
         """
         return self._read(check_text("document", document), mode)
 
@@ -198,7 +198,7 @@ class QLLMEngine:
             self._prefill(step, ids, config)
         state = step.memory if isinstance(step, QLLMForward) else step.cache
         assert not isinstance(state, StaticCache)  # reserved for decoding only
-        from .persistence import engine_identity
+        from .memory.persistence import engine_identity
 
         return DocumentMemory(
             prompt=prompt,

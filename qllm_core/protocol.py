@@ -20,8 +20,8 @@ from .results import Answer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from .document_memory import DocumentMemory
     from .engine import QLLMEngine
+    from .memory.document import DocumentMemory
 
 
 class TextStream(Protocol):
@@ -59,7 +59,7 @@ class TextStream(Protocol):
 class MemoryProtocol(Protocol):
     """A document read once, as the providers use it.
 
-    :class:`~qllm_core.document_memory.DocumentMemory` for the real engine: an opaque
+    :class:`~qllm_core.memory.document.DocumentMemory` for the real engine: an opaque
     handle from :meth:`EngineProtocol.memory_for`, passed back to
     :meth:`EngineProtocol.stream`.
     """

@@ -23,7 +23,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tokenizer():
     """The embedded SmolLM2 model's tokenizer (vocab 49152)."""
-    from qllm_core.loading import load_tokenizer
+    from qllm_core.models.loading import load_tokenizer
 
     return load_tokenizer()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qllm_core import attention
-from qllm_core.attention import KeySegment, LocalWindow, two_stage_attention
+from qllm_core.kernels.attention import KeySegment, LocalWindow, two_stage_attention
 
 
 def _union_reference(q_local, local, q_global, segments, scaling):

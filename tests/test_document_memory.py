@@ -13,11 +13,11 @@ from qllm_core import (
     InputTooLongError,
     MemoryFileError,
 )
-from qllm_core.forward import NativeForward, QLLMForward
-from qllm_core.layer_memory import RequestMemory, RequestPlan
-from qllm_core.memory_cache import MemoryCache
+from qllm_core.answering.reread import SEPARATOR, Passage, reread_ids
+from qllm_core.memory.cache import MemoryCache
+from qllm_core.memory.request import RequestMemory, RequestPlan
+from qllm_core.models.forward import NativeForward, QLLMForward
 from qllm_core.prompt import build_document_prompt, build_prompt, encode_text
-from qllm_core.reread import SEPARATOR, Passage, reread_ids
 
 QUESTION = "What is the colour number of item 42?"
 

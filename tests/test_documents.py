@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from qllm_core.documents import check_text, decode_document, read_document, synthetic_document
 from qllm_core.errors import EmptyInputError, InvalidDocumentError
+from qllm_core.inputs.documents import (
+    check_text,
+    decode_document,
+    read_document,
+    synthetic_document,
+)
 
 
 def test_reads_utf8_path_with_multibyte_characters(tmp_path: Path) -> None:

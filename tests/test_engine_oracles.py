@@ -9,8 +9,8 @@ from tiny_models import ARCHITECTURES, TINY, TINY_ENGINE_CONFIG, make_tiny_model
 from transformers import DynamicCache, StaticCache
 
 from qllm_core import QLLMConfig, QLLMEngine
-from qllm_core.forward import NativeForward
-from qllm_core.layer_memory import RequestPlan
+from qllm_core.memory.request import RequestPlan
+from qllm_core.models.forward import NativeForward
 
 ARCHS = sorted(ARCHITECTURES)
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 
-from qllm_core.host_allocator import ENV_VAR, on_glibc
+from qllm_core.memory.host_allocator import ENV_VAR, on_glibc
 
 glibc_only = pytest.mark.skipif(not on_glibc(), reason="the tuning applies to glibc only")
 
@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(not on_glibc(), reason="the tuning applies to gl
 # and the page faults of one round before and after it.
 _CHURN = """
 import ctypes, resource, torch
-from qllm_core.host_allocator import _M_MMAP_THRESHOLD, tune_host_allocator
+from qllm_core.memory.host_allocator import _M_MMAP_THRESHOLD, tune_host_allocator
 def churn():
     for _ in range(10):
         parts = [torch.empty(2 * 2**20).fill_(1.0) for _ in range(12)]

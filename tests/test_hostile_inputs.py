@@ -355,7 +355,7 @@ def test_special_tokens_in_document_and_question_are_plain_text(tokenizer) -> No
 
 def test_injected_document_reads_as_its_characters(tiny_engine, tokenizer) -> None:
     """The tiny model's logits on the injected document are those of its plain characters."""
-    from qllm_core.forward import NativeForward
+    from qllm_core.models.forward import NativeForward
 
     layout = build_prompt(tokenizer, INJECTION, QUESTION)
     start, end = layout.document_span
@@ -562,7 +562,7 @@ sys.path.insert(0, {tests!r})
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 from qllm_core import QLLMEngine
 from qllm_core.errors import InsufficientMemoryError
-from qllm_core.loading import load_tokenizer
+from qllm_core.models.loading import load_tokenizer
 
 directory, how = sys.argv[1], sys.argv[2]
 tokenizer = load_tokenizer()
@@ -692,7 +692,7 @@ def test_provider_chat_direct_route_splits_special_tokens(
 
 
 def test_model_load_errors_are_named(monkeypatch, tmp_path) -> None:
-    from qllm_core.loading import resolve_device
+    from qllm_core.models.loading import resolve_device
 
     for device in ("bogus", "cuda:99" if torch.cuda.is_available() else "cuda"):
         with pytest.raises(ConfigError):

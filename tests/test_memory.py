@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qllm_core.memory import BlockStore
+from qllm_core.memory.blocks import BlockStore
 
 
 def _store(**kw) -> BlockStore:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
-from qllm_core.patching import MEMORY_KWARG, AttachedModel
+from qllm_core.models.patching import MEMORY_KWARG, AttachedModel
 
 
 class _SpyMemory:

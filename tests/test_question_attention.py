@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_reread import DOC, QUESTION
 
-from qllm_core.forward import NativeForward
+from qllm_core.memory.retrieval import block_relevance
+from qllm_core.models.forward import NativeForward
 from qllm_core.prompt import build_prompt
-from qllm_core.retrieval import block_relevance
 
 
 def _reference(model, layout, block_size: int, ranking: str) -> torch.Tensor:
@@ -64,7 +64,7 @@ def test_full_answers_are_unchanged_and_get_evidence(tiny_engine):
 
 
 def test_a_layer_that_keeps_a_sliding_window_is_not_recorded():
-    from qllm_core.question_attention import QuestionAttention
+    from qllm_core.models.question_attention import QuestionAttention
 
     recorder = QuestionAttention((10, 12), (2, 8), block_size=4, native="sdpa")
     recorder.start = 8

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from qllm_core import ConfigError, QLLMConfig, QLLMEngine
-from qllm_core.prompt import build_prompt, encode_text
-from qllm_core.reread import (
+from qllm_core.answering.reread import (
     SEPARATOR,
     Passage,
     choose_passages,
     max_reread_length,
     reread_ids,
 )
-from qllm_core.retrieval import block_log_mass, block_relevance
+from qllm_core.memory.retrieval import block_log_mass, block_relevance
+from qllm_core.prompt import build_prompt, encode_text
 
 DOC = " ".join(f"Item {i} of the list is the colour number {i * 7 % 13}." for i in range(90))
 QUESTION = "What is the colour number of item 42?"

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from qllm_core import QLLMConfig
-from qllm_core.layer_memory import LayerMemory, RequestPlan
-from qllm_core.retrieval import question_vector, representative_keys, select_blocks
-from qllm_core.rope import RotaryTable
+from qllm_core.kernels.rope import RotaryTable
+from qllm_core.memory.request import LayerMemory, RequestPlan
+from qllm_core.memory.retrieval import question_vector, representative_keys, select_blocks
 
 DIM = 16
 

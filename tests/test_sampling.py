@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import qllm_core.engine as engine_module
+from qllm_core.answering.sampling import TextAccumulator, TokenChooser
 from qllm_core.errors import InvalidOptionError
 from qllm_core.options import GenerationOptions
-from qllm_core.sampling import TextAccumulator, TokenChooser
 
 
 class _CharTokenizer:
@@ -57,7 +57,7 @@ def test_without_stop_every_character_arrives():
 def _old_next_token(
     logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:
-    """qllm_core.sampling.next_token before the logits processors, verbatim."""
+    """qllm_core.answering.sampling.next_token before the logits processors, verbatim."""
     if temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)

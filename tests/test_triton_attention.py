@@ -12,9 +12,9 @@ from test_engine_oracles import _NoTokenizer
 from tiny_models import TINY_ENGINE_CONFIG, make_tiny_model
 
 from qllm_core import QLLMConfig, QLLMEngine
-from qllm_core.backends import select_attention
 from qllm_core.errors import ConfigError
-from qllm_core.layer_memory import RequestPlan
+from qllm_core.kernels.backends import select_attention
+from qllm_core.memory.request import RequestPlan
 
 pytest.importorskip("triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,8 +1,8 @@
 """Two-stage attention merged exactly: one softmax over the union of local and global keys.
 
 This is the torch path; it runs on CPU and GPU. The Triton path
-(:mod:`qllm_core.triton_attention`) meets the same contract with fused kernels; CUDA
-devices use it when triton is installed (:mod:`qllm_core.backends`).
+(:mod:`qllm_core.kernels.triton_attention`) meets the same contract with fused kernels; CUDA
+devices use it when triton is installed (:mod:`qllm_core.kernels.backends`).
 
 Shapes use ``kv_heads`` (H), ``group`` (G = query heads per key head), ``n`` queries,
 ``m`` keys and ``head_dim`` (D). A key head's group of query heads is stacked along the

@@ -20,7 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .options import GenerationOptions
+from ..options import GenerationOptions
 
 
 class TokenChooser:

@@ -12,7 +12,7 @@ import re
 import stat
 from typing import Any, BinaryIO, TextIO
 
-from .errors import EmptyInputError, InvalidDocumentError
+from ..errors import EmptyInputError, InvalidDocumentError
 
 DocumentSource = str | os.PathLike[str] | bytes | BinaryIO | TextIO
 
@@ -91,7 +91,7 @@ def check_text(name: str, value: object) -> str:
 
     """
     if not isinstance(value, str):
-        hint = " (decode bytes first, e.g. with qllm_core.documents.read_document)"
+        hint = " (decode bytes first, e.g. with qllm_core.inputs.documents.read_document)"
         raise InvalidDocumentError(
             f"the {name} must be a str, got {type(value).__name__}"
             + (hint if isinstance(value, bytes | bytearray) else "")

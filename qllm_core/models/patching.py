@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
+from ..errors import UnsupportedModelError
 from . import question_attention
-from .errors import UnsupportedModelError
 
 ATTENTION_NAME = "quickllama"
 """Name under which the engine's attention is registered in transformers."""

@@ -1,7 +1,7 @@
 """Decoding: the answer's tokens, one forward step each, from the logits a read left.
 
 The last stage of a request (read, re-read, decode): it knows nothing of how the prompt
-was read, only the :class:`~qllm_core.forward.Forward` that feeds the model one token at
+was read, only the :class:`~qllm_core.models.forward.Forward` that feeds the model one token at
 a time and the last position's logits.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .forward import Forward
-from .options import GenerationOptions
-from .results import FinishReason
+from ..models.forward import Forward
+from ..options import GenerationOptions
+from ..results import FinishReason
 from .sampling import TextAccumulator, TokenChooser
 
 

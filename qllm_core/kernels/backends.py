@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from . import attention
 from .attention import KeySegment, LocalWindow
-from .errors import ConfigError
 
 TwoStageAttention = Callable[
     [torch.Tensor, LocalWindow, torch.Tensor, Sequence[KeySegment], float],

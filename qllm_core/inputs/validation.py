@@ -1,6 +1,6 @@
 """Validation of request arguments that are not text: token ids and question spans.
 
-Text is checked by :func:`qllm_core.documents.check_text`, decoding options by
+Text is checked by :func:`qllm_core.inputs.documents.check_text`, decoding options by
 :meth:`qllm_core.options.GenerationOptions.from_kwargs`; each raises a named
 :class:`~qllm_core.errors.QLLMError` that says how to fix the input.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .errors import EmptyInputError, InvalidInputError
+from ..errors import EmptyInputError, InvalidInputError
 
 
 def vocab_size(model: PreTrainedModel) -> int:

@@ -2,7 +2,7 @@
 
 The Q-LLM read (question, document, question) leaves every memory block's keys in memory.
 The final question's queries, scored against all of them, say which blocks the model
-itself finds relevant (:meth:`~qllm_core.layer_memory.RequestMemory.block_relevance`).
+itself finds relevant (:meth:`~qllm_core.memory.request.RequestMemory.block_relevance`).
 The best blocks, widened by a margin and merged, are laid out in document order in place
 of the document, and that shorter prompt is read with the model's own attention: exact,
 with true positions, inside the trained window. Tokens the first read held outside memory
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .config import QLLMConfig
+    from ..config import QLLMConfig
 
 SEPARATOR = "\n[...]\n"
 """Text placed between passages that are not adjacent in the document."""

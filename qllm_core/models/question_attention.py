@@ -7,7 +7,7 @@ in transformers' ``AttentionInterface``): it returns the native attention's outp
 unchanged and records, per layer, how the final question's queries (rotated at their true
 positions, as the model attends) spread their attention over the document's tokens in
 blocks of ``block_size``. Those blocks are then scored exactly as the re-read scores memory
-blocks (:func:`~qllm_core.retrieval.block_relevance`).
+blocks (:func:`~qllm_core.memory.retrieval.block_relevance`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .retrieval import block_relevance
+from ..memory.retrieval import block_relevance
 
 RANKING_NAME = "quickllama-question-attention"
 """Prefix of :func:`ranking_attention`'s names in transformers' registries (one per native

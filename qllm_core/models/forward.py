@@ -1,6 +1,6 @@
 """One forward pass of the model over new tokens, through the engine or as shipped.
 
-Each call holds the model's lock (:func:`~qllm_core.patching.model_lock`) for that step
+Each call holds the model's lock (:func:`~qllm_core.models.patching.model_lock`) for that step
 only, in inference mode: a request that is paused (a stream not iterated) or abandoned
 holds nothing, and requests of any engines sharing the model interleave step by step.
 """
@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
-from .layer_memory import RequestMemory
+from ..memory.request import RequestMemory
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
 from .question_attention import RECORDER_KWARG, QuestionAttention
 
@@ -54,7 +54,7 @@ class NativeForward:
     and no further); :meth:`reserve` then moves it into a ``StaticCache`` for decoding.
     With a ``recorder``, the chunks holding its rank span run through the registered
     ranking attention, which returns the native attention's output and records the
-    question's attention over the document (:mod:`~qllm_core.question_attention`).
+    question's attention over the document (:mod:`~qllm_core.models.question_attention`).
     """
 
     def __init__(

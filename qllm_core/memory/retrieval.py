@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import RANKINGS
+from ..config import RANKINGS
 
 
 def representative_keys(

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from .config import QLLMConfig
-from .layer_memory import RequestMemory, RequestPlan
-from .prompt import DocumentPrompt
+from ..config import QLLMConfig
+from ..prompt import DocumentPrompt
+from .request import RequestMemory, RequestPlan
 
 if TYPE_CHECKING:
-    from .engine import QLLMEngine
+    from ..engine import QLLMEngine
 
 QUESTION_ROOM = 512
 """Tokens a document read with ``full`` attention (mode ``auto``) leaves free in the model's
@@ -49,7 +49,7 @@ class DocumentMemory:
     ``config``: the engine config it was read with, its mode concrete (``full`` or a Q-LLM
     mode); ``state``: a :class:`RequestMemory` (Q-LLM modes) or a ``DynamicCache`` (full),
     never fed again; ``identity``: the model's and tokenizer's identity
-    (:func:`~qllm_core.persistence.engine_identity`), checked when it is loaded.
+    (:func:`~qllm_core.memory.persistence.engine_identity`), checked when it is loaded.
     """
 
     prompt: DocumentPrompt
@@ -78,14 +78,14 @@ class DocumentMemory:
         return fork_cache(self.state)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write it to the directory ``path`` (:func:`~qllm_core.persistence.save_memory`)."""
+        """Write it to the directory ``path`` (:func:`~qllm_core.memory.persistence.save_memory`)."""
         from .persistence import save_memory
 
         save_memory(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], engine: QLLMEngine) -> DocumentMemory:
-        """Read a saved memory for ``engine`` (:func:`~qllm_core.persistence.load_memory`)."""
+        """Read a saved memory for ``engine`` (:func:`~qllm_core.memory.persistence.load_memory`)."""
         from .persistence import load_memory
 
         return load_memory(path, engine)

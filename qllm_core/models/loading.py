@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch

@@ -29,14 +29,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache
 
-from .config import QLLMConfig
-from .document_memory import DocumentMemory, cache_tensors, state_nbytes
-from .errors import MemoryFileError, MemoryMismatchError
-from .layer_memory import RequestMemory, RequestPlan
-from .prompt import DocumentPrompt
+from ..config import QLLMConfig
+from ..errors import MemoryFileError, MemoryMismatchError
+from ..prompt import DocumentPrompt
+from .document import DocumentMemory, cache_tensors, state_nbytes
+from .request import RequestMemory, RequestPlan
 
 if TYPE_CHECKING:
-    from .engine import QLLMEngine
+    from ..engine import QLLMEngine
 
 FORMAT = "quickllama-document-memory"
 VERSION = 1

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import InsufficientMemoryError
+from ..errors import InsufficientMemoryError
 
 PAGE_BYTES = 64 * 2**20
 """Size of one host page of blocks (unpinned host memory).

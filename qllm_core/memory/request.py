@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from .attention import KeySegment, LocalWindow
-from .attention import two_stage_attention as torch_two_stage_attention
-from .backends import TwoStageAttention, select_attention
-from .config import QLLMConfig
-from .memory import BlockStore
+from ..config import QLLMConfig
+from ..kernels.attention import KeySegment, LocalWindow
+from ..kernels.attention import two_stage_attention as torch_two_stage_attention
+from ..kernels.backends import TwoStageAttention, select_attention
+from ..kernels.rope import RotaryTable, rotate
+from .blocks import BlockStore
 from .retrieval import (
     block_log_mass,
     block_relevance,
@@ -38,7 +39,6 @@ from .retrieval import (
     representative_keys,
     select_blocks,
 )
-from .rope import RotaryTable, rotate
 from .window import RecentTokens
 
 
@@ -290,7 +290,7 @@ class LayerMemory:
         The rank span's queries (rotated for the global stage) are scored against every key
         of every block (all at position 0), a softmax over all blocks' keys per query, summed
         per block, then reduced over heads and queries as ``ranking`` says
-        (:func:`~qllm_core.retrieval.block_relevance`); empty without blocks or without a
+        (:func:`~qllm_core.memory.retrieval.block_relevance`); empty without blocks or without a
         rank span.
         """
         if not self._rank_queries or not len(self.store):

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from .capacity import available_ram_bytes
-from .document_memory import DocumentMemory
+from .document import DocumentMemory
 
 DEFAULT_RAM_SHARE = 0.25
 """Default bound of the cache: this share of the RAM available when the engine starts."""

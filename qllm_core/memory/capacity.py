@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import PretrainedConfig
 
-from .config import QLLMConfig
-from .errors import ConfigError, InsufficientMemoryError
+from ..config import QLLMConfig
+from ..errors import ConfigError, InsufficientMemoryError
 
 GIB = 2**30
 _MEMINFO = Path("/proc/meminfo")

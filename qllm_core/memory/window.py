@@ -13,7 +13,7 @@ import copy
 
 import torch
 
-from .rope import RotaryTable, rotate
+from ..kernels.rope import RotaryTable, rotate
 
 
 class RecentTokens:

@@ -1,6 +1,6 @@
-"""Two-stage attention as Triton kernels: the GPU path of :mod:`qllm_core.attention`.
+"""Two-stage attention as Triton kernels: the GPU path of :mod:`qllm_core.kernels.attention`.
 
-Same contract as the torch path (:func:`qllm_core.attention.two_stage_attention`): one
+Same contract as the torch path (:func:`qllm_core.kernels.attention.two_stage_attention`): one
 softmax over the union of local and global keys, plus each local key's probability. Three
 launches per execution block and layer:
 
@@ -13,7 +13,7 @@ launches per execution block and layer:
    summed over queries and the group's heads.
 
 Masks are ranges: key ``j`` is seen by query ``i`` exactly when ``lo[j] <= i < hi[j]``.
-That expresses the local band and every :class:`~qllm_core.attention.KeySegment`.
+That expresses the local band and every :class:`~qllm_core.kernels.attention.KeySegment`.
 
 Query rows stack a key head's group of query heads (row ``r`` is query ``r % n``), so
 grouped keys are never repeated. Logits and sums are float32. ``q . k`` multiplies in the
@@ -219,7 +219,7 @@ def two_stage_attention(
     global_segments: Sequence[KeySegment],
     scaling: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton path of :func:`qllm_core.attention.two_stage_attention` (same contract)."""
+    """The Triton path of :func:`qllm_core.kernels.attention.two_stage_attention` (same contract)."""
     kv_heads, group, n, dim = q_local.shape
     m, dtype = local.keys.shape[1], local.keys.dtype
     out = q_local.new_empty(kv_heads, group * n, dim, dtype=torch.float32)

@@ -1,0 +1,1 @@
+"""Inputs: documents (text, files), token ids and spans checked, and prompt layouts."""
