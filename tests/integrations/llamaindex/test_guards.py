@@ -96,3 +96,37 @@ def test_guard_off(index, fake_engine):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ContextSplitWarning)
         engine.query(QUESTION)
+
+
+def test_settings_are_read_through_the_public_getter(llm, clean_settings):
+    """With no LLM set (and no OpenAI package), nothing is configured and nothing installed.
+
+    Pins LlamaIndex's public semantics QLLM relies on instead of Settings' private fields:
+    ``Settings.llm`` resolves a default when none is set, and raises when it cannot.
+    """
+    from llama_index.core.settings import Settings
+
+    from qllm_integrations.llamaindex.guards import configured_llm
+    from qllm_integrations.llamaindex.query_engine import _default_llm
+
+    try:
+        import llama_index.llms.openai  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError):
+            Settings.llm  # noqa: B018  (the getter is what is tested)
+        assert configured_llm() is None
+        assert type(_default_llm()) is QLLM and _default_llm() is not llm
+    clean_settings.llm = llm
+    assert configured_llm() is llm
+    assert _default_llm() is llm
+
+
+def test_check_settings_of_another_llm_installs_no_prompt_helper(llm, clean_settings):
+    """Only the QLLM of Settings.llm is checked: no global helper is made for another."""
+    other = QLLM(engine=llm.engine)
+    clean_settings.llm = llm
+    assert check_settings(other) == []
+    assert clean_settings._prompt_helper is None
+    assert check_settings() == []
+    assert clean_settings._prompt_helper is not None  # LlamaIndex's default, from QLLM
+    assert clean_settings._prompt_helper.context_window == llm.max_input_tokens()
