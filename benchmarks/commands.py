@@ -14,7 +14,7 @@ from .paths import Paths, load_json, save_json
 from .prose import PROSE_NAME
 from .rag import EMBEDDING_NAME, RagSettings, RagSystem, minilm_embeddings
 from .sizes import Size
-from .systems import ENGINE_MODES, EngineSystem, engine_with
+from .systems import ENGINE_MODES, EngineSystem, System, engine_with
 
 THROUGHPUT_MODES: tuple[str, ...] = ("qllm", "full")
 THROUGHPUT_LENGTHS: tuple[int, ...] = (4096, 16384, 32768, 65536)
@@ -44,7 +44,7 @@ def run_suite(
     records_path.unlink(missing_ok=True)
     tokenizer = engine.tokenizer
     rag_settings = RagSettings()
-    systems = [EngineSystem(engine, mode) for mode in ENGINE_MODES]
+    systems: list[System] = [EngineSystem(engine, mode) for mode in ENGINE_MODES]
     systems.append(RagSystem(engine, embeddings or minilm_embeddings(), rag_settings))
     main_count = (
         len(size.needle_lengths) * len(size.needle_depths)
@@ -152,4 +152,6 @@ def _engine_facts(spec: EngineSpec, points: list[throughput.Point]) -> dict[str,
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return dict(vars(config))

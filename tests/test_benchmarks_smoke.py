@@ -32,6 +32,8 @@ TINY_CONFIG = {
     "exec_block_size": 32,
     "max_cached_blocks": 4,
 }
+SYSTEMS = ("qllm", "infllm", "streaming", "full", "rag")
+"""What the suite runs: the engine's modes and RAG."""
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +103,30 @@ def test_suite_end_to_end_on_a_tiny_model(tmp_path, tokenizer, tiny_model_dir):
     records = [json.loads(line) for line in lines]
     assert len(records) == len(summary["records"])
     main = [r for r in records if r["experiment"] == "main"]
-    assert {r["system"] for r in main} == {"qllm", "infllm", "streaming", "full", "rag"}
+    assert {r["system"] for r in main} == set(SYSTEMS)
     assert {r["task"] for r in main} == {"needle", *SIZES["tiny"].tasks}
     assert all(r["status"] in ("ok", "skipped") for r in records), records
     assert any(r["status"] == "skipped" and r["system"] == "full" for r in main)
+    # full is skipped exactly where the document is over the size's limit, and only full is
+    full_max = SIZES["tiny"].full_max_tokens
+    for r in main:
+        over = r["system"] == "full" and r["doc_tokens"] > full_max
+        assert (r["status"] == "skipped") == over, r
+    for r in (r for r in records if r["status"] == "ok"):
+        # scored by the strict rule on what the system said; the engine read the whole
+        # document (and the prompt), RAG only the chunks it retrieved
+        assert r["correct"] == scoring.score(tuple(r["expected"]), r["answer"]), r
+        assert 0 < r["tokens_generated"] <= SIZES["tiny"].max_new_tokens, r
+        if r["system"] != "rag":
+            assert r["tokens_read"] > r["doc_tokens"], r
+    # every system answered the same samples, each once
+    by_system = {s: sorted(r["sample_id"] for r in main if r["system"] == s) for s in SYSTEMS}
+    assert len({tuple(ids) for ids in by_system.values()}) == 1, by_system
+    assert len(set(by_system["qllm"])) == len(by_system["qllm"])
     sweep = [r for r in records if r["experiment"] == "sweep"]
     assert {r["question_weight"] for r in sweep} == set(SIZES["tiny"].sweep_weights)
 
-    for system in ("qllm", "infllm", "streaming", "full", "rag"):
+    for system in SYSTEMS:
         assert (paths.figures / f"needle_{system}.png").stat().st_size > 1000
     assert (paths.figures / "question_weight.png").exists()
     text = paths.report.read_text()
@@ -200,6 +218,7 @@ def test_recall_ranks_the_block_that_holds_each_fact(tokenizer, tiny_model_dir):
     engine = QLLMEngine(model, tokenizer, config=QLLMConfig(**TINY_CONFIG), progress=False)
     ranks = recall.run_recall(engine, ["needle", "two_hop"], [400], samples=1, seed=1000)
     assert [r.task for r in ranks] == ["needle", "two_hop", "two_hop"]  # one rank per fact
+    assert any(r.attention is not None for r in ranks)  # some fact lies in a memory block
     for r in ranks:
         if r.attention is not None:
             assert 0 <= r.best_layer_attention <= r.median_layer_attention < r.blocks
@@ -215,6 +234,9 @@ def test_throughput_points_run_in_fresh_processes(tmp_path, tiny_model_dir):
     points = summary["points"]
     assert [(p["mode"], p["status"]) for p in points] == [("qllm", "ok"), ("full", "ok")], points
     assert all(p["tokens_per_second"] > 0 and p["peak_mib"] > 0 for p in points)
+    for p in points:  # each child loaded the engine the spec describes, and read the prompt
+        assert p["tokens_read"] >= 256
+        assert {k: p["engine"]["config"][k] for k in TINY_CONFIG} == TINY_CONFIG
     text = paths.report.read_text()
     assert "## Prefill throughput: `qllm` vs `full`" in text
     assert "speed qllm/full" in text
@@ -346,6 +368,7 @@ def test_followup_times_first_and_follow_up_questions(tmp_path, tokenizer, tiny_
         assert row["read_seconds"] > 0 and row["tokens"] > 200
         for answer in (row["first"], row["follow_up"]):
             assert 0 < answer["ttft_seconds"] <= answer["total_seconds"]
+            assert answer["tokens_generated"] == 4  # exactly max_new_tokens, as timed
         assert row["follow_up"]["generate_2k_next"] > 0
     section = followup.followup_section(paths)
     assert section is not None and "first / follow-up" in section
