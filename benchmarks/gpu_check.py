@@ -223,7 +223,7 @@ class Check:
 
     def model(self) -> bool:
         started = time.monotonic()
-        code = "from qllm_core.loading import embedded_model_dir; print(embedded_model_dir())"
+        code = "from qllm_core.models.loading import embedded_model_dir as d; print(d())"
         done = _run([str(VENV_PYTHON), "-c", code], timeout=MODEL_TIMEOUT_S, log=self)
         if done is None or done.returncode != 0:
             self.record("model", "fail", started, "no embedded model (see `make gpu-bundle`)")

@@ -87,7 +87,7 @@ def kv_mib_per_1k_tokens(engine: Any) -> float:
     """MiB of keys and values that 1,024 tokens occupy, in the offloaded dtype."""
     import torch
 
-    from qllm_core.capacity import kv_bytes_per_token
+    from qllm_core.memory.capacity import kv_bytes_per_token
 
     dtype_name = getattr(engine.config, "offload_dtype", None)
     dtype = getattr(torch, dtype_name) if dtype_name else engine.model.dtype
