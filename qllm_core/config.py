@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .modes import MODES, Mode, mode_spec
 
-Mode = Literal["auto", "qllm", "infllm", "streaming", "full"]
-MODES: tuple[str, ...] = ("auto", "qllm", "infllm", "streaming", "full")
 OFFLOAD_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 RANKINGS: tuple[str, ...] = ("mean", "peak", "token_peak")
@@ -191,7 +190,7 @@ class QLLMConfig:
     @property
     def effective_question_weight(self) -> float:
         """The question weight as used: 0 in ``infllm`` mode, the configured value otherwise."""
-        return 0.0 if self.mode == "infllm" else self.question_weight
+        return self.question_weight if mode_spec(self.mode).question_aware else 0.0
 
     def replace(self, **changes: Any) -> QLLMConfig:
         """A copy with ``changes`` applied (validated again)."""

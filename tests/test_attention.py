@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qllm_core import attention
+from qllm_core.kernels import attention
 from qllm_core.kernels.attention import KeySegment, LocalWindow, two_stage_attention
 
 

@@ -16,7 +16,7 @@ from qllm_core import (
 from qllm_core.answering.reread import SEPARATOR, Passage, reread_ids
 from qllm_core.memory.cache import MemoryCache
 from qllm_core.memory.request import RequestMemory, RequestPlan
-from qllm_core.models.forward import NativeForward, QLLMForward
+from qllm_core.models.forward import NativeForward
 from qllm_core.prompt import build_document_prompt, build_prompt, encode_text
 
 QUESTION = "What is the colour number of item 42?"
@@ -57,8 +57,8 @@ def test_answer_from_memory_equals_reading_the_whole_prompt(engine, tokenizer):
     plan = RequestPlan(layout.question_span, record_from=layout.question_span[1])
 
     fresh = engine.new_forward(engine.config, plan)
-    expected = engine._prefill(fresh, layout.input_ids, engine.config)
-    forked = QLLMForward(engine.model, engine._attached, memory.fork(plan))
+    expected = engine.pipeline.prefill(fresh, layout.input_ids, engine.config)
+    forked = memory.fork(plan).forward(engine.model, engine.attached)
     got = forked(layout.input_ids[memory.tokens :])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -90,7 +90,7 @@ def test_full_memory_equals_full_attention_over_the_prompt(tiny_engine, tokenize
     memory = tiny_engine.read(document, mode="full")
     layout = memory.prompt.with_question(tokenizer, QUESTION)
     expected = NativeForward(tiny_engine.model)(layout.input_ids)
-    step = NativeForward(tiny_engine.model, cache=memory.fork(RequestPlan(None, 0)))
+    step = memory.fork(RequestPlan(None, 0)).forward(tiny_engine.model, tiny_engine.attached)
     torch.testing.assert_close(step(layout.input_ids[memory.tokens :]), expected)
     answer = tiny_engine.answer(memory, QUESTION, max_new_tokens=10)
     reference = tiny_engine.generate(layout.input_ids, mode="full", max_new_tokens=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -59,7 +60,8 @@ def test_min_new_tokens_holds_off_the_end_of_sequence(tiny_engine, monkeypatch):
     first = tiny_engine.answer(DOC, QUESTION, max_new_tokens=1).text
     token = tiny_engine.tokenizer.encode(first, add_special_tokens=False)[0]
     # the greedy first token made the end of sequence: the answer ends at once ...
-    monkeypatch.setattr(tiny_engine, "eos_token_ids", frozenset({token}))
+    pipeline = dataclasses.replace(tiny_engine.pipeline, eos_token_ids=frozenset({token}))
+    monkeypatch.setattr(tiny_engine, "pipeline", pipeline)
     assert tiny_engine.answer(DOC, QUESTION, max_new_tokens=8).finish_reason == "eos"
     # ... unless min_new_tokens holds it off; after those, it may end the answer again
     held = tiny_engine.answer(DOC, QUESTION, max_new_tokens=8, min_new_tokens=3)

@@ -51,7 +51,7 @@ def test_tuning_stops_refaulting_freed_temporaries():
 
 
 def test_opt_out_leaves_the_allocator_alone(monkeypatch):
-    from qllm_core import host_allocator
+    from qllm_core.memory import host_allocator
 
     host_allocator.tune_host_allocator.cache_clear()
     monkeypatch.setenv(ENV_VAR, "0")

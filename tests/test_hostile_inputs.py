@@ -179,7 +179,7 @@ def test_every_option_is_checked_before_the_document_is_read(tiny_engine, monkey
     def must_not_read(*args: Any) -> Any:
         raise AssertionError("the document was read before the options were checked")
 
-    monkeypatch.setattr("qllm_core.engine.build_prompt", must_not_read)
+    monkeypatch.setattr("qllm_core.answering.request.build_prompt", must_not_read)
     for options in (
         {"temperature": math.nan},
         {"seed": "abc"},
@@ -209,7 +209,7 @@ def test_answer_too_long_for_memory_names_max_new_tokens(tiny_engine, monkeypatc
         if tokens > 1000:
             raise InsufficientMemoryError(f"reading {tokens:,} tokens needs more memory")
 
-    monkeypatch.setattr("qllm_core.engine.check_fits", fits_under_a_thousand)
+    monkeypatch.setattr("qllm_core.answering.request.check_fits", fits_under_a_thousand)
     with pytest.raises(InsufficientMemoryError, match="max_new_tokens=5,000"):
         tiny_engine.stream(DOC, QUESTION, max_new_tokens=5000)
     with pytest.raises(InsufficientMemoryError) as info:  # the document's own fault: as is
@@ -452,7 +452,7 @@ def _same(answer: Any) -> Any:
 
 
 def test_interrupt_inside_a_model_step_restores_the_model(tiny_engine, monkeypatch) -> None:
-    from qllm_core import forward
+    from qllm_core.models import forward
 
     calls = {"n": 0}
     real = forward.QLLMForward.__call__

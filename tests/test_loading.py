@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
-from qllm_core import loading
 from qllm_core.errors import ModelLoadError
+from qllm_core.models import loading
 
 
 @pytest.fixture

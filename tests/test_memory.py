@@ -78,7 +78,7 @@ def test_host_copies_in_lower_precision():
 
 
 def test_blocks_span_host_pages(monkeypatch):
-    from qllm_core import memory
+    from qllm_core.memory import blocks as memory
 
     block_bytes = 2 * 3 * 4 * 4  # heads x block_size x head_dim x float32
     monkeypatch.setattr(memory, "PAGE_BYTES", 2 * block_bytes)  # two blocks per page
@@ -92,7 +92,7 @@ def test_blocks_span_host_pages(monkeypatch):
 
 
 def test_blocks_appended_together_equal_blocks_appended_one_by_one(monkeypatch):
-    from qllm_core import memory
+    from qllm_core.memory import blocks as memory
 
     monkeypatch.setattr(memory, "PAGE_BYTES", 2 * (2 * 3 * 4 * 4))  # two blocks per page
     single, together = _store(max_cached_blocks=5), _store(max_cached_blocks=5)
@@ -109,7 +109,7 @@ def test_blocks_appended_together_equal_blocks_appended_one_by_one(monkeypatch):
 
 
 def test_disk_tier_holds_the_same_blocks_and_leaves_no_files(tmp_path, monkeypatch):
-    from qllm_core import memory
+    from qllm_core.memory import blocks as memory
 
     monkeypatch.setattr(memory, "PAGE_BYTES", 2 * (2 * 3 * 4 * 2))  # two float16 blocks per page
     ram = _store(max_cached_blocks=5, offload_dtype=torch.float16)

@@ -37,7 +37,7 @@ def _reference(model, layout, block_size: int, ranking: str) -> torch.Tensor:
 def test_recorded_relevance_is_the_models_own_attention(tiny_engine, ranking):
     model, config = tiny_engine.model, tiny_engine.config
     layout = build_prompt(tiny_engine.tokenizer, DOC, QUESTION)
-    recorder = tiny_engine._attached.question_attention(
+    recorder = tiny_engine.attached.question_attention(
         layout.final_question_span, layout.document_span, config.block_size
     )
     assert recorder is not None

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import qllm_core.engine as engine_module
+import qllm_core.answering.decoding as decoding_module
 from qllm_core.answering.sampling import TextAccumulator, TokenChooser
 from qllm_core.errors import InvalidOptionError
 from qllm_core.options import GenerationOptions
@@ -312,7 +312,7 @@ def test_the_engine_chooses_as_the_old_sampler_did(tiny_engine, monkeypatch) -> 
             pairs.append((new, self.old(logits)))
             return new
 
-    monkeypatch.setattr(engine_module, "TokenChooser", Both)
+    monkeypatch.setattr(decoding_module, "TokenChooser", Both)
     runs = [
         {},
         {"min_new_tokens": 3},

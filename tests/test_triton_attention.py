@@ -93,7 +93,7 @@ _COMPILE = """
 import json, sys, torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from qllm_core import triton_attention as ta
+from qllm_core.kernels import triton_attention as ta
 
 arch, dtype_name, dim = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 dtype = getattr(torch, dtype_name)
@@ -194,13 +194,13 @@ def test_triton_engine_in_bfloat16_within_twice_the_torch_paths_rounding(triton_
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
 def test_auto_takes_the_triton_path_on_cuda():
-    from qllm_core import triton_attention as kernels
+    from qllm_core.kernels import triton_attention as kernels
 
     assert select_attention("auto", DEVICE) is kernels.two_stage_attention
 
 
 def test_auto_takes_the_torch_path_on_the_cpu():
-    from qllm_core import attention
+    from qllm_core.kernels import attention
 
     assert select_attention("auto", torch.device("cpu")) is attention.two_stage_attention
 

@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from ..config import QLLMConfig
+    from ..prompt import PromptLayout
 
 SEPARATOR = "\n[...]\n"
 """Text placed between passages that are not adjacent in the document."""
@@ -139,3 +142,46 @@ def max_reread_length(
     kept = min(document_tokens, budget)
     gaps = kept // max(1, block_size) + 2
     return prompt_tokens - document_tokens + kept + gaps * separator
+
+
+def check_reread_fits(
+    layout: PromptLayout, config: QLLMConfig, max_new_tokens: int, window: int, separator: int
+) -> None:
+    """Raise :class:`ConfigError` unless the longest re-read prompt fits with the answer.
+
+    ``window``: tokens the model's own attention reads; ``separator``: the length of
+    :data:`SEPARATOR` in tokens.
+    """
+    doc_start, doc_end = layout.document_span
+    longest = max_reread_length(
+        len(layout.input_ids),
+        doc_end - doc_start,
+        config.reread_tokens,
+        config.block_size,
+        separator,
+    )
+    if longest + max_new_tokens > window:
+        raise ConfigError(
+            f"the re-read prompt ({longest:,} tokens at most) plus max_new_tokens="
+            f"{max_new_tokens:,} exceeds the {window:,}-token window of the model's own "
+            "attention; lower QLLMConfig.reread_tokens or max_new_tokens"
+        )
+
+
+def reread_prompt(
+    relevance: torch.Tensor,
+    layout: PromptLayout,
+    into: PromptLayout,
+    config: QLLMConfig,
+    separator: list[int],
+) -> tuple[list[Passage], list[int]]:
+    """The passages to re-read and the re-read prompt.
+
+    Passages are chosen by ``relevance`` ((num_blocks,), :func:`passages_for`) in
+    ``layout`` (the prompt read) and returned so; the prompt is ``into`` (the same
+    document, perhaps placed elsewhere) with its document replaced by them.
+    """
+    passages = passages_for(relevance, layout.document_span, config)
+    shift = into.document_span[0] - layout.document_span[0]
+    moved = [Passage(p.start + shift, p.end + shift, p.score) for p in passages]
+    return passages, reread_ids(into.input_ids, moved, into.document_span, separator)

@@ -219,7 +219,7 @@ def two_stage_attention(
     global_segments: Sequence[KeySegment],
     scaling: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton path of :func:`qllm_core.kernels.attention.two_stage_attention` (same contract)."""
+    """The Triton path of :func:`~qllm_core.kernels.attention.two_stage_attention` (same API)."""
     kv_heads, group, n, dim = q_local.shape
     m, dtype = local.keys.shape[1], local.keys.dtype
     out = q_local.new_empty(kv_heads, group * n, dim, dtype=torch.float32)

@@ -17,6 +17,8 @@ from transformers import PretrainedConfig
 
 from ..config import QLLMConfig
 from ..errors import ConfigError, InsufficientMemoryError
+from ..models.family import family_of
+from ..modes import mode_spec
 
 GIB = 2**30
 _MEMINFO = Path("/proc/meminfo")
@@ -28,10 +30,8 @@ _NO_LIMIT = 2**62
 
 def kv_bytes_per_token(model_config: PretrainedConfig, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token takes across all layers, stored in ``dtype``."""
-    text = model_config.get_text_config()
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+    shape = family_of(model_config).kv_shape(model_config)
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype.itemsize
 
 
 def available_ram_bytes() -> int | None:
@@ -123,9 +123,10 @@ def check_fits(
     ``config.offload_dir`` is set) in the offload dtype; ``full`` keeps them on the device
     in the model's dtype; ``streaming`` keeps only a window.
     """
-    if config.mode == "streaming":
+    spec = mode_spec(config.mode)
+    if not spec.keeps_all_tokens:
         return
-    if config.mode == "full":
+    if not spec.block_memory:
         need = tokens * kv_bytes_per_token(model_config, dtype)
         free = available_device_bytes(device)
         where = f"{device.type} memory"

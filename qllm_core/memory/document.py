@@ -14,18 +14,16 @@ the question's attention, as it does after a per-question read.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import torch
-from transformers import DynamicCache
 
 from ..config import QLLMConfig
 from ..prompt import DocumentPrompt
-from .request import RequestMemory, RequestPlan
+from .persistence import save_memory
+from .request import RequestPlan
+from .state import ReadState
 
 if TYPE_CHECKING:
     from ..engine import QLLMEngine
@@ -47,19 +45,18 @@ class DocumentMemory:
     Answer from it with ``engine.answer(memory, question)`` or ``engine.stream(...)``.
 
     ``config``: the engine config it was read with, its mode concrete (``full`` or a Q-LLM
-    mode); ``state``: a :class:`RequestMemory` (Q-LLM modes) or a ``DynamicCache`` (full),
+    mode); ``state``: what the read left (:class:`~qllm_core.memory.state.ReadState`),
     never fed again; ``identity``: the model's and tokenizer's identity
-    (:func:`~qllm_core.memory.persistence.engine_identity`), checked when it is loaded.
+    (:attr:`QLLMEngine.identity <qllm_core.engine.QLLMEngine.identity>`), checked when it
+    is loaded.
     """
 
     prompt: DocumentPrompt
     config: QLLMConfig
-    state: RequestMemory | DynamicCache
+    state: ReadState
     document_sha256: str
     identity: dict[str, str]
     read_seconds: float = 0.0
-    nbytes: int = field(default=0)
-    """Bytes of the tensors it holds (keys, values, representatives)."""
 
     @property
     def mode(self) -> str:
@@ -67,58 +64,24 @@ class DocumentMemory:
         return self.config.mode
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors it holds (keys, values, representatives)."""
+        return self.state.nbytes
+
+    @property
     def tokens(self) -> int:
         """Prompt tokens it holds (the template's start and the document)."""
         return len(self.prompt.input_ids)
 
-    def fork(self, plan: RequestPlan) -> RequestMemory | DynamicCache:
+    def fork(self, plan: RequestPlan) -> ReadState:
         """A copy-on-write view of the state for one question (``plan``: its spans)."""
-        if isinstance(self.state, RequestMemory):
-            return self.state.fork(plan)
-        return fork_cache(self.state)
+        return self.state.fork(plan)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write it to the directory ``path`` (:func:`~qllm_core.memory.persistence.save_memory`)."""
-        from .persistence import save_memory
-
+        """Write it to the directory ``path`` (:func:`.persistence.save_memory`)."""
         save_memory(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], engine: QLLMEngine) -> DocumentMemory:
-        """Read a saved memory for ``engine`` (:func:`~qllm_core.memory.persistence.load_memory`)."""
-        from .persistence import load_memory
-
-        return load_memory(path, engine)
-
-
-def fork_cache(cache: DynamicCache) -> DynamicCache:
-    """A cache that shares ``cache``'s tensors (copy on write).
-
-    transformers' ``DynamicLayer.update`` concatenates into new tensors, so appending to
-    the fork never changes ``cache``.
-    """
-    fork = copy.copy(cache)
-    fork.layers = [copy.copy(layer) for layer in cache.layers]
-    return fork
-
-
-def cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's ``(keys, values)`` in a KV cache: (1, kv_heads, tokens, head_dim)."""
-    pairs = []
-    for layer in cache.layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        assert isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)
-        pairs.append((keys, values))
-    return pairs
-
-
-def state_nbytes(state: RequestMemory | DynamicCache) -> int:
-    """Bytes of the tensors a memory's state holds."""
-    if isinstance(state, DynamicCache):
-        return sum(k.nbytes + v.nbytes for k, v in cache_tensors(state))
-    total = 0
-    for layer in state.layers.values():
-        total += layer.store.host_bytes() + layer.store.representatives.nbytes
-        total += layer.init_k.nbytes + layer.init_v.nbytes
-        total += sum(t.nbytes for t in layer.recent.state().values())
-    return total
+        """Read a saved memory for ``engine``: :meth:`QLLMEngine.load_memory`."""
+        return engine.load_memory(path)

@@ -21,22 +21,20 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import DynamicCache
 
 from ..config import QLLMConfig
 from ..errors import MemoryFileError, MemoryMismatchError
 from ..prompt import DocumentPrompt
-from .document import DocumentMemory, cache_tensors, state_nbytes
-from .request import RequestMemory, RequestPlan
 
 if TYPE_CHECKING:
-    from ..engine import QLLMEngine
+    from .document import DocumentMemory
 
 FORMAT = "quickllama-document-memory"
 VERSION = 1
@@ -55,30 +53,6 @@ RUNTIME_FIELDS = frozenset(
 memory keeps the mode it was read in, as :meth:`QLLMEngine.read`'s ``mode`` may override)."""
 
 
-def engine_identity(engine: QLLMEngine) -> dict[str, str]:
-    """Names and hashes that a saved memory must match: model and tokenizer."""
-    cached = getattr(engine, "_identity", None)
-    if cached is None:
-        model_config = engine.model.config.to_dict()
-        model_config.pop("_name_or_path", None)
-        model_config.pop("transformers_version", None)
-        shapes = [
-            (name, list(p.shape), str(p.dtype)) for name, p in engine.model.state_dict().items()
-        ]
-        tokenizer = engine.tokenizer
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        definition = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
-        cached = {
-            "model": engine.model_name,
-            "model_sha256": _sha256_json({"config": model_config, "weights": shapes}),
-            "tokenizer_sha256": _sha256_json(
-                {"definition": definition, "chat_template": tokenizer.chat_template}
-            ),
-        }
-        engine._identity = cached  # type: ignore[attr-defined]
-    return dict(cached)
-
-
 def save_memory(memory: DocumentMemory, path: str | os.PathLike[str]) -> None:
     """Write ``memory`` to the directory ``path`` (created; its memory files replaced)."""
     folder = Path(path)
@@ -88,7 +62,7 @@ def save_memory(memory: DocumentMemory, path: str | os.PathLike[str]) -> None:
     if prompt.document_offsets is not None:
         tensors["document_offsets"] = torch.tensor(prompt.document_offsets, dtype=torch.int64)
     files = {"prompt.safetensors": tensors}
-    for index, layer_state in enumerate(_layer_states(memory.state)):
+    for index, layer_state in enumerate(memory.state.layer_states()):
         files[f"layer-{index:03d}.safetensors"] = layer_state
     hashes = {}
     for name, file_tensors in files.items():
@@ -109,17 +83,37 @@ def save_memory(memory: DocumentMemory, path: str | os.PathLike[str]) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 
-def load_memory(path: str | os.PathLike[str], engine: QLLMEngine) -> DocumentMemory:
-    """The memory saved in directory ``path``, for ``engine``.
+@dataclass(frozen=True)
+class SavedMemory:
+    """A saved document memory as read back: everything but the state itself.
 
+    The engine restores the state from ``layer_states``
+    (:func:`~qllm_core.memory.state.restore_state`).
+    """
+
+    prompt: DocumentPrompt
+    config: QLLMConfig
+    layer_states: list[dict[str, torch.Tensor]]
+    document_sha256: str
+    identity: dict[str, str]
+    read_seconds: float
+
+
+def read_memory(
+    path: str | os.PathLike[str], identity: dict[str, str], config: QLLMConfig
+) -> SavedMemory:
+    """The memory saved in directory ``path``, checked against its reader.
+
+    ``identity``: the reader's model and tokenizer
+    (:func:`~qllm_core.models.identity.model_identity`); ``config``: its engine config.
     Raises :class:`MemoryFileError` for a missing, truncated or edited file or an unknown
     format or version, and :class:`MemoryMismatchError` when the memory was made with
     another model, tokenizer or config.
     """
     folder = Path(path)
     manifest = _read_manifest(folder)
-    _check_identity(manifest["identity"], engine_identity(engine))
-    config = _check_config(manifest, engine.config)
+    _check_identity(manifest["identity"], identity)
+    config = _check_config(manifest, config)
     for name, digest in manifest["files"].items():
         if not (folder / name).is_file():
             raise MemoryFileError(f"{folder / name} is missing; save the memory again")
@@ -139,46 +133,14 @@ def load_memory(path: str | os.PathLike[str], engine: QLLMEngine) -> DocumentMem
         tail=(list(manifest["tail"][0]), list(manifest["tail"][1])),
     )
     layers = sorted(name for name in manifest["files"] if name.startswith("layer-"))
-    states = [_load(folder / name) for name in layers]
-    state = _restore(engine, config, states, len(prompt.input_ids))
-    return DocumentMemory(
+    return SavedMemory(
         prompt=prompt,
         config=config,
-        state=state,
+        layer_states=[_load(folder / name) for name in layers],
         document_sha256=manifest["document_sha256"],
         identity=manifest["identity"],
         read_seconds=float(manifest.get("read_seconds", 0.0)),
-        nbytes=state_nbytes(state),
     )
-
-
-def _layer_states(state: RequestMemory | DynamicCache) -> list[dict[str, torch.Tensor]]:
-    if isinstance(state, DynamicCache):
-        return [
-            {
-                name: tensor.cpu().contiguous()
-                for name, tensor in zip(("keys", "values"), kv, strict=True)
-            }
-            for kv in cache_tensors(state)
-        ]
-    return [state.layers[i].state() for i in sorted(state.layers)]
-
-
-def _restore(
-    engine: QLLMEngine, config: QLLMConfig, states: list[dict[str, torch.Tensor]], tokens: int
-) -> RequestMemory | DynamicCache:
-    device, dtype = engine.device, engine.dtype
-    if config.mode == "full":
-        cache = DynamicCache(config=engine.model.config)
-        for index, layer in enumerate(states):
-            cache.update(layer["keys"].to(device, dtype), layer["values"].to(device, dtype), index)
-        return cache
-    step = engine.new_forward(config, RequestPlan(None, record_from=tokens))
-    memory = step.memory  # type: ignore[union-attr]  # a Q-LLM mode: a QLLMForward
-    for index, layer_state in enumerate(states):
-        keys = layer_state["init_k"]
-        memory.new_layer(index, keys.shape[0], keys.shape[2]).restore(layer_state)
-    return memory
 
 
 def read_manifest(
@@ -258,7 +220,3 @@ def _file_sha256(file: Path) -> str:
         while piece := handle.read(2**20):
             digest.update(piece)
     return digest.hexdigest()
-
-
-def _sha256_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,8 @@ from ..kernels.attention import KeySegment, LocalWindow
 from ..kernels.attention import two_stage_attention as torch_two_stage_attention
 from ..kernels.backends import TwoStageAttention, select_attention
 from ..kernels.rope import RotaryTable, rotate
+from ..models.forward import QLLMForward
+from ..modes import mode_spec
 from .blocks import BlockStore
 from .retrieval import (
     block_log_mass,
@@ -40,6 +42,12 @@ from .retrieval import (
     select_blocks,
 )
 from .window import RecentTokens
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ..models.patching import AttachedModel
+    from ..models.question_attention import QuestionAttention
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class LayerMemory:
         self.rope = rope
         self.position = 0
         self.counts = counts
-        self._keep_blocks = config.mode != "streaming"
+        self._keep_blocks = mode_spec(config.mode).keeps_all_tokens
         self.init_k = torch.empty(num_kv_heads, 0, head_dim, device=device, dtype=dtype)
         self.init_v = self.init_k
         capacity = config.n_local + config.block_size + config.exec_block_size
@@ -356,6 +364,39 @@ class RequestMemory:
             two_stage_attention=self.two_stage_attention,
         )
         return layer
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors it holds: init tokens, window, blocks and representatives."""
+        total = 0
+        for layer in self.layers.values():
+            total += layer.store.host_bytes() + layer.store.representatives.nbytes
+            total += layer.init_k.nbytes + layer.init_v.nbytes
+            total += sum(t.nbytes for t in layer.recent.state().values())
+        return total
+
+    def layer_states(self) -> list[dict[str, torch.Tensor]]:
+        """Each layer's :meth:`LayerMemory.state`, in layer order (for saving)."""
+        return [self.layers[i].state() for i in sorted(self.layers)]
+
+    def restore(self, layer_states: list[dict[str, torch.Tensor]]) -> RequestMemory:
+        """Take over saved :meth:`layer_states` (this memory must be new); returns itself."""
+        for index, state in enumerate(layer_states):
+            keys = state["init_k"]
+            self.new_layer(index, keys.shape[0], keys.shape[2]).restore(state)
+        return self
+
+    def forward(
+        self,
+        model: PreTrainedModel,
+        attached: AttachedModel,
+        recorder: QuestionAttention | None = None,
+    ) -> QLLMForward:
+        """A forward step over this memory, with the engine's attention.
+
+        ``recorder`` is not used: the block memory ranks its blocks itself.
+        """
+        return QLLMForward(model, attached, self)
 
     def block_relevance(self, ranking: str = "mean") -> torch.Tensor:
         """Per layer, how much of the rank span's attention each block draws: (layers, blocks).

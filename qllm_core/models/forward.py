@@ -8,15 +8,21 @@ holds nothing, and requests of any engines sharing the model interleave step by 
 from __future__ import annotations
 
 import inspect
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
-from ..memory.request import RequestMemory
+from ..answering.evidence import full_evidence, memory_evidence
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
 from .question_attention import RECORDER_KWARG, QuestionAttention
+
+if TYPE_CHECKING:
+    from ..config import QLLMConfig
+    from ..memory.request import RequestMemory
+    from ..prompt import PromptLayout
+    from ..results import RetrievedBlock
 
 
 class Forward(Protocol):
@@ -24,6 +30,20 @@ class Forward(Protocol):
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` (appended to everything fed so far)."""
+
+    def reserve(self, new_tokens: int) -> None:
+        """Make room for ``new_tokens`` more tokens before decoding (where it pays)."""
+
+    def relevance(self, ranking: str) -> torch.Tensor:
+        """Per block, the question's attention under ``ranking``, mean over layers.
+
+        Shape (blocks,); empty where nothing was ranked.
+        """
+
+    def evidence(
+        self, config: QLLMConfig, layout: PromptLayout | None
+    ) -> tuple[RetrievedBlock, ...]:
+        """The blocks the question drew on, best first (:mod:`~qllm_core.answering.evidence`)."""
 
 
 class QLLMForward:
@@ -45,6 +65,21 @@ class QLLMForward:
                 **{MEMORY_KWARG: self.memory},
             )
         return out.logits[0, -1]
+
+    def reserve(self, new_tokens: int) -> None:
+        """Nothing to reserve: the memory grows block by block."""
+
+    def relevance(self, ranking: str) -> torch.Tensor:
+        """Each block's relevance (:meth:`RequestMemory.block_relevance`), mean over layers."""
+        relevance = self.memory.block_relevance(ranking)
+        return relevance.mean(dim=0) if relevance.numel() else relevance.new_zeros(0)
+
+    def evidence(
+        self, config: QLLMConfig, layout: PromptLayout | None
+    ) -> tuple[RetrievedBlock, ...]:
+        """Memory blocks ranked and retrieved (:func:`.evidence.memory_evidence`)."""
+        ranked = self.memory.plan.rank_span is not None
+        return memory_evidence(self.memory, config, layout, ranked=ranked)
 
 
 class NativeForward:
@@ -101,6 +136,16 @@ class NativeForward:
                 into.update(keys, values)
             layer.keys = layer.values = None  # freed as it goes (a fork's stay in its memory)
         self.cache = static
+
+    def relevance(self, ranking: str) -> torch.Tensor:
+        """Each document block's relevance as the recorder saw it; empty without one."""
+        return self.recorder.relevance(ranking) if self.recorder else torch.zeros(0)
+
+    def evidence(
+        self, config: QLLMConfig, layout: PromptLayout | None
+    ) -> tuple[RetrievedBlock, ...]:
+        """Document blocks the question attended to (:func:`.evidence.full_evidence`)."""
+        return full_evidence(self.recorder, config, layout) if self.recorder else ()
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
         """Run the model over ``ids`` with its own attention and cache."""

@@ -28,6 +28,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from ..errors import UnsupportedModelError
 from . import question_attention
+from .family import family_of
 
 ATTENTION_NAME = "quickllama"
 """Name under which the engine's attention is registered in transformers."""
@@ -80,16 +81,6 @@ def _qllm_attention(
     return out.transpose(0, 1).unsqueeze(0), None
 
 
-def _base_model(model: PreTrainedModel) -> nn.Module:
-    base = getattr(model, model.base_model_prefix, None)
-    if base is None or not isinstance(getattr(base, "rotary_emb", None), nn.Module):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no `{model.base_model_prefix}.rotary_emb` module: the "
-            "engine drives RoPE decoder models (Llama, Mistral, Qwen2/3, Phi-3, ...) only"
-        )
-    return base
-
-
 def check_model(model: PreTrainedModel) -> None:
     """Raise :class:`UnsupportedModelError` unless the engine can drive ``model``."""
     config = model.config
@@ -105,7 +96,7 @@ def check_model(model: PreTrainedModel) -> None:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no language-model head; load it with AutoModelForCausalLM"
         )
-    _base_model(model)
+    family_of(config).base_model(model)
     if getattr(config, "layer_types", None) and any(
         t != "full_attention" for t in config.layer_types
     ):
@@ -148,19 +139,20 @@ class AttachedModel:
         check_model(model)
         AttentionInterface.register(ATTENTION_NAME, _qllm_attention)
         self.model = model
-        self._base = _base_model(model)
+        self._family = family_of(model.config)
+        self._base = self._family.base_model(model)
         self._lock = model_lock(model)
         with self._lock:
             attachment = _ATTACHMENTS.get(model)
             if attachment is None:
-                rotary = cast(nn.Module, self._base.rotary_emb)  # checked by _base_model
+                rotary = cast(nn.Module, getattr(self._base, self._family.rotary_attr))
                 if not isinstance(rotary, SwitchableRotary):
                     rotary = SwitchableRotary(rotary)
                 native = model.config._attn_implementation or "sdpa"
                 attachment = _Attachment(
                     rotary=rotary, native_attention="sdpa" if native == ATTENTION_NAME else native
                 )
-                self._base.rotary_emb = rotary
+                setattr(self._base, self._family.rotary_attr, rotary)
                 _ATTACHMENTS[model] = attachment
         self._rotary = attachment.rotary
         self._native_attention = attachment.native_attention
@@ -205,6 +197,6 @@ class AttachedModel:
         Every engine on the model stops working; detach once all of them are done.
         """
         with self._lock:
-            self._base.rotary_emb = self._rotary.rotary
+            setattr(self._base, self._family.rotary_attr, self._rotary.rotary)
             _ATTACHMENTS.pop(self.model, None)
         return self.model
