@@ -120,10 +120,10 @@ def read_sample(
     from the read once the relevance is taken (else ``None``).
     """
     from qllm_core.answering.decoding import decode
+    from qllm_core.inputs.prompt import build_prompt
     from qllm_core.memory.request import RequestPlan
     from qllm_core.memory.retrieval import RANKINGS
     from qllm_core.options import GenerationOptions
-    from qllm_core.prompt import build_prompt
 
     config = engine.config.replace(mode="qllm")
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)
@@ -208,7 +208,7 @@ def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
 def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str) -> dict[str, Any]:
     """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer."""
     from qllm_core.answering.reread import SEPARATOR, passages_for, reread_ids
-    from qllm_core.prompt import build_prompt, encode_text
+    from qllm_core.inputs.prompt import build_prompt, encode_text
 
     config = engine.config
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)
@@ -274,8 +274,9 @@ def run_passages(
     """Read every sample once and answer it with each variant; resumes from earlier records.
 
     ``variants`` may name ``rag`` (chunk-and-embed RAG, :mod:`benchmarks.rag`) and
-    :data:`SINGLE_PASS` besides the re-read variants; ``answers_only``: read nothing, answer only what needs no read of
-    its own (``rag``, or variants of samples read already), e.g. beside a process that reads.
+    :data:`SINGLE_PASS` besides the re-read variants; ``answers_only``: read nothing,
+    answer only what needs no read of its own (``rag``, or variants of samples read
+    already), e.g. beside a process that reads.
     """
     folder = paths.out / f"passages-{set_name}"
     folder.mkdir(parents=True, exist_ok=True)

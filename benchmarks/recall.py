@@ -47,9 +47,9 @@ class FactRanks:
 
 def fact_ranks(engine: Any, sample: Sample) -> list[FactRanks]:
     """Read ``sample`` once (mode ``qllm``) and rank every planted fact's block."""
+    from qllm_core.inputs.prompt import build_prompt
     from qllm_core.memory.request import RequestPlan
     from qllm_core.memory.retrieval import question_shares
-    from qllm_core.prompt import build_prompt
 
     config = engine.config.replace(mode="qllm", reread_tokens=0)
     layout = build_prompt(engine.tokenizer, sample.document, sample.question)

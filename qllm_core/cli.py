@@ -27,6 +27,7 @@ from typing import Any
 from .config import MODES, OFFLOAD_DTYPES, PRESETS
 from .errors import InvalidOptionError, MemoryFileError, MemoryMismatchError, QLLMError
 from .inputs.documents import check_text, read_document, synthetic_document
+from .modes import mode_spec
 from .options import (
     GenerationOptions,
     check_choice,
@@ -479,7 +480,7 @@ def summary(answer: Answer, document: str | None, max_blocks: int = 3) -> str:
     lines = [f"{speed_line(stats)}; mode {stats.mode}, finish {answer.finish_reason}"]
     if stats.reread_tokens:
         lines.append("the passages below were re-read with the model's own attention")
-    if not stats.question_found and stats.mode == "qllm":
+    if not stats.question_found and mode_spec(stats.mode).question_aware:
         lines.append("note: the question's tokens were not found; retrieval used only context")
     in_document = [b for b in stats.retrieved_blocks if b.char_start is not None]
     for block in in_document[:max_blocks]:

@@ -18,7 +18,7 @@ RANKINGS: tuple[str, ...] = ("mean", "peak", "token_peak")
 
 @dataclass(frozen=True, kw_only=True)
 class QLLMConfig:
-    """Settings of the Q-LLM engine (see ``shared/QLLM_METHOD.md``).
+    """Settings of the Q-LLM engine (QuickLLaMA, arXiv 2406.07528).
 
     Every field is validated on construction; an impossible value raises
     :class:`~qllm_core.errors.ConfigError` naming the field.
@@ -228,7 +228,7 @@ _PUBLISHED = QLLMConfig(
 _SMALL_WINDOW = _PUBLISHED.replace(n_local=512, block_size=64, question_weight=1.0)
 
 PRESETS: dict[str, QLLMConfig] = {
-    # The authors' published settings (shared/QLLM_METHOD.md).
+    # The authors' published settings (the paper's configurations, arXiv 2406.07528).
     "llama3": _PUBLISHED.replace(question_weight=4.0),
     "mistral": _PUBLISHED.replace(question_weight=1.0),
     "small-window": _SMALL_WINDOW,

@@ -22,6 +22,7 @@ from .answering.request import RequestBuilder
 from .config import QLLMConfig
 from .errors import ConfigError
 from .inputs.documents import check_text
+from .inputs.prompt import encode_text
 from .inputs.validation import vocab_size
 from .kernels.backends import select_attention
 from .kernels.rope import RotaryTable
@@ -31,12 +32,12 @@ from .memory.host_allocator import tune_host_allocator
 from .memory.persistence import read_memory
 from .memory.request import RequestPlan
 from .memory.state import StateContext, restore_state
+from .models.family import eos_token_ids
 from .models.forward import Forward
 from .models.identity import model_identity
 from .models.patching import AttachedModel
 from .modes import resolve
 from .options import GenerationOptions
-from .prompt import encode_text
 from .results import Answer, AnswerStream
 
 __all__ = ["GenerationOptions", "QLLMEngine"]
@@ -86,7 +87,7 @@ class QLLMEngine:
             self.attached,
             tokenizer,
             StateContext(model.config, rope, self.device, self.dtype),
-            _eos_ids(model, tokenizer),
+            eos_token_ids(model, tokenizer),
             progress,
         )
         """Runs each request: read, re-read, decode."""
@@ -292,17 +293,6 @@ class QLLMEngine:
         config = config or self.config
         config = config.replace(mode=resolve(config.mode, fits_window=False))
         return self.pipeline.new_forward(config, plan or RequestPlan(None, 0))
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif value:
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
 
 
 def _drain(stream: AnswerStream) -> Answer:

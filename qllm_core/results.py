@@ -128,11 +128,6 @@ class AnswerStream:
         """The answer once the stream ended or was closed (``None`` before)."""
         return self._result
 
-    @property
-    def done(self) -> bool:
-        """Whether the stream ended, failed or was closed."""
-        return self._done
-
     def __iter__(self) -> Iterator[str]:
         return self
 

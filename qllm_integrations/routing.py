@@ -6,7 +6,7 @@
   (:mod:`qllm_integrations.split`).
 - **Roles.** ``system``, ``user``, ``assistant`` and ``tool``. A tool result is context:
   it is never taken as the question, and in a chat template it is a user turn that says it
-  is a tool result (:func:`qllm_core.prompt.encode_chat`).
+  is a tool result (:func:`qllm_core.inputs.prompt.encode_chat`).
 - **Input checks.** Prompts, questions and documents go through
   :func:`qllm_core.inputs.documents.check_text`, so non-text and empty input raise the same named
   errors on both sides, before the engine is asked.
@@ -19,7 +19,7 @@ from typing import Final
 
 from qllm_core.errors import EmptyInputError
 from qllm_core.inputs.documents import check_text
-from qllm_core.prompt import encode_chat
+from qllm_core.inputs.prompt import encode_chat
 from qllm_core.protocol import EngineProtocol
 from qllm_integrations.request import Request
 from qllm_integrations.settings import CallOptions

@@ -14,10 +14,10 @@ from qllm_core import (
     MemoryFileError,
 )
 from qllm_core.answering.reread import SEPARATOR, Passage, reread_ids
+from qllm_core.inputs.prompt import build_document_prompt, build_prompt, encode_text
 from qllm_core.memory.cache import MemoryCache
 from qllm_core.memory.request import RequestMemory, RequestPlan
 from qllm_core.models.forward import NativeForward
-from qllm_core.prompt import build_document_prompt, build_prompt, encode_text
 
 QUESTION = "What is the colour number of item 42?"
 

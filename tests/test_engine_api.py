@@ -107,11 +107,12 @@ def test_concurrent_requests_match_sequential_ones(tiny_engine):
     def ask(i: int) -> None:
         results[i] = tiny_engine.answer(DOC, questions[i], max_new_tokens=4).text
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=300)  # a deadlock fails here instead of hanging the suite
+    assert not any(t.is_alive() for t in threads), "a request never finished (deadlock?)"
     assert [results[i] for i in range(3)] == alone
 
 

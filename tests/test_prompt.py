@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qllm_core.prompt import (
+from qllm_core.inputs.prompt import (
     TOOL_LABEL,
     build_document_prompt,
     build_prompt,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_reread import DOC, QUESTION
 
+from qllm_core.inputs.prompt import build_prompt
 from qllm_core.memory.retrieval import block_relevance
 from qllm_core.models.forward import NativeForward
-from qllm_core.prompt import build_prompt
 
 
 def _reference(model, layout, block_size: int, ranking: str) -> torch.Tensor:

@@ -11,12 +11,13 @@ from qllm_core import ConfigError, QLLMConfig, QLLMEngine
 from qllm_core.answering.reread import (
     SEPARATOR,
     Passage,
+    RereadBudget,
     choose_passages,
     max_reread_length,
     reread_ids,
 )
+from qllm_core.inputs.prompt import build_prompt, encode_text
 from qllm_core.memory.retrieval import block_log_mass, block_relevance
-from qllm_core.prompt import build_prompt, encode_text
 
 DOC = " ".join(f"Item {i} of the list is the colour number {i * 7 % 13}." for i in range(90))
 QUESTION = "What is the colour number of item 42?"
@@ -45,7 +46,11 @@ def test_choose_passages_keeps_start_and_end_then_best_blocks_with_margins():
     # block b holds [30 + 20 b, 50 + 20 b); 7 blocks end at 170; tail [170, 200) is kept.
     relevance = torch.tensor([0.05, 0.1, 0.5, 0.05, 0.2, 0.05, 0.05])
     passages = choose_passages(
-        relevance, document_span=(10, 200), n_init=30, block_size=20, budget=110, margin=2
+        relevance,
+        document_span=(10, 200),
+        n_init=30,
+        block_size=20,
+        budget=RereadBudget(110, margin=2),
     )
     # always: head [10, 30) (20 tokens) and tail [170, 200) (30 tokens) -> 60 left;
     # block 2 [70, 90) widened to [68, 92) (24), block 4 [110, 130) -> [108, 132) (24);
@@ -61,7 +66,7 @@ def test_choose_passages_keeps_start_and_end_then_best_blocks_with_margins():
 def test_choose_passages_merges_neighbours_and_clips_to_the_document():
     relevance = torch.tensor([0.6, 0.4])  # blocks [4, 12) and [12, 20); document [2, 20)
     passages = choose_passages(
-        relevance, document_span=(2, 20), n_init=4, block_size=8, budget=100, margin=3
+        relevance, document_span=(2, 20), n_init=4, block_size=8, budget=RereadBudget(100, 3)
     )
     assert [(p.start, p.end) for p in passages] == [(2, 20)]
     assert passages[0].score == pytest.approx(0.6)  # the best block's, not the merged sum
@@ -180,12 +185,12 @@ def test_peak_ranks_one_focused_query_above_diffuse_mass():
 def test_sized_reread_stops_below_the_ratio_once_the_floor_is_kept():
     # document [0, 100), n_init 0, blocks of 10; nothing always kept
     relevance = torch.tensor([0.1, 1.0, 0.6, 0.45, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0])
-    common = {"document_span": (0, 100), "n_init": 0, "block_size": 10, "margin": 0}
-    sized = choose_passages(relevance, budget=80, ratio=0.5, **common)
+    common = {"document_span": (0, 100), "n_init": 0, "block_size": 10}
+    sized = choose_passages(relevance, budget=RereadBudget(80, ratio=0.5), **common)
     assert [(p.start, p.end) for p in sized] == [(10, 30)]  # blocks 1, 2; 0.45 < 0.5
-    floor = choose_passages(relevance, budget=80, ratio=0.5, min_tokens=30, **common)
+    floor = choose_passages(relevance, budget=RereadBudget(80, 0, 30, 0.5), **common)
     assert [(p.start, p.end) for p in floor] == [(10, 40)]  # block 3 fills the floor
-    full = choose_passages(relevance, budget=80, **common)
+    full = choose_passages(relevance, budget=RereadBudget(80), **common)
     assert sum(p.end - p.start for p in full) == 80
 
 

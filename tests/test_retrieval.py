@@ -9,7 +9,7 @@ from torch import nn
 
 from qllm_core import QLLMConfig
 from qllm_core.kernels.rope import RotaryTable
-from qllm_core.memory.request import LayerMemory, RequestPlan
+from qllm_core.memory.request import LayerContext, LayerMemory, RequestPlan
 from qllm_core.memory.retrieval import question_vector, representative_keys, select_blocks
 
 DIM = 16
@@ -75,17 +75,9 @@ def _layer(mode: str, question_span, *, repr_topk=2) -> LayerMemory:
         question_weight=8.0,
     )
     rope = RotaryTable(_IdentityRotary(), device=torch.device("cpu"), dtype=torch.float32)
-    return LayerMemory(
-        config=config,
-        plan=RequestPlan(question_span, record_from=96),
-        rope=rope,
-        num_kv_heads=1,
-        head_dim=DIM,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        offload_dtype=None,
-        counts=Counter(),
-    )
+    plan = RequestPlan(question_span, record_from=96)
+    cpu, dtype = torch.device("cpu"), torch.float32
+    return LayerMemory(LayerContext(config, plan, rope, cpu, dtype, Counter()), 1, DIM)
 
 
 def _planted_stream(length=128):

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import QLLMConfig
+from ..inputs.prompt import PromptLayout
 from ..memory.retrieval import question_shares
-from ..prompt import PromptLayout
 from ..results import RetrievedBlock
 from .reread import Passage
 

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..config import QLLMConfig
+from ..inputs.prompt import DocumentPrompt, encode_text
 from ..memory.request import RequestPlan
 from ..memory.state import ReadState, StateContext, new_state
 from ..models.forward import Forward
@@ -30,7 +31,6 @@ from ..models.patching import AttachedModel
 from ..models.question_attention import QuestionAttention
 from ..modes import NATIVE_MODE, mode_spec
 from ..progress import Phase, prefill_progress
-from ..prompt import DocumentPrompt, encode_text
 from ..results import Answer, AnswerStats, AnswerStream
 from .decoding import decode
 from .evidence import passage_evidence

@@ -10,6 +10,7 @@ whether the re-read prompt fits the model's window.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,13 @@ from transformers import PretrainedConfig
 
 from ..config import QLLMConfig
 from ..errors import ConfigError, InputTooLongError, InsufficientMemoryError
+from ..inputs.prompt import (
+    DocumentPrompt,
+    PromptLayout,
+    build_document_prompt,
+    build_prompt,
+    encode_text,
+)
 from ..inputs.validation import question_span as checked_span
 from ..inputs.validation import token_ids
 from ..memory.capacity import check_fits
@@ -25,7 +33,6 @@ from ..memory.document import QUESTION_ROOM, DocumentMemory
 from ..memory.request import RequestPlan
 from ..modes import mode_spec, resolve
 from ..options import GenerationOptions
-from ..prompt import DocumentPrompt, PromptLayout, build_document_prompt, build_prompt, encode_text
 from .reread import SEPARATOR, check_reread_fits
 
 
@@ -179,11 +186,17 @@ class RequestBuilder:
 
     def _check_fits(self, prompt_tokens: int, new_tokens: int, config: QLLMConfig) -> None:
         """``check_fits`` for prompt plus answer, naming ``max_new_tokens`` when it is the cause."""
-        fits = {"model_config": self.model_config, "config": config, "device": self.device}
+        fits = functools.partial(
+            check_fits,
+            model_config=self.model_config,
+            config=config,
+            device=self.device,
+            dtype=self.dtype,
+        )
         try:
-            check_fits(prompt_tokens + new_tokens, dtype=self.dtype, **fits)
+            fits(prompt_tokens + new_tokens)
         except InsufficientMemoryError as error:
-            check_fits(prompt_tokens, dtype=self.dtype, **fits)  # the prompt alone fails: as is
+            fits(prompt_tokens)  # the prompt alone fails: raised as is
             raise InsufficientMemoryError(
                 f"max_new_tokens={new_tokens:,} does not fit: the prompt's "
                 f"{prompt_tokens:,} tokens fit, but not with that many new ones; lower "

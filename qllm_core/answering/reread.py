@@ -21,7 +21,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config import QLLMConfig
-    from ..prompt import PromptLayout
+    from ..inputs.prompt import PromptLayout
 
 SEPARATOR = "\n[...]\n"
 """Text placed between passages that are not adjacent in the document."""
@@ -40,27 +40,48 @@ class Passage:
     score: float
 
 
+@dataclass(frozen=True)
+class RereadBudget:
+    """How much of the document a re-read keeps (``QLLMConfig.reread_*``).
+
+    At most ``tokens`` document tokens; each chosen block widened by ``margin`` tokens on
+    both sides; once ``min_tokens`` are kept, a block scoring below ``ratio`` times the
+    best block's score ends the choice (``ratio`` 0: fill the budget).
+    """
+
+    tokens: int
+    margin: int = 0
+    min_tokens: int = 0
+    ratio: float = 0.0
+
+    @classmethod
+    def of(cls, config: QLLMConfig) -> RereadBudget:
+        """The budget ``config`` sets."""
+        return cls(
+            config.reread_tokens,
+            config.reread_margin,
+            config.reread_min_tokens,
+            config.reread_score_ratio,
+        )
+
+
 def choose_passages(
     relevance: torch.Tensor,
     *,
     document_span: tuple[int, int],
     n_init: int,
     block_size: int,
-    budget: int,
-    margin: int,
-    min_tokens: int = 0,
-    ratio: float = 0.0,
+    budget: RereadBudget,
 ) -> list[Passage]:
     """Passages of the document to re-read, in document order.
 
     relevance: (num_blocks,) the question's relevance score per memory block; block
     ``b`` holds prompt tokens ``[n_init + b * block_size, n_init + (b + 1) * block_size)``.
     The document's tokens before the first block and after the last are always kept;
-    blocks are then added best first, each widened by ``margin`` tokens on both sides
-    (clipped to the document), while the total stays within ``budget`` tokens. Once
-    ``min_tokens`` are kept, a block scoring below ``ratio`` times the best block's score
-    ends the choice (``ratio`` 0: fill the budget).
+    blocks are then added best first, widened by the budget's margin (clipped to the
+    document), while the total stays within the budget (:class:`RereadBudget`).
     """
+    margin, min_tokens, ratio = budget.margin, budget.min_tokens, budget.ratio
     doc_start, doc_end = document_span
     kept = bytearray(doc_end - doc_start)  # 1 where a document token is kept
     blocks_end = n_init + relevance.shape[0] * block_size
@@ -77,7 +98,7 @@ def choose_passages(
         if hi <= lo:
             continue  # a block of the prompt template, not of the document
         new = (hi - lo) - sum(kept[lo:hi])
-        if used + new > budget:
+        if used + new > budget.tokens:
             continue  # a smaller addition (next to a kept block) may still fit
         kept[lo:hi] = b"\x01" * (hi - lo)
         used += new
@@ -108,10 +129,7 @@ def passages_for(
         document_span=document_span,
         n_init=config.n_init,
         block_size=config.block_size,
-        budget=config.reread_tokens,
-        margin=config.reread_margin,
-        min_tokens=config.reread_min_tokens,
-        ratio=config.reread_score_ratio,
+        budget=RereadBudget.of(config),
     )
 
 

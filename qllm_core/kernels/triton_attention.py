@@ -227,39 +227,43 @@ def two_stage_attention(
     q = _rows(q_local, dtype)
     keys = _unit_stride(local.keys)
     band = _band_ranges(n, m, local.window, str(keys.device))
-    _attend(q, keys, local.values, band, n, scaling, out, lse, resume=False)
+    local_logits = _Logits(q, keys, band, n, scaling)
+    _attend(local_logits, local.values, out, lse, resume=False)
     segments = [seg for seg in global_segments if seg.keys.shape[1]]
     if segments:
         g_keys, g_values = concat_segments(segments)
         ranges = _segment_ranges(segments_layout(segments), str(keys.device))
-        _attend(_rows(q_global, dtype), g_keys, g_values, ranges, n, scaling, out, lse, resume=True)
+        global_logits = _Logits(_rows(q_global, dtype), g_keys, ranges, n, scaling)
+        _attend(global_logits, g_values, out, lse, resume=True)
     local_probs = q_local.new_empty(kv_heads, m, dtype=torch.float32)
-    _launch(_key_probs_kernel, q, keys, band, (lse, local_probs), n, scaling, over_keys=True)
+    _launch(_key_probs_kernel, local_logits, (lse, local_probs), over_keys=True)
     return out.view(kv_heads, group, n, dim).to(local.values.dtype), local_probs
 
 
+class _Logits(NamedTuple):
+    """What both kernels score.
+
+    Queries (B, rows, D) against keys (B, m, D); the key ranges each query row sees; the
+    query count ``n``; the softmax scaling.
+    """
+
+    q: torch.Tensor
+    keys: torch.Tensor
+    ranges: tuple[torch.Tensor, torch.Tensor]
+    n: int
+    scaling: float
+
+
 def _attend(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    ranges: tuple[torch.Tensor, torch.Tensor],
-    n: int,
-    scaling: float,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    *,
-    resume: bool,
+    logits: _Logits, values: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, *, resume: bool
 ) -> None:
-    """Attention of q (B, rows, D) over keys/values (B, m, D) into out/lse (or on from them)."""
-    keys, values = _unit_stride(keys), _unit_stride(values.to(keys.dtype))
+    """Attention over ``logits``' keys and ``values`` (B, m, D) into out/lse (or on from them)."""
+    keys = _unit_stride(logits.keys)
+    values = _unit_stride(values.to(keys.dtype))
     _launch(
         _attend_kernel,
-        q,
-        keys,
-        ranges,
+        logits._replace(keys=keys),
         (values, out, lse),
-        n,
-        scaling,
         over_keys=False,
         stride_vb=values.stride(0),
         stride_vm=values.stride(1),
@@ -269,12 +273,8 @@ def _attend(
 
 def _launch(
     kernel: Any,
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    ranges: tuple[torch.Tensor, torch.Tensor],
+    logits: _Logits,
     tensors: tuple[torch.Tensor, ...],
-    n: int,
-    scaling: float,
     *,
     over_keys: bool,
     **named: Any,
@@ -283,18 +283,19 @@ def _launch(
 
     The grid is (tiles of query rows, or of keys when ``over_keys``) x batch.
     """
+    q, keys = logits.q, logits.keys
     batch, rows, dim = q.shape
     t = tiles(q.dtype, dim, rows)
     grid = triton.cdiv(keys.shape[1], t.block_n) if over_keys else triton.cdiv(rows, t.block_m)
     kernel[(grid, batch)](
         q,
         keys,
-        *ranges,
+        *logits.ranges,
         *tensors,
-        n_queries=n,
+        n_queries=logits.n,
         n_rows=rows,
         n_keys=keys.shape[1],
-        scale_log2=scaling / math.log(2.0),
+        scale_log2=logits.scaling / math.log(2.0),
         stride_qb=q.stride(0),
         stride_qr=q.stride(1),
         stride_kb=keys.stride(0),

@@ -17,7 +17,8 @@ import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -36,6 +37,30 @@ PINNED_PAGE_BLOCKS = 32
 """Blocks per pinned page (GPU hosts): pinned memory is committed when allocated."""
 
 
+class BlockShape(NamedTuple):
+    """One block's keys (or values): ``num_kv_heads`` x ``block_size`` x ``head_dim``."""
+
+    num_kv_heads: int
+    block_size: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Where blocks live.
+
+    Up to ``max_cached_blocks`` on ``device`` in ``dtype`` (the device cache); all of them
+    on the host in ``offload_dtype`` (default ``dtype``), in RAM or in files under
+    ``offload_dir`` (the disk tier).
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    max_cached_blocks: int
+    offload_dtype: torch.dtype | None = None
+    offload_dir: str | None = None
+
+
 class BlockStore:
     """Memory blocks of one layer: host copies, device LRU cache and representative keys.
 
@@ -48,26 +73,17 @@ class BlockStore:
             disk tier), unlinked as soon as they are mapped.
     """
 
-    def __init__(
-        self,
-        *,
-        num_kv_heads: int,
-        head_dim: int,
-        block_size: int,
-        max_cached_blocks: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        offload_dtype: torch.dtype | None = None,
-        offload_dir: str | None = None,
-    ) -> None:
+    def __init__(self, shape: BlockShape, tiers: Tiers) -> None:
+        num_kv_heads, block_size, head_dim = shape
+        device, dtype, max_cached_blocks = tiers.device, tiers.dtype, tiers.max_cached_blocks
         self.block_size = block_size
         self._device = device
-        self._offload_dtype = offload_dtype or dtype
-        self._offload_dir = offload_dir
-        self._pin = device.type == "cuda" and offload_dir is None
-        shape = (max_cached_blocks, num_kv_heads, block_size, head_dim)
-        self._slot_keys = torch.empty(shape, device=device, dtype=dtype)
-        self._slot_values = torch.empty(shape, device=device, dtype=dtype)
+        self._offload_dtype = tiers.offload_dtype or dtype
+        self._offload_dir = tiers.offload_dir
+        self._pin = device.type == "cuda" and tiers.offload_dir is None
+        slots = (max_cached_blocks, num_kv_heads, block_size, head_dim)
+        self._slot_keys = torch.empty(slots, device=device, dtype=dtype)
+        self._slot_values = torch.empty(slots, device=device, dtype=dtype)
         self._slots: OrderedDict[int, int] = OrderedDict()  # block id -> slot, LRU first
         # Host copies live in pages of many blocks: few large allocations rather than one
         # small one per block, which fragments the host heap on long inputs.
@@ -155,14 +171,19 @@ class BlockStore:
 
     @classmethod
     def frozen(
-        cls, keys: torch.Tensor, values: torch.Tensor, representatives: torch.Tensor, **kwargs: Any
+        cls,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        representatives: torch.Tensor,
+        shape: BlockShape,
+        tiers: Tiers,
     ) -> BlockStore:
         """A store holding ``keys``/``values`` (n, H, block_size, D) as its one host page.
 
         The tensors are adopted, not copied (a memory-mapped file stays mapped); the store
-        is read through :meth:`fork` only. ``kwargs``: as for the constructor.
+        is read through :meth:`fork` only. ``shape``, ``tiers``: as for the constructor.
         """
-        store = cls(**kwargs)
+        store = cls(shape, tiers)
         store._host_keys, store._host_values = [keys], [values]
         store._page_blocks = max(1, keys.shape[0])
         store._count = keys.shape[0]
@@ -211,11 +232,6 @@ class BlockStore:
             if block_id not in keep:
                 return self._slots.pop(block_id)
         raise AssertionError("no evictable slot: max_cached_blocks < topk")
-
-    @property
-    def resident_block_ids(self) -> list[int]:
-        """Ids of the blocks now on the device, least recently used first."""
-        return list(self._slots)
 
     def host_bytes(self) -> int:
         """Bytes of host memory that the blocks' keys and values occupy."""

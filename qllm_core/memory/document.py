@@ -1,7 +1,7 @@
 """A document read once: the engine's state after the document, for any number of questions.
 
 :meth:`QLLMEngine.read <qllm_core.engine.QLLMEngine.read>` reads the template's start and
-the document (:class:`~qllm_core.prompt.DocumentPrompt`), with no question, and keeps what
+the document (:class:`~qllm_core.inputs.prompt.DocumentPrompt`), with no question, and keeps what
 the model's layers hold afterwards: with the Q-LLM modes the init tokens, the memory blocks
 with their representative keys and the recent window (InfLLM's read: nothing is known of a
 question yet); with ``full`` attention, transformers' KV cache. Each question then reads on
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import QLLMConfig
-from ..prompt import DocumentPrompt
+from ..inputs.prompt import DocumentPrompt
 from .persistence import save_memory
 from .request import RequestPlan
 from .state import ReadState

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import QLLMConfig
 from ..errors import MemoryFileError, MemoryMismatchError
-from ..prompt import DocumentPrompt
+from ..inputs.prompt import DocumentPrompt
 
 if TYPE_CHECKING:
     from .document import DocumentMemory

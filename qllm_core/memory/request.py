@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,7 +32,7 @@ from ..kernels.backends import TwoStageAttention, select_attention
 from ..kernels.rope import RotaryTable, rotate
 from ..models.forward import QLLMForward
 from ..modes import mode_spec
-from .blocks import BlockStore
+from .blocks import BlockShape, BlockStore, Tiers
 from .retrieval import (
     block_log_mass,
     block_relevance,
@@ -66,29 +66,36 @@ class RequestPlan:
     rank_span: tuple[int, int] | None = None
 
 
+@dataclass(frozen=True)
+class LayerContext:
+    """What every layer of one request's memory shares.
+
+    ``counts``: retrievals per block id, counted by every layer (the evidence);
+    ``offload_dtype``: the host tier's dtype (``None``: the model's ``dtype``).
+    """
+
+    config: QLLMConfig
+    plan: RequestPlan
+    rope: RotaryTable
+    device: torch.device
+    dtype: torch.dtype
+    counts: Counter[int]
+    offload_dtype: torch.dtype | None = None
+    two_stage_attention: TwoStageAttention = torch_two_stage_attention
+
+
 class LayerMemory:
     """Token streams of one layer for one request (batch size 1)."""
 
-    def __init__(
-        self,
-        *,
-        config: QLLMConfig,
-        plan: RequestPlan,
-        rope: RotaryTable,
-        num_kv_heads: int,
-        head_dim: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        offload_dtype: torch.dtype | None,
-        counts: Counter[int],
-        two_stage_attention: TwoStageAttention = torch_two_stage_attention,
-    ) -> None:
+    def __init__(self, context: LayerContext, num_kv_heads: int, head_dim: int) -> None:
+        config, device, dtype = context.config, context.device, context.dtype
+        rope = context.rope
         self.config = config
-        self._two_stage_attention = two_stage_attention
-        self.plan = plan
+        self._two_stage_attention = context.two_stage_attention
+        self.plan = context.plan
         self.rope = rope
         self.position = 0
-        self.counts = counts
+        self.counts = context.counts
         self._keep_blocks = mode_spec(config.mode).keeps_all_tokens
         self.init_k = torch.empty(num_kv_heads, 0, head_dim, device=device, dtype=dtype)
         self.init_v = self.init_k
@@ -101,17 +108,11 @@ class LayerMemory:
             dtype=dtype,
             rope=rope,
         )
-        self._store_args: dict[str, Any] = {
-            "num_kv_heads": num_kv_heads,
-            "head_dim": head_dim,
-            "block_size": config.block_size,
-            "max_cached_blocks": config.max_cached_blocks,
-            "device": device,
-            "dtype": dtype,
-            "offload_dtype": offload_dtype,
-            "offload_dir": config.offload_dir,
-        }
-        self.store = BlockStore(**self._store_args)
+        self._shape = BlockShape(num_kv_heads, config.block_size, head_dim)
+        self._tiers = Tiers(
+            device, dtype, config.max_cached_blocks, context.offload_dtype, config.offload_dir
+        )
+        self.store = BlockStore(self._shape, self._tiers)
         self.question: torch.Tensor | None = None
         self._question_queries: list[torch.Tensor] = []
         self._rank_queries: list[torch.Tensor] = []
@@ -172,7 +173,8 @@ class LayerMemory:
             state["block_keys"],
             state["block_values"],
             state["representatives"],
-            **self._store_args,
+            self._shape,
+            self._tiers,
         )
         self.position = int(state["position"][0])
 
@@ -351,18 +353,17 @@ class RequestMemory:
 
     def new_layer(self, layer_idx: int, num_kv_heads: int, head_dim: int) -> LayerMemory:
         """Layer ``layer_idx``'s empty memory (made on its first :meth:`attend`)."""
-        layer = self.layers[layer_idx] = LayerMemory(
-            config=self.config,
-            plan=self.plan,
-            rope=self.rope,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            device=self.device,
-            dtype=self.dtype,
-            offload_dtype=self.offload_dtype,
-            counts=self.counts,
-            two_stage_attention=self.two_stage_attention,
+        context = LayerContext(
+            self.config,
+            self.plan,
+            self.rope,
+            self.device,
+            self.dtype,
+            self.counts,
+            self.offload_dtype,
+            self.two_stage_attention,
         )
+        layer = self.layers[layer_idx] = LayerMemory(context, num_kv_heads, head_dim)
         return layer
 
     @property

@@ -11,7 +11,7 @@ whose names differ is one entry in :data:`FAMILIES`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
@@ -68,3 +68,15 @@ def family_of(config: PretrainedConfig) -> ModelFamily:
     """The family of a model's config; :data:`ROPE_DECODER` for a type no entry lists."""
     model_type = getattr(config, "model_type", "")
     return next((f for f in FAMILIES if model_type in f.model_types), ROPE_DECODER)
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
+    """Tokens that end an answer: the generation config's, the model config's, the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -20,8 +20,8 @@ from .question_attention import RECORDER_KWARG, QuestionAttention
 
 if TYPE_CHECKING:
     from ..config import QLLMConfig
+    from ..inputs.prompt import PromptLayout
     from ..memory.request import RequestMemory
-    from ..prompt import PromptLayout
     from ..results import RetrievedBlock
 
 

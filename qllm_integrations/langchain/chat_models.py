@@ -31,8 +31,8 @@ from langchain_core.tools import BaseTool
 
 from qllm_core.errors import InvalidDocumentError
 from qllm_core.inputs.documents import check_text
+from qllm_core.inputs.prompt import encode_chat, encode_text
 from qllm_core.progress import ProgressListener
-from qllm_core.prompt import encode_chat, encode_text
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
@@ -151,7 +151,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
             get_evidence(reply)  # the passages it used, most relevant first, with scores
 
     The engine is shared process-wide by its :class:`~qllm_core.spec.EngineSpec`; pass
-    ``engine=`` to use one already built. Requests on one engine run one at a time.
+    ``engine=`` to use one already built. Requests on one engine share its model and
+    interleave step by step (each forward step holds the model's lock).
 
     With ``read_once=True`` a document is read once, question-free, and kept in
     the engine's memory cache: the next question about the same text reads only itself
@@ -196,7 +197,7 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
     ) -> int:
         """Tokens of ``messages`` in the model's chat template, ready for the answer.
 
-        The encoding of the ``direct`` route (:func:`qllm_core.prompt.encode_chat`); a long
+        The encoding of the ``direct`` route (:func:`qllm_core.inputs.prompt.encode_chat`); a long
         conversation is split into document and question, whose prompt differs slightly.
         ``tools`` are refused: the engine cannot call tools.
         """
