@@ -164,15 +164,22 @@ def test_saved_and_loaded_memory_gives_the_same_answer(tiny_engine, tokenizer, t
     memory = tiny_engine.read(document, mode=mode)
     expected = tiny_engine.answer(memory, QUESTION, max_new_tokens=20)
     memory.save(tmp_path / "memory")
-    loaded = DocumentMemory.load(tmp_path / "memory", tiny_engine)
+    loaded = tiny_engine.load_memory(tmp_path / "memory")
     assert loaded.mode == mode and loaded.tokens == memory.tokens
     assert loaded.prompt == memory.prompt
     assert loaded.document_sha256 == memory.document_sha256
+    assert loaded.identity == memory.identity == tiny_engine.identity
+    assert loaded.nbytes == memory.nbytes > 0
     got = tiny_engine.answer(loaded, QUESTION, max_new_tokens=20)
     assert got.text == expected.text
-    if mode == "qllm":
-        for name, tensor in layer_states(memory).items():
-            torch.testing.assert_close(layer_states(loaded)[name], tensor, rtol=0, atol=0)
+    saved, restored = memory.state.layer_states(), loaded.state.layer_states()
+    assert len(saved) == len(restored) == tiny_engine.model.config.num_hidden_layers
+    for before, after in zip(saved, restored, strict=True):
+        assert before.keys() == after.keys()
+        for name, tensor in before.items():
+            torch.testing.assert_close(after[name], tensor, rtol=0, atol=0, msg=name)
+    again = DocumentMemory.load(tmp_path / "memory", tiny_engine)  # the same, as a classmethod
+    assert tiny_engine.answer(again, QUESTION, max_new_tokens=20).text == expected.text
 
 
 @pytest.fixture
