@@ -6,7 +6,8 @@ import pytest
 import torch
 from test_engine_api import DOC, QUESTION
 
-from qllm_core import InsufficientMemoryError, QLLMEngine, capacity
+from qllm_core import InsufficientMemoryError, QLLMEngine
+from qllm_core.memory import capacity
 from qllm_core.errors import ConfigError
 
 
