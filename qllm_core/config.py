@@ -46,6 +46,10 @@ class QLLMConfig:
     """Memory blocks kept on the compute device per layer (LRU)."""
     prefill_chunk_size: int = 8192
     """Tokens per model forward during prefill (bounds FFN activations)."""
+    max_batch_size: int = 8
+    """Requests whose answers are decoded together, one forward step for all of them
+    (continuous batching, :mod:`~qllm_core.answering.scheduler`); more wait for a place.
+    1 decodes each request alone."""
     offload_dtype: str | None = None
     """dtype of the host copy of memory blocks (``float16``, ``bfloat16``,
     ``float32``); ``None`` keeps the model's dtype."""
@@ -95,6 +99,7 @@ class QLLMConfig:
             "max_cached_blocks",
             "prefill_chunk_size",
             "max_input_tokens",
+            "max_batch_size",
         ):
             value = getattr(self, name)
             _check(

@@ -11,16 +11,18 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from .answering.decoding import decode
 from .answering.pipeline import Pipeline
 from .answering.request import RequestBuilder
+from .answering.scheduler import Scheduler
 from .config import QLLMConfig
-from .errors import ConfigError
 from .inputs.documents import check_text
 from .inputs.prompt import encode_text
 from .inputs.validation import vocab_size
@@ -82,6 +84,8 @@ class QLLMEngine:
             tokenizer, config, model.config, self.device, self.dtype, vocab_size(model)
         )
         """Builds and checks each request before anything is read."""
+        self.scheduler = Scheduler(model, self.attached, rope, config.max_batch_size)
+        """Batches the decode steps of the requests in flight (``config.max_batch_size``)."""
         self.pipeline = Pipeline(
             model,
             self.attached,
@@ -89,6 +93,7 @@ class QLLMEngine:
             StateContext(model.config, rope, self.device, self.dtype),
             eos_token_ids(model, tokenizer),
             progress,
+            decode if config.max_batch_size == 1 else self.scheduler.decode,
         )
         """Runs each request: read, re-read, decode."""
 
@@ -101,6 +106,9 @@ class QLLMEngine:
     def config(self, config: QLLMConfig) -> None:
         select_attention(config.attention_backend, self.device)
         self.requests = dataclasses.replace(self.requests, config=config)
+        self.scheduler.max_batch_size = config.max_batch_size
+        decoder = decode if config.max_batch_size == 1 else self.scheduler.decode
+        self.pipeline = dataclasses.replace(self.pipeline, decoder=decoder)
 
     @property
     def progress(self) -> bool | None:
@@ -133,13 +141,8 @@ class QLLMEngine:
 
         model, tokenizer = load_model(source, device=device, dtype=dtype)
         config = config or QLLMConfig.default_for(source)
-        return cls(
-            model,
-            tokenizer,
-            config=config,
-            progress=progress,
-            memory_cache_bytes=memory_cache_bytes,
-        )
+        cache = memory_cache_bytes
+        return cls(model, tokenizer, config=config, progress=progress, memory_cache_bytes=cache)
 
     @property
     def model_name(self) -> str:
@@ -162,6 +165,17 @@ class QLLMEngine:
         """Answer ``question`` about ``document``; see :meth:`stream` for the options."""
         return _drain(self.stream(document, question, **options))
 
+    def answer_many(
+        self, requests: Sequence[tuple[str | DocumentMemory, str]], **options: Any
+    ) -> list[Answer]:
+        """Answer ``(document, question)`` pairs together; the answers in their order.
+
+        Each is read in a thread of its own; their decode steps are batched.
+        """
+        workers = max(1, min(len(requests), self.config.max_batch_size))
+        with ThreadPoolExecutor(workers, thread_name_prefix="quickllama") as pool:
+            return list(pool.map(lambda r: self.answer(*r, **options), requests))
+
     def stream(
         self,
         document: str | DocumentMemory,
@@ -183,14 +197,7 @@ class QLLMEngine:
         """
         opts = GenerationOptions.from_kwargs(**options)
         if isinstance(document, DocumentMemory):
-            if mode is not None:
-                raise ConfigError(
-                    f"mode={mode!r} cannot apply to a document memory: it was read in mode "
-                    f"{document.mode!r}; read the document again with engine.read(text, "
-                    f"mode={mode!r})"
-                )
-            question = check_text("question", question)
-            return self.pipeline.stream(self.requests.for_memory(document, question, opts))
+            return self.pipeline.stream(self.requests.for_memory(document, question, mode, opts))
         if mode is not None:
             self.config.replace(mode=mode)  # a bad mode fails before the document is read
         document = check_text("document", document)
@@ -231,14 +238,7 @@ class QLLMEngine:
         saved = read_memory(path, self.identity, self.config)
         tokens = len(saved.prompt.input_ids)
         state = restore_state(saved.config, saved.layer_states, tokens, self.pipeline.context)
-        return DocumentMemory(
-            prompt=saved.prompt,
-            config=saved.config,
-            state=state,
-            document_sha256=saved.document_sha256,
-            identity=saved.identity,
-            read_seconds=saved.read_seconds,
-        )
+        return DocumentMemory.restored(saved, state)
 
     def memory_for(self, document: str, *, mode: str | None = None) -> tuple[DocumentMemory, bool]:
         """``document``'s memory from :attr:`memories`, or read now and kept there.

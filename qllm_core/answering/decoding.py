@@ -28,6 +28,58 @@ class Decoded:
     tokens: int
 
 
+class Decoder:
+    """One answer's decoding, a token at a time: choose, add to the text, stop.
+
+    :meth:`advance` takes the logits a step gave and chooses the next token; the caller
+    feeds :attr:`token` to the model while :attr:`finish_reason` is ``None``. The same
+    state serves :func:`decode` (one request) and the batching scheduler (many).
+    """
+
+    def __init__(
+        self,
+        options: GenerationOptions,
+        tokenizer: Any,
+        eos_token_ids: Collection[int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self._text = TextAccumulator(tokenizer, options.stop)
+        self._choose = TokenChooser(options, eos_token_ids, device)
+        self._eos, self._max = eos_token_ids, options.max_new_tokens
+        self.tokens = 0
+        """Tokens chosen into the answer so far."""
+        self.token = -1
+        """The last token chosen, to feed next."""
+        self.finish_reason: FinishReason | None = None if self._max > 0 else "length"
+
+    def advance(self, logits: torch.Tensor) -> str:
+        """Choose the next token from ``logits`` (vocab,); return the text that became certain.
+
+        Ends the answer (:attr:`finish_reason`) at an end-of-sequence token (not part of
+        it), a stop string, or ``max_new_tokens``.
+        """
+        token = self._choose(logits)
+        if token in self._eos:
+            self.finish_reason = "eos"
+            return ""
+        self.tokens += 1
+        self.token = token
+        delta = self._text.add(token)
+        if self._text.stopped:
+            self.finish_reason = "stop"
+        elif self.tokens >= self._max:
+            self.finish_reason = "length"
+        return delta
+
+    def flush(self) -> str:
+        """The text held back (a possible stop string), once the answer has ended."""
+        return self._text.flush()
+
+    def result(self) -> Decoded:
+        """The answer decoded (call once :attr:`finish_reason` is set)."""
+        return Decoded(self._text.text, self.finish_reason or "length", self.tokens)
+
+
 def decode(
     step: Forward,
     logits: torch.Tensor,
@@ -46,30 +98,22 @@ def decode(
         eos_token_ids: tokens that end the answer (not part of it, finish ``eos``).
         on_token: called with the count of tokens chosen so far, after each one.
 
-    The model is stepped only for a token that is followed by another: the last token
-    chosen is never fed.
+    The step first makes room for the answer (:meth:`Forward.reserve`); the model is
+    stepped only for a token that is followed by another: the last token chosen is never
+    fed.
     """
-    text = TextAccumulator(tokenizer, options.stop)
-    choose = TokenChooser(options, eos_token_ids, logits.device)
-    finish: FinishReason = "length"
-    generated = 0
-    while generated < options.max_new_tokens:
-        token = choose(logits)
-        if token in eos_token_ids:
-            finish = "eos"
-            break
-        generated += 1
-        if on_token is not None:
-            on_token(generated)
-        delta = text.add(token)
+    with torch.inference_mode():
+        step.reserve(options.max_new_tokens)
+    decoder = Decoder(options, tokenizer, eos_token_ids, logits.device)
+    while decoder.finish_reason is None:
+        delta = decoder.advance(logits)
+        if on_token is not None and decoder.finish_reason != "eos":
+            on_token(decoder.tokens)
         if delta:
             yield delta
-        if text.stopped:
-            finish = "stop"
-            break
-        if generated < options.max_new_tokens:
-            logits = step([token])
-    tail = text.flush()
+        if decoder.finish_reason is None:
+            logits = step([decoder.token])
+    tail = decoder.flush()
     if tail:
         yield tail
-    return Decoded(text=text.text, finish_reason=finish, tokens=generated)
+    return decoder.result()

@@ -15,7 +15,7 @@ own (the batching scheduler, the server and the GPU kernels use these):
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from ..models.question_attention import QuestionAttention
 from ..modes import NATIVE_MODE, mode_spec
 from ..progress import Phase, prefill_progress
 from ..results import Answer, AnswerStats, AnswerStream
-from .decoding import decode
+from .decoding import Decoded, decode
 from .evidence import passage_evidence
 from .request import Request
 from .reread import SEPARATOR, Passage, reread_prompt
@@ -45,7 +45,9 @@ FULL_ATTENTION_CHUNK = 2048
 class Pipeline:
     """Runs requests through their stages on one attached model.
 
-    ``progress``: show a progress bar while reading (``None``: when stderr is a terminal).
+    ``progress``: show a progress bar while reading (``None``: when stderr is a terminal);
+    ``decoder``: the decode stage, :func:`~qllm_core.answering.decoding.decode` (alone)
+    or a :class:`~qllm_core.answering.scheduler.Scheduler`'s (batched).
     """
 
     model: PreTrainedModel
@@ -54,6 +56,7 @@ class Pipeline:
     context: StateContext
     eos_token_ids: Collection[int]
     progress: bool | None = None
+    decoder: Callable[..., Generator[str, None, Decoded]] = decode
 
     def stream(self, request: Request) -> AnswerStream:
         """The answer to ``request``, streamed; nothing is read until it is iterated."""
@@ -147,7 +150,6 @@ class Pipeline:
                 reread_started = time.perf_counter()
                 passages, step, logits = self.reread(request, step)
                 reread_seconds = time.perf_counter() - reread_started
-            step.reserve(options.max_new_tokens)
         prefill_seconds = time.perf_counter() - t0
         tokens_read = len(request.ids) - request.memory_tokens
         progress.read(tokens_read, prefill_seconds)
@@ -156,7 +158,7 @@ class Pipeline:
         def counted(generated: int) -> None:
             progress.generated = generated
 
-        decoded = yield from decode(
+        decoded = yield from self.decoder(
             step, logits, options, self.tokenizer, self.eos_token_ids, counted
         )
         with torch.inference_mode():

@@ -19,6 +19,7 @@ from transformers import PretrainedConfig
 
 from ..config import QLLMConfig
 from ..errors import ConfigError, InputTooLongError, InsufficientMemoryError
+from ..inputs.documents import check_text
 from ..inputs.prompt import (
     DocumentPrompt,
     PromptLayout,
@@ -115,9 +116,19 @@ class RequestBuilder:
         return Request(ids, plan, config, options)
 
     def for_memory(
-        self, memory: DocumentMemory, question: str, options: GenerationOptions
+        self, memory: DocumentMemory, question: str, mode: str | None, options: GenerationOptions
     ) -> Request:
-        """A question read on from ``memory`` (the question after the document)."""
+        """A question read on from ``memory`` (the question after the document).
+
+        ``mode`` must be ``None``: the memory was read in its own mode.
+        """
+        if mode is not None:
+            raise ConfigError(
+                f"mode={mode!r} cannot apply to a document memory: it was read in mode "
+                f"{memory.mode!r}; read the document again with engine.read(text, "
+                f"mode={mode!r})"
+            )
+        question = check_text("question", question)
         layout = memory.prompt.with_question(self.tokenizer, question)
         ids, config = layout.input_ids, memory.config
         window = self.window_tokens(config)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..config import QLLMConfig
 from ..inputs.prompt import DocumentPrompt
-from .persistence import save_memory
+from .persistence import SavedMemory, save_memory
 from .request import RequestPlan
 from .state import ReadState
 
@@ -80,6 +80,18 @@ class DocumentMemory:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write it to the directory ``path`` (:func:`.persistence.save_memory`)."""
         save_memory(self, path)
+
+    @classmethod
+    def restored(cls, saved: SavedMemory, state: ReadState) -> DocumentMemory:
+        """A saved memory (:func:`.persistence.read_memory`) with its state restored."""
+        return cls(
+            saved.prompt,
+            saved.config,
+            state,
+            saved.document_sha256,
+            saved.identity,
+            saved.read_seconds,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], engine: QLLMEngine) -> DocumentMemory:

@@ -47,6 +47,7 @@ RUNTIME_FIELDS = frozenset(
         "max_cached_blocks",
         "max_input_tokens",
         "prefill_chunk_size",
+        "max_batch_size",
     }
 )
 """Config fields that do not shape a stored memory: the loading engine's own apply (the

@@ -15,12 +15,14 @@ from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from ..answering.evidence import full_evidence, memory_evidence
+from .batch import CacheRow, Row
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
 from .question_attention import RECORDER_KWARG, QuestionAttention
 
 if TYPE_CHECKING:
     from ..config import QLLMConfig
     from ..inputs.prompt import PromptLayout
+    from ..kernels.rope import RotaryTable
     from ..memory.request import RequestMemory
     from ..results import RetrievedBlock
 
@@ -33,6 +35,12 @@ class Forward(Protocol):
 
     def reserve(self, new_tokens: int) -> None:
         """Make room for ``new_tokens`` more tokens before decoding (where it pays)."""
+
+    def row(self, rope: RotaryTable, new_tokens: int) -> Row:
+        """The request as a row of batched decode steps, with room for ``new_tokens``.
+
+        See :mod:`~qllm_core.models.batch`; feed the step no more tokens afterwards.
+        """
 
     def relevance(self, ranking: str) -> torch.Tensor:
         """Per block, the question's attention under ``ranking``, mean over layers.
@@ -68,6 +76,10 @@ class QLLMForward:
 
     def reserve(self, new_tokens: int) -> None:
         """Nothing to reserve: the memory grows block by block."""
+
+    def row(self, rope: RotaryTable, new_tokens: int) -> Row:
+        """The request memory itself: it attends for one batch entry as for a request."""
+        return self.memory
 
     def relevance(self, ranking: str) -> torch.Tensor:
         """Each block's relevance (:meth:`RequestMemory.block_relevance`), mean over layers."""
@@ -136,6 +148,11 @@ class NativeForward:
                 into.update(keys, values)
             layer.keys = layer.values = None  # freed as it goes (a fork's stay in its memory)
         self.cache = static
+
+    def row(self, rope: RotaryTable, new_tokens: int) -> Row:
+        """The KV cache read so far as a :class:`~qllm_core.models.batch.CacheRow`."""
+        assert isinstance(self.cache, DynamicCache)  # before reserve: decoded here or batched
+        return CacheRow(self.cache, rope, new_tokens)
 
     def relevance(self, ranking: str) -> torch.Tensor:
         """Each document block's relevance as the recorder saw it; empty without one."""

@@ -66,8 +66,10 @@ def _qllm_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention function for transformers: hands the layer's q, k, v to the request's memory.
 
-    query: (1, heads, q_len, head_dim); key, value: (1, kv_heads, q_len, head_dim), unrotated.
-    Returns ``(output (1, q_len, heads, head_dim), None)``.
+    query: (B, heads, q_len, head_dim); key, value: (B, kv_heads, q_len, head_dim),
+    unrotated. The memory keyword holds one request's memory (B = 1) or a list of B rows
+    (:mod:`~qllm_core.models.batch`), each attending for its own batch entry. Returns
+    ``(output (B, q_len, heads, head_dim), None)``.
     """
     memory = kwargs.get(MEMORY_KWARG)
     if memory is None:
@@ -77,8 +79,12 @@ def _qllm_attention(
         )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    out = memory.attend(module.layer_idx, query[0], key[0], value[0], scaling)
-    return out.transpose(0, 1).unsqueeze(0), None
+    rows = memory if isinstance(memory, list) else [memory]
+    outs = [
+        row.attend(module.layer_idx, query[i], key[i], value[i], scaling)
+        for i, row in enumerate(rows)
+    ]
+    return torch.stack(outs).transpose(1, 2), None
 
 
 def check_model(model: PreTrainedModel) -> None:
