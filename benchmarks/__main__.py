@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import batch as batch_mod
 from . import commands, gpu_check, machine, throughput
 from . import compare as compare_mod
 from . import followup as followup_mod
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read nothing: rag, or variants of samples read already",
     )
     add_arguments(passages)
+
+    batch = sub.add_parser(
+        "batch", help="many questions at once: batched decoding vs one at a time, same requests"
+    )
+    batch.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768])
+    batch.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    batch.add_argument("--max-new-tokens", type=int, default=64)
+    add_arguments(batch)
 
     followup = sub.add_parser(
         "followup", help="read once: first question vs follow-up from memory, decode speed"
@@ -179,6 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             answers_only=args.answers_only,
         )
         commands.rerender(paths)
+        return 0
+    elif args.command == "batch":
+        batch_mod.run_batch(
+            spec.load(progress=False),
+            paths,
+            args.lengths,
+            args.concurrency,
+            max_new_tokens=args.max_new_tokens,
+            command=machine.command_line(),
+        )
+        commands.rerender(paths)
+        print(batch_mod.batch_section(paths))
         return 0
     elif args.command == "followup":
         followup_mod.run_followup(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import figures, tables
+from .batch import batch_section
 from .compare_report import compare_section
 from .followup import followup_section
 from .passages_report import passages_sections
@@ -50,6 +51,9 @@ def render(paths: Paths) -> str:
     followup = followup_section(paths)
     if followup:
         sections.append(followup)
+    batch = batch_section(paths)
+    if batch:
+        sections.append(batch)
     recall = load_json(paths.results / "recall.json")
     if recall:
         sections.append(

@@ -1,0 +1,31 @@
+"""The batch benchmark pairs sequential and batched runs of the same requests."""
+
+from __future__ import annotations
+
+from benchmarks import batch
+from benchmarks.paths import Paths, load_json
+
+
+def test_batch_runs_both_workloads_and_the_answers_agree(tiny_engine, tmp_path):
+    paths = Paths(tmp_path)
+    paths.results.mkdir(parents=True)
+    data = batch.run_batch(
+        tiny_engine, paths, [384], [1, 3], max_new_tokens=6, command="python -m benchmarks batch"
+    )
+    rows = data["rows"]
+    assert [(r["workload"], r["concurrency"]) for r in rows] == [
+        ("memory", 1),
+        ("memory", 3),
+        ("new", 1),
+        ("new", 3),
+    ]
+    for row in rows:
+        assert row["identical"], row
+        for run in ("sequential", "batched"):
+            summary = row[run]
+            assert summary["tokens_per_second"] > 0 and summary["wall_seconds"] > 0
+            assert summary["p50_latency"] <= summary["p95_latency"]
+    assert max(r["largest_batch"] for r in rows) >= 1
+    assert load_json(paths.results / batch.RESULTS)["rows"] == rows
+    section = batch.batch_section(paths)
+    assert section is not None and section.count(" 384 ") == 4 and "| NO" not in section
