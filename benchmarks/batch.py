@@ -148,6 +148,26 @@ def run_batch(
     return data
 
 
+def decode_rates(
+    engine: Any, concurrency: Sequence[int], *, length: int = 2048, tokens: int = 64
+) -> list[dict[str, Any]]:
+    """Aggregate decode tokens/s of C questions at once on one document memory, per C.
+
+    The GPU check's batched-decode step (``make gpu-check``): the re-read is off, so the
+    decode steps are the cost measured.
+    """
+    batched = engine_with(engine, max_batch_size=max(concurrency), reread_tokens=0)
+    sample = make_sample(engine.tokenizer, "needle", length, None, 0, 0)
+    memory = batched.read(sample.document)
+    out = []
+    for c in concurrency:
+        started = time.perf_counter()
+        results = _concurrent(batched, [(memory, sample.question)] * c, tokens)
+        wall = time.perf_counter() - started
+        out.append({"concurrency": c} | _summary(results, wall))
+    return out
+
+
 def batch_section(paths: Paths) -> str | None:
     """The BENCHMARKS.md section, or ``None`` before a run."""
     data = load_json(paths.results / RESULTS)

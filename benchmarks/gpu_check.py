@@ -142,8 +142,9 @@ class Check:
             self.triton_tests()
             if self.model():
                 self.throughput()
+                self.batched_decode()
         else:
-            for name in ("triton-tests", "model", "throughput"):
+            for name in ("triton-tests", "model", "throughput", "batched-decode"):
                 self.record(name, "skipped", time.monotonic(), "set-up failed")
         return self.finish()
 
@@ -260,6 +261,26 @@ class Check:
         if self.dry and not self.forced_dry:
             detail += "; skipped: the triton backend and 32K/128K (no CUDA)"
         self.record("throughput", status, started, detail, table=points_table(self.points))
+
+    def batched_decode(self) -> None:
+        """Aggregate decode tokens/s at 1, 8 and 32 questions at once (continuous batching)."""
+        started = time.monotonic()
+        concurrency = [1, 2] if self.dry else [1, 8, 32]
+        device = "cpu" if self.dry else "cuda"
+        code = (
+            "import json; from qllm_core.spec import EngineSpec; "
+            "from benchmarks.batch import decode_rates; "
+            f"engine = EngineSpec(device={device!r}).load(progress=False); "
+            f"print(json.dumps(decode_rates(engine, {concurrency}, "
+            f"length={256 if self.dry else 2048}, tokens={8 if self.dry else 64})))"
+        )
+        done = _run([str(VENV_PYTHON), "-c", code], timeout=max(self.left() - 30, 1), log=self)
+        if done is None or done.returncode != 0:
+            self.record("batched-decode", "fail", started, "the run broke; see the log")
+            return
+        rates = json.loads(done.stdout.strip().splitlines()[-1])
+        detail = ", ".join(f"{r['concurrency']}: {r['tokens_per_second']:.0f} tok/s" for r in rates)
+        self.record("batched-decode", "pass", started, detail, rates=rates)
 
     # -- summary -----------------------------------------------------------------------
 

@@ -29,3 +29,9 @@ def test_batch_runs_both_workloads_and_the_answers_agree(tiny_engine, tmp_path):
     assert load_json(paths.results / batch.RESULTS)["rows"] == rows
     section = batch.batch_section(paths)
     assert section is not None and section.count(" 384 ") == 4 and "| NO" not in section
+
+
+def test_decode_rates_measure_each_concurrency(tiny_engine):
+    rates = batch.decode_rates(tiny_engine, [1, 2], length=256, tokens=4)
+    assert [r["concurrency"] for r in rates] == [1, 2]
+    assert all(r["tokens_per_second"] > 0 for r in rates)
