@@ -156,7 +156,9 @@ def decode_rates(
     The GPU check's batched-decode step (``make gpu-check``): the re-read is off, so the
     decode steps are the cost measured.
     """
-    batched = engine_with(engine, max_batch_size=max(concurrency), reread_tokens=0)
+    batched = engine_with(
+        engine, max_batch_size=max(concurrency), reread_tokens=0, reread_min_tokens=0
+    )
     sample = make_sample(engine.tokenizer, "needle", length, None, 0, 0)
     memory = batched.read(sample.document)
     out = []
