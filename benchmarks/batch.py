@@ -9,11 +9,13 @@ workloads:
   the whole cost, as for a team asking many questions about the same files);
 - ``new``: each request with its own document, read for its question.
 
-For each concurrency C, the first C requests run twice on the same model: **sequential**
-(an engine with ``max_batch_size=1``, the requests one after another) and **batched**
-(``max_batch_size=C``, the C requests in C threads at once; their decode steps share
-forward passes, :mod:`qllm_core.answering.scheduler`). Every answer is exactly
-``max_new_tokens`` long (``min_new_tokens`` holds off the end of sequence). Recorded: wall
+For each concurrency C, the first C requests run twice on one engine (``max_batch_size``
+the largest C): **sequential** (one after another, each decoded alone) and **batched**
+(the C requests in C threads at once; their decode steps share forward passes,
+:mod:`qllm_core.answering.scheduler`). Both decode through the scheduler, so batching is
+the only difference. The C = 1 rows add the engine decoding alone without the scheduler
+(``max_batch_size=1``: a static KV cache and the model's own attention) as ``unbatched``.
+Every answer is exactly ``max_new_tokens`` long (``min_new_tokens`` holds off the end of sequence). Recorded: wall
 time, aggregate decode tokens/s (tokens generated over the wall time), requests per
 minute, p50/p95 latency, p50 time to first token, the process's peak RSS after the run
 (monotonic, so only its growth says anything), and whether every batched answer equals
@@ -100,7 +102,7 @@ def run_batch(
     command: str,
 ) -> dict[str, Any]:
     """Run both workloads at every length and concurrency; save as they finish."""
-    sequential = engine_with(engine, max_batch_size=1)
+    unbatched = engine_with(engine, max_batch_size=1)
     batched = engine_with(engine, max_batch_size=max(concurrency))
     rows: list[dict[str, Any]] = []
     data = {
@@ -125,8 +127,14 @@ def run_batch(
         for workload, requests in workloads.items():
             for c in concurrency:
                 chosen = requests[:c]
+                extra = {}
+                if c == 1:
+                    started = time.perf_counter()
+                    plain = _sequential(unbatched, chosen, max_new_tokens)
+                    extra["unbatched"] = _summary(plain, time.perf_counter() - started)
+                    extra["unbatched_identical"] = plain[0]["text"]
                 started = time.perf_counter()
-                alone = _sequential(sequential, chosen, max_new_tokens)
+                alone = _sequential(batched, chosen, max_new_tokens)
                 seq_wall = time.perf_counter() - started
                 started = time.perf_counter()
                 together = _concurrent(batched, chosen, max_new_tokens)
@@ -141,7 +149,12 @@ def run_batch(
                         "identical": [a["text"] for a in alone] == [b["text"] for b in together],
                         "largest_batch": batched.scheduler.largest_batch,
                     }
+                    | extra
                 )
+                if c == 1:
+                    rows[-1]["unbatched_identical"] = (
+                        extra["unbatched_identical"] == alone[0]["text"]
+                    )
                 batched.scheduler.largest_batch = 0
                 data["meta"]["date"] = machine.now()
                 save_json(paths.results / RESULTS, data)
@@ -209,6 +222,16 @@ def batch_section(paths: Paths) -> str | None:
         "largest batch",
         "same answers",
     ]
+    unbatched = [
+        f"- {row['length']} tokens, `{row['workload']}`: "
+        f"{row['unbatched']['tokens_per_second']:.1f} tok/s, p50 "
+        f"{row['unbatched']['p50_latency']:.1f} s without the scheduler against "
+        f"{row['sequential']['tokens_per_second']:.1f} tok/s, "
+        f"{row['sequential']['p50_latency']:.1f} s through it; the same answer: "
+        + ("yes" if row["unbatched_identical"] else "NO")
+        for row in data["rows"]
+        if "unbatched" in row
+    ]
     machine_line = meta["machine"]
     return "\n".join(
         [
@@ -218,11 +241,16 @@ def batch_section(paths: Paths) -> str | None:
             f"- Machine: {machine_line['cpu']}, {machine_line['cores']} cores, "
             f"{machine_line['ram_gib']} GiB RAM; model {meta['model']}",
             f"- Each answer exactly {meta['max_new_tokens']} tokens; the same C requests run "
-            "one after another (`max_batch_size=1`) and at once in C threads (decode steps "
+            "on one engine one after another and at once in C threads (decode steps "
             "batched); `memory`: questions on one document read once; `new`: a document "
             "per request. Pairs are sequential / batched.",
             "",
             tabulate(table, headers=headers, tablefmt="github"),
+            "",
+            "One request alone, decoded without the scheduler (`max_batch_size=1`: transformers' "
+            "static cache and the model's own attention) and through it:",
+            "",
+            *unbatched,
             "",
         ]
     )

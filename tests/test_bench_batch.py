@@ -28,7 +28,13 @@ def test_batch_runs_both_workloads_and_the_answers_agree(tiny_engine, tmp_path):
     assert max(r["largest_batch"] for r in rows) >= 1
     assert load_json(paths.results / batch.RESULTS)["rows"] == rows
     section = batch.batch_section(paths)
-    assert section is not None and section.count(" 384 ") == 4 and "| NO" not in section
+    assert section is not None and section.count("| NO") == 0
+    assert section.count(" 384 ") == 4 + 2  # the table's rows, the two unbatched lines
+    for row in rows:
+        if row["concurrency"] == 1:
+            assert row["unbatched_identical"] and row["unbatched"]["tokens_per_second"] > 0
+        else:
+            assert "unbatched" not in row
 
 
 def test_decode_rates_measure_each_concurrency(tiny_engine):
