@@ -15,11 +15,11 @@ the largest C): **sequential** (one after another, each decoded alone) and **bat
 :mod:`qllm_core.answering.scheduler`). Both decode through the scheduler, so batching is
 the only difference. The C = 1 rows add the engine decoding alone without the scheduler
 (``max_batch_size=1``: a static KV cache and the model's own attention) as ``unbatched``.
-Every answer is exactly ``max_new_tokens`` long (``min_new_tokens`` holds off the end of sequence). Recorded: wall
-time, aggregate decode tokens/s (tokens generated over the wall time), requests per
-minute, p50/p95 latency, p50 time to first token, the process's peak RSS after the run
-(monotonic, so only its growth says anything), and whether every batched answer equals
-the sequential one. Results: ``benchmarks/results/batch.json``, rendered into
+Every answer is exactly ``max_new_tokens`` long (``min_new_tokens`` holds off the end of
+sequence). Recorded: wall time, aggregate decode tokens/s (tokens generated over the wall
+time), requests per minute, p50/p95 latency, p50 time to first token, the process's peak
+RSS after the run (monotonic, so only its growth says anything), and whether every
+batched answer equals the sequential one. Results: ``benchmarks/results/batch.json``, rendered into
 BENCHMARKS.md.
 """
 
