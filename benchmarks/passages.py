@@ -112,21 +112,20 @@ def block_ranks(
 
 
 def read_sample(
-    engine: Any, sample: Sample, *, single_pass: bool = False
+    engine: Any, sample: Sample, layout: Any, *, single_pass: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The default's read of ``sample``: block relevance per ranking, fact ranks, timing.
 
-    With ``single_pass``, also the :data:`SINGLE_PASS` answer record, decoded greedily
-    from the read once the relevance is taken (else ``None``).
+    ``layout``: the sample's prompt (:func:`sample_prompt`). With ``single_pass``, also
+    the :data:`SINGLE_PASS` answer record, decoded greedily from the read once the
+    relevance is taken (else ``None``).
     """
     from qllm_core.answering.decoding import decode
-    from qllm_core.inputs.prompt import build_prompt
     from qllm_core.memory.request import RequestPlan
     from qllm_core.memory.retrieval import RANKINGS
     from qllm_core.options import GenerationOptions
 
     config = engine.config.replace(mode="qllm")
-    layout = build_prompt(engine.tokenizer, sample.document, sample.question)
     plan = RequestPlan(
         question_span=layout.question_span,
         record_from=layout.final_question_span[0],
@@ -205,13 +204,24 @@ def oracle_passages(layout: Any, spans: list[tuple[int, int]]) -> list[Any]:
     return out
 
 
-def answer_variant(engine: Any, sample: Sample, read: dict[str, Any], name: str) -> dict[str, Any]:
-    """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer."""
+def sample_prompt(engine: Any, sample: Sample) -> Any:
+    """The prompt the default reads for ``sample`` (question, document, question)."""
+    from qllm_core.inputs.prompt import build_prompt
+
+    return build_prompt(engine.tokenizer, sample.document, sample.question)
+
+
+def answer_variant(
+    engine: Any, sample: Sample, layout: Any, read: dict[str, Any], name: str
+) -> dict[str, Any]:
+    """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer.
+
+    ``layout``: the sample's prompt (:func:`sample_prompt`), as read.
+    """
     from qllm_core.answering.reread import SEPARATOR, passages_for, reread_ids
-    from qllm_core.inputs.prompt import build_prompt, encode_text
+    from qllm_core.inputs.prompt import encode_text
 
     config = engine.config
-    layout = build_prompt(engine.tokenizer, sample.document, sample.question)
     spans = [tuple(s) for s in read["fact_spans"]]
     if name == "oracle":
         passages = oracle_passages(layout, spans)
@@ -297,10 +307,12 @@ def run_passages(
     summary: dict[str, Any] = {}
     rag = None
     for sample in tqdm(list(samples), desc=f"passages {set_name}", unit="sample"):
+        layout = None  # built once per sample, when a read or a re-read needs it
         single = SINGLE_PASS in variants and (sample.sample_id, SINGLE_PASS) not in done
         if (sample.sample_id not in reads or single) and not answers_only:
             # a sample read before the single pass was asked for is read again for it
-            read, record = read_sample(engine, sample, single_pass=single)
+            layout = sample_prompt(engine, sample)
+            read, record = read_sample(engine, sample, layout, single_pass=single)
             if sample.sample_id not in reads:
                 reads[sample.sample_id] = _append(reads_path, read)
             if record is not None:
@@ -317,7 +329,9 @@ def run_passages(
                     rag = RagSystem(engine, minilm_embeddings())
                 record = answer_rag(rag, sample)
             else:
-                record = answer_variant(engine, sample, reads[sample.sample_id], name)
+                layout = layout or sample_prompt(engine, sample)
+                read = reads[sample.sample_id]
+                record = answer_variant(engine, sample, layout, read, name)
             answers.append(_append(answers_path, record))
         summary = {
             "meta": meta | {"date": machine.now()},

@@ -41,9 +41,10 @@ def _sample() -> Sample:
 def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatch, variant):
     monkeypatch.setitem(passages.VARIANTS, "under-test", variant)
     sample = _sample()
-    read, single = passages.read_sample(tiny_engine, sample)
+    layout = passages.sample_prompt(tiny_engine, sample)
+    read, single = passages.read_sample(tiny_engine, sample, layout)
     assert single is None
-    record = passages.answer_variant(tiny_engine, sample, read, "under-test")
+    record = passages.answer_variant(tiny_engine, sample, layout, read, "under-test")
     config = tiny_engine.config.replace(mode="qllm", reread_margin=32, **variant.config_fields())
     engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
     answer = engine.answer(DOC, QUESTION, max_new_tokens=6, **dict(variant.options))
@@ -53,7 +54,8 @@ def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatc
 
 def test_the_single_pass_answers_as_the_engine_without_a_reread(tiny_engine):
     sample = _sample()
-    _, record = passages.read_sample(tiny_engine, sample, single_pass=True)
+    layout = passages.sample_prompt(tiny_engine, sample)
+    _, record = passages.read_sample(tiny_engine, sample, layout, single_pass=True)
     config = tiny_engine.config.replace(mode="qllm", reread_tokens=0)
     engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
     answer = engine.answer(DOC, QUESTION, max_new_tokens=6)
