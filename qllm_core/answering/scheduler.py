@@ -13,6 +13,13 @@ Greedy answers are the same token for token as a request decoded alone: each req
 attends only over its own keys, and only the weight matrices are shared by the batch.
 A request whose consumer stops reading (a closed stream) leaves the batch at the next
 step; a step that raises fails the requests in it, and the requests that come after run.
+
+Not batched: the reads and re-reads. Each is a prefill of hundreds to thousands of
+tokens, bound by arithmetic, not by reading the weights: on a CPU, B prefills in one pass
+cost about B times one, so they run as they would alone (interleaved step by step under
+the model's lock). The bound on requests in flight is ``max_batch_size`` for decoding;
+each request's keys and values are checked against free memory when it is built
+(:func:`~qllm_core.memory.capacity.check_fits`), one request at a time.
 """
 
 from __future__ import annotations
