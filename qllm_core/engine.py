@@ -46,13 +46,13 @@ __all__ = ["GenerationOptions", "QLLMEngine"]
 
 
 class QLLMEngine:
-    """Query-aware long-context inference over a loaded causal LM (batch size 1).
+    """Query-aware long-context inference over a loaded causal LM.
 
     A request reads its document afresh (:meth:`answer` with a string), or reads on from a
     document read once (:meth:`read`, then :meth:`answer` with the memory). Requests (of
-    this engine, or of any engine on the same model) run concurrently step by step: each
-    model forward step holds the model's lock (:func:`~qllm_core.models.patching.model_lock`),
-    nothing is held between steps.
+    this engine, or of any engine on the same model) read concurrently step by step, and
+    decode in one batch (:attr:`scheduler`); each forward step holds the model's lock
+    (:func:`~qllm_core.models.patching.model_lock`), nothing is held between steps.
     """
 
     def __init__(
