@@ -216,9 +216,9 @@ class QLLMEngine:
 
     def _read(self, document: str, mode: str | None) -> DocumentMemory:
         """:meth:`read` of a document :func:`check_text` has passed."""
-        prompt, config = self.requests.for_document(document, mode)
+        prompt, config, kv = self.requests.for_document(document, mode)
         t0 = time.perf_counter()
-        state = self.pipeline.read_document(prompt, config)
+        state = self.pipeline.read_document(prompt, config, kv)
         return DocumentMemory(
             prompt=prompt,
             config=config,

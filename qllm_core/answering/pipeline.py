@@ -14,9 +14,10 @@ own (the batching scheduler, the server and the GPU kernels use these):
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ from transformers import PreTrainedModel
 
 from ..config import QLLMConfig
 from ..inputs.prompt import DocumentPrompt, encode_text
+from ..memory.admission import Admission
+from ..memory.capacity import KVNeed, free_bytes
 from ..memory.request import RequestPlan
 from ..memory.state import ReadState, StateContext, new_state
 from ..models.forward import Forward
@@ -57,21 +60,27 @@ class Pipeline:
     eos_token_ids: Collection[int]
     progress: bool | None = None
     decoder: Callable[..., Generator[str, None, Decoded]] = decode
+    admission: Admission = field(default_factory=Admission)
+    """Holds each request's keys and values while it runs (:mod:`~qllm_core.memory.admission`)."""
 
     def stream(self, request: Request) -> AnswerStream:
         """The answer to ``request``, streamed; nothing is read until it is iterated."""
         progress = _Progress(request.config.mode, request.plan.question_span is not None)
-        return AnswerStream(self._run(request, progress), cancelled=progress.cancelled)
+        return AnswerStream(self._admitted(request, progress), cancelled=progress.cancelled)
 
     def new_forward(self, config: QLLMConfig, plan: RequestPlan) -> Forward:
         """A forward step over a new, empty state for ``config.mode`` (a concrete mode)."""
         return new_state(config, plan, self.context).forward(self.model, self.attached)
 
-    def read_document(self, prompt: DocumentPrompt, config: QLLMConfig) -> ReadState:
-        """The state a question-free read of ``prompt`` leaves (for a document memory)."""
+    def read_document(self, prompt: DocumentPrompt, config: QLLMConfig, kv: KVNeed) -> ReadState:
+        """The state a question-free read of ``prompt`` leaves (for a document memory).
+
+        ``kv``: what it keeps, held while it reads.
+        """
         ids = prompt.input_ids
         state = new_state(config, RequestPlan(None, record_from=len(ids)), self.context)
-        with torch.inference_mode():
+        free = functools.partial(free_bytes, kv, config, self.context.device)
+        with self.admission.hold(kv, free), torch.inference_mode():
             self.prefill(state.forward(self.model, self.attached), ids, config)
         return state
 
@@ -134,6 +143,12 @@ class Pipeline:
         return self.attached.question_attention(
             layout.final_question_span, layout.document_span, config.block_size
         )
+
+    def _admitted(self, request: Request, progress: _Progress) -> Generator[str, None, Answer]:
+        """:meth:`_run` once the request fits beside those in flight, holding its bytes."""
+        free = functools.partial(free_bytes, request.kv, request.config, self.context.device)
+        with self.admission.hold(request.kv, free):
+            return (yield from self._run(request, progress))
 
     def _run(self, request: Request, progress: _Progress) -> Generator[str, None, Answer]:
         """Read, re-read, decode; yields the answer's text deltas, returns the answer."""

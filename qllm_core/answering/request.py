@@ -29,7 +29,7 @@ from ..inputs.prompt import (
 )
 from ..inputs.validation import question_span as checked_span
 from ..inputs.validation import token_ids
-from ..memory.capacity import check_fits
+from ..memory.capacity import NO_KV, KVNeed, check_fits
 from ..memory.document import QUESTION_ROOM, DocumentMemory
 from ..memory.request import RequestPlan
 from ..modes import mode_spec, resolve
@@ -55,6 +55,8 @@ class Request:
     layout: PromptLayout | None = None
     memory: DocumentMemory | None = None
     reread_into: PromptLayout | None = None
+    kv: KVNeed = NO_KV
+    """The keys and values it will keep (held while it runs: :mod:`~qllm_core.memory.admission`)."""
 
     @property
     def memory_tokens(self) -> int:
@@ -92,13 +94,13 @@ class RequestBuilder:
         config = self._config("the prompt has", mode, tokens, options.max_new_tokens)
         if rereads(config):
             self._check_reread_fits(layout, config, options.max_new_tokens)
-        self._check_fits(tokens, options.max_new_tokens, config)
+        kv = self._check_fits(tokens, options.max_new_tokens, config)
         plan = RequestPlan(
             question_span=layout.question_span,
             record_from=layout.final_question_span[0],
             rank_span=_rank_span(layout, config),
         )
-        return Request(layout.input_ids, plan, config, options, layout=layout)
+        return Request(layout.input_ids, plan, config, options, layout=layout, kv=kv)
 
     def for_ids(
         self,
@@ -111,9 +113,9 @@ class RequestBuilder:
         ids = token_ids(input_ids, self.vocab_size)
         span = checked_span(question_span, len(ids))
         config = self._config("the prompt has", mode, len(ids), options.max_new_tokens)
-        self._check_fits(len(ids), options.max_new_tokens, config)
+        kv = self._check_fits(len(ids), options.max_new_tokens, config)
         plan = RequestPlan(question_span=span, record_from=span[1] if span else len(ids))
-        return Request(ids, plan, config, options)
+        return Request(ids, plan, config, options, kv=kv)
 
     def for_memory(
         self, memory: DocumentMemory, question: str, mode: str | None, options: GenerationOptions
@@ -152,7 +154,9 @@ class RequestBuilder:
             ids, plan, config, options, layout=layout, memory=memory, reread_into=reread_into
         )
 
-    def for_document(self, document: str, mode: str | None) -> tuple[DocumentPrompt, QLLMConfig]:
+    def for_document(
+        self, document: str, mode: str | None
+    ) -> tuple[DocumentPrompt, QLLMConfig, KVNeed]:
         """The prompt and config of a question-free read of ``document``.
 
         As :meth:`QLLMEngine.read` reads it: :data:`QUESTION_ROOM` tokens are left for each
@@ -161,8 +165,7 @@ class RequestBuilder:
         prompt = build_document_prompt(self.tokenizer, document)
         tokens = len(prompt.input_ids)
         config = self._config("the document takes", mode, tokens, QUESTION_ROOM)
-        self._check_fits(tokens, QUESTION_ROOM, config)
-        return prompt, config
+        return prompt, config, self._check_fits(tokens, QUESTION_ROOM, config)
 
     def window_tokens(self, config: QLLMConfig | None = None) -> int:
         """Longest prompt plus answer read with the model's own attention in mode ``auto``."""
@@ -195,7 +198,7 @@ class RequestBuilder:
         fits = prompt_tokens + new_tokens <= self.window_tokens(config)
         return config.replace(mode=resolve(config.mode, fits))
 
-    def _check_fits(self, prompt_tokens: int, new_tokens: int, config: QLLMConfig) -> None:
+    def _check_fits(self, prompt_tokens: int, new_tokens: int, config: QLLMConfig) -> KVNeed:
         """``check_fits`` for prompt plus answer, naming ``max_new_tokens`` when it is the cause."""
         fits = functools.partial(
             check_fits,
@@ -205,7 +208,7 @@ class RequestBuilder:
             dtype=self.dtype,
         )
         try:
-            fits(prompt_tokens + new_tokens)
+            return fits(prompt_tokens + new_tokens)
         except InsufficientMemoryError as error:
             fits(prompt_tokens)  # the prompt alone fails: raised as is
             raise InsufficientMemoryError(

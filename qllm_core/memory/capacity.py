@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,6 +110,59 @@ def available_device_bytes(device: torch.device) -> int | None:
     return int(free)
 
 
+@dataclass(frozen=True)
+class KVNeed:
+    """The bytes of keys and values a request keeps, and where (``tier``)."""
+
+    tier: str
+    """``device`` (the model's own attention), ``ram`` or ``disk`` (the offload dir)."""
+    nbytes: int
+    where: str
+    """The tier in words, for errors."""
+    fixes: str
+    """How to make a request that does not fit, fit."""
+
+
+NO_KV = KVNeed("ram", 0, "RAM", "")
+"""What a request that keeps nothing new holds (a question read on from a memory)."""
+
+
+def kv_need(
+    tokens: int, *, model_config: PretrainedConfig, config: QLLMConfig, dtype: torch.dtype
+) -> KVNeed:
+    """What ``tokens`` tokens' keys and values take in ``config.mode``, and where.
+
+    Modes ``qllm`` and ``infllm`` keep them in host memory (RAM, or the disk tier when
+    ``config.offload_dir`` is set) in the offload dtype; ``full`` keeps them on the device
+    in the model's dtype; ``streaming`` keeps only a window (0 bytes counted).
+    """
+    spec = mode_spec(config.mode)
+    if not spec.keeps_all_tokens:
+        return NO_KV
+    if not spec.block_memory:
+        need = tokens * kv_bytes_per_token(model_config, dtype)
+        fixes = "use mode 'qllm', which keeps them off the device in memory blocks"
+        return KVNeed("device", need, "device memory", fixes)
+    offload = getattr(torch, config.offload_dtype) if config.offload_dtype else dtype
+    need = tokens * kv_bytes_per_token(model_config, offload)
+    fixes = _qllm_fixes(config, offload)
+    if config.offload_dir is None:
+        return KVNeed("ram", need, "RAM", fixes)
+    where = f"free disk space in offload_dir {config.offload_dir!r}"
+    return KVNeed("disk", need, where, fixes)
+
+
+def free_bytes(need: KVNeed, config: QLLMConfig, device: torch.device) -> int | None:
+    """What ``need``'s tier has free now (``None``: not known)."""
+    if need.tier == "device":
+        return available_device_bytes(device)
+    if need.tier == "disk":
+        assert config.offload_dir is not None
+        _check_offload_dir(config.offload_dir)
+        return shutil.disk_usage(config.offload_dir).free
+    return available_ram_bytes()
+
+
 def check_fits(
     tokens: int,
     *,
@@ -116,37 +170,23 @@ def check_fits(
     config: QLLMConfig,
     device: torch.device,
     dtype: torch.dtype,
-) -> None:
-    """Raise ``InsufficientMemoryError`` when ``tokens`` tokens' keys and values cannot be held.
+) -> KVNeed:
+    """``tokens`` tokens' keys and values (:func:`kv_need`), if their tier can hold them.
 
-    Modes ``qllm`` and ``infllm`` keep them in host memory (RAM, or the disk tier when
-    ``config.offload_dir`` is set) in the offload dtype; ``full`` keeps them on the device
-    in the model's dtype; ``streaming`` keeps only a window.
+    Raises ``InsufficientMemoryError`` naming the ways out when it cannot.
     """
-    spec = mode_spec(config.mode)
-    if not spec.keeps_all_tokens:
-        return
-    if not spec.block_memory:
-        need = tokens * kv_bytes_per_token(model_config, dtype)
-        free = available_device_bytes(device)
-        where = f"{device.type} memory"
-        fixes = "use mode 'qllm', which keeps them off the device in memory blocks"
-    else:
-        offload = getattr(torch, config.offload_dtype) if config.offload_dtype else dtype
-        need = tokens * kv_bytes_per_token(model_config, offload)
-        fixes = _qllm_fixes(config, offload)
-        if config.offload_dir is None:
-            free, where = available_ram_bytes(), "RAM"
-        else:
-            _check_offload_dir(config.offload_dir)
-            free = shutil.disk_usage(config.offload_dir).free
-            where = f"free disk space in offload_dir {config.offload_dir!r}"
-    if free is not None and need > free:
+    need = kv_need(tokens, model_config=model_config, config=config, dtype=dtype)
+    if not need.nbytes:
+        return need
+    free = free_bytes(need, config, device)
+    if free is not None and need.nbytes > free:
+        where = f"{device.type} memory" if need.tier == "device" else need.where
         raise InsufficientMemoryError(
-            f"reading {tokens:,} tokens in mode {config.mode!r} keeps {need / GIB:.1f} GiB of "
-            f"keys and values, and {where} has {free / GIB:.1f} GiB available. "
-            f"To fit: {fixes}; or pass a shorter document."
+            f"reading {tokens:,} tokens in mode {config.mode!r} keeps "
+            f"{need.nbytes / GIB:.1f} GiB of keys and values, and {where} has "
+            f"{free / GIB:.1f} GiB available. To fit: {need.fixes}; or pass a shorter document."
         )
+    return need
 
 
 def _check_offload_dir(path: str) -> None:
