@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 
 from qllm_core import QLLMError
-from qllm_core.inputs.documents import read_document
 from qllm_core.engine import QLLMEngine
+from qllm_core.inputs.documents import read_document
 
 
 def main(path: str, question: str) -> int:

@@ -7,8 +7,8 @@ import torch
 from test_engine_api import DOC, QUESTION
 
 from qllm_core import InsufficientMemoryError, QLLMEngine
-from qllm_core.memory import capacity
 from qllm_core.errors import ConfigError
+from qllm_core.memory import capacity
 
 
 def _engine(tiny_engine, **changes):
