@@ -116,6 +116,8 @@ class NativeForward:
         self.cache: DynamicCache | StaticCache = (
             DynamicCache(config=model.config) if cache is None else cache
         )
+        self._read_cache = self.cache
+        """The cache the prompt was read into (what :meth:`row` hands on)."""
         self._lock = model_lock(model)
         # transformers 5.24 renamed the argument (the old name warns, and goes in 5.40)
         params = inspect.signature(model.forward).parameters
@@ -151,8 +153,9 @@ class NativeForward:
 
     def row(self, rope: RotaryTable, new_tokens: int) -> Row:
         """The KV cache read so far as a :class:`~qllm_core.models.batch.CacheRow`."""
-        assert isinstance(self.cache, DynamicCache)  # before reserve: decoded here or batched
-        return CacheRow(self.cache, rope, new_tokens)
+        if self.cache is not self._read_cache:
+            raise RuntimeError("a step reserved for decoding alone cannot join a batch")
+        return CacheRow(self._read_cache, rope, new_tokens)
 
     def relevance(self, ranking: str) -> torch.Tensor:
         """Each document block's relevance as the recorder saw it; empty without one."""
