@@ -108,8 +108,9 @@ class Scheduler:
         with self._lock:
             self._waiting.append(entry)
             if self._worker is None:
+                # not a daemon: it lives only while requests decode, and the interpreter
+                # waits for it at exit rather than tearing torch down under it
                 self._worker = threading.Thread(target=self._work, name="quickllama-batch")
-                self._worker.daemon = True
                 self._worker.start()
 
     def _work(self) -> None:
