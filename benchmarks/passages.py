@@ -156,9 +156,9 @@ def read_sample(
                 "answer": decoded.text,
                 "correct": score(sample.expected, decoded.text),
                 "finish_reason": decoded.finish_reason,
-                "inside": None,
+                "inside": None,  # no re-read: nothing to be inside
                 "reread_tokens": 0,
-                "prefill_seconds": read_seconds,
+                "prefill_seconds": 0.0,  # its read is the one every variant shares
                 "decode_seconds": time.perf_counter() - decode_started,
             }
     spans = fact_spans(layout, sample)

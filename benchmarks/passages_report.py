@@ -61,7 +61,9 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
         "",
         "`inside`: every fact was inside the re-read; `misread`: inside but answered wrong "
         "(the model); `not re-read`: outside and wrong (the ranking); `repeats`: answers in "
-        "which a run of six words occurs twice (a loop).",
+        "which a run of six words occurs twice (a loop); `-` for the single pass `qllm`, "
+        "which re-reads nothing. Answer seconds: what each system adds to the read they "
+        "share (its re-read and decoding; for `rag`, its whole answer).",
         "",
         _answer_table(answers, correct, fair),
         "",
@@ -133,6 +135,7 @@ def _answer_table(
     rows = []
     for name, right in correct.items():
         records = by_variant.get(name, [])
+        located = records and all(r["inside"] is not None for r in records)  # a re-read
         inside = [r for r in records if r["inside"]]
         tokens = [r["reread_tokens"] for r in records]
         seconds = [r["prefill_seconds"] + r["decode_seconds"] for r in records]
@@ -141,9 +144,9 @@ def _answer_table(
                 name,
                 f"{sum(right.values())}/{len(right)}",
                 f"{sum(right.get(s, False) for s in fair)}/{sum(s in right for s in fair)}",
-                f"{len(inside)}/{len(records)}" if records else "-",
-                sum(not r["correct"] for r in inside) if records else "-",
-                sum(not r["inside"] and not r["correct"] for r in records) if records else "-",
+                f"{len(inside)}/{len(records)}" if located else "-",
+                sum(not r["correct"] for r in inside) if located else "-",
+                sum(not r["inside"] and not r["correct"] for r in records) if located else "-",
                 sum(has_repeat(r["answer"]) for r in records) if records else "-",
                 _spread(tokens),
                 f"{statistics.median(seconds):.1f}" if seconds else "-",
@@ -211,7 +214,7 @@ def _task_table(
         for group in groups:
             mine = [s for s in right if task_of.get(s) == group]
             cell = f"{sum(right[s] for s in mine)}/{len(mine)}" if mine else "-"
-            if mine and any(r["variant"] == name for r in answers):
+            if mine and any(r["variant"] == name and r["inside"] is not None for r in answers):
                 cell += f" (in {sum((name, s) in inside for s in mine)})"
             row.append(cell)
         rows.append(row)
