@@ -11,6 +11,10 @@ up to ``max_batch_size`` decode together, later ones wait for a place.
 
 Greedy answers are the same token for token as a request decoded alone: each request
 attends only over its own keys, and only the weight matrices are shared by the batch.
+The projections of B tokens round differently from those of one, so in the Q-LLM modes a
+block whose score ties another's to the last digits can be retrieved once more or less
+while decoding: the evidence's retrieval counts may differ, its ranking (from the read)
+does not.
 A request whose consumer stops reading (a closed stream) leaves the batch at the next
 step; a step that raises fails the requests in it, and the requests that come after run.
 
