@@ -1,7 +1,8 @@
 """Decode steps of many requests as one forward pass (the batching scheduler's step).
 
-A single-token step is bound by reading the weights, not by arithmetic: the projections
-and the MLP of B requests cost about what one costs. Each request keeps its own
+On a GPU a single-token step is bound by reading the weights, not by arithmetic: the
+projections and the MLP of B requests cost about what one costs (on a small CPU the
+arithmetic of B tokens shows, and the gain is smaller: BENCHMARKS.md). Each request keeps its own
 attention state, a *row*: its Q-LLM :class:`~qllm_core.memory.request.RequestMemory`, or
 a :class:`CacheRow` over the KV cache its ``full`` read or re-read left. The step runs the
 model once over the B new tokens with the engine's attention (RoPE switched off, as for a
