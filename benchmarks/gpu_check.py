@@ -307,7 +307,7 @@ class Check:
         self.say("")
         self.say(f"GPU check, {summary['kind']}, {summary['wall_seconds']:.0f} s:")
         for step in self.steps:
-            self.say(f"  {step['step']:<13} {step['status']:<8} {step['detail']}")
+            self.say(f"  {step['step']:<15} {step['status']:<8} {step['detail']}")
         if self.points:
             self.say(points_table(self.points))
         self.say(f"summary: {path}")
