@@ -123,3 +123,36 @@ def test_a_failing_step_fails_its_requests_and_the_next_one_runs(tokenizer, monk
 def test_max_batch_size_is_validated():
     with pytest.raises(Exception, match="max_batch_size"):
         TINY_ENGINE_CONFIG.replace(max_batch_size=0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_broken_worker_hands_its_error_to_the_requests_and_the_next_one_runs(tokenizer):
+    model = make_tiny_model("llama", vocab_size=len(tokenizer))
+    engine = _engine(model, tokenizer, max_batch_size=8)
+    expected = _engine(model, tokenizer, max_batch_size=1).answer(
+        DOC, QUESTIONS[0], max_new_tokens=6
+    )
+    real = engine.scheduler._next_batch
+    calls = {"n": 0}
+
+    def breaks_once():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("the worker broke")
+        return real()
+
+    engine.scheduler._next_batch = breaks_once
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            engine.answer(DOC, QUESTIONS[0], max_new_tokens=6)
+        except RuntimeError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the request waits forever on a broken worker"
+    assert [str(e) for e in errors] == ["the worker broke"]
+    assert engine.answer(DOC, QUESTIONS[0], max_new_tokens=6).text == expected.text

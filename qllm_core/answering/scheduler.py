@@ -118,7 +118,23 @@ class Scheduler:
                 self._worker.start()
 
     def _work(self) -> None:
-        """Run batched steps while any request is answering; then end (restarted on demand)."""
+        """Run batched steps while any request is answering; then end (restarted on demand).
+
+        Should the worker itself break, every request it holds gets the error (none may
+        wait forever) and the next request starts a new worker.
+        """
+        try:
+            self._steps()
+        except BaseException as error:
+            with self._lock:
+                stranded = [*self._active, *self._waiting]
+                self._active, self._waiting = [], deque()
+                self._worker = None
+            for entry in stranded:
+                entry.out.put(error)
+            raise
+
+    def _steps(self) -> None:
         while batch := self._next_batch():
             live = [entry for entry in batch if self._choose(entry)]
             if not live:
