@@ -35,6 +35,7 @@ from typing import Any
 from tabulate import tabulate
 
 from . import machine
+from .followup import timed_answer
 from .paths import Paths, load_json, save_json
 from .systems import engine_with
 from .tasks import make_sample
@@ -43,29 +44,12 @@ RESULTS = "batch.json"
 WORKLOADS = ("memory", "new")
 
 
-def _timed(engine: Any, document: Any, question: str, tokens: int) -> dict[str, Any]:
-    """One streamed answer: its text, latency and time to first token."""
-    started = time.perf_counter()
-    first = None
-    with engine.stream(document, question, max_new_tokens=tokens, min_new_tokens=tokens) as s:
-        for _ in s:
-            first = first if first is not None else time.perf_counter() - started
-        answer = s.collect()
-    latency = time.perf_counter() - started
-    return {
-        "text": answer.text,
-        "latency": latency,
-        "ttft": first if first is not None else latency,
-        "tokens": answer.stats.tokens_generated,
-    }
-
-
 def _sequential(engine: Any, requests: Sequence[tuple[Any, str]], tokens: int) -> list[dict]:
     """The requests one after another, in one worker thread as the batched ones run in
     theirs (on a loaded CPU, torch read this model's prompts twice as fast in a thread as
     in the main thread)."""
     out: list[dict[str, Any]] = []
-    _in_threads([lambda: out.extend(_timed(engine, *r, tokens) for r in requests)])
+    _in_threads([lambda: out.extend(timed_answer(engine, *r, tokens) for r in requests)])
     return out
 
 
@@ -74,7 +58,7 @@ def _concurrent(engine: Any, requests: Sequence[tuple[Any, str]], tokens: int) -
     out: list[dict[str, Any]] = [{} for _ in requests]
 
     def run(i: int) -> Callable[[], None]:
-        return lambda: out.__setitem__(i, _timed(engine, *requests[i], tokens))
+        return lambda: out.__setitem__(i, timed_answer(engine, *requests[i], tokens))
 
     _in_threads([run(i) for i in range(len(requests))])
     return out
@@ -100,15 +84,15 @@ def _in_threads(jobs: Sequence[Callable[[], None]]) -> None:
 
 
 def _summary(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    latencies = sorted(r["latency"] for r in results)
-    generated = sum(r["tokens"] for r in results)
+    latencies = sorted(r["total_seconds"] for r in results)
+    generated = sum(r["tokens_generated"] for r in results)
     return {
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(generated / wall, 2),
         "requests_per_minute": round(60 * len(results) / wall, 2),
         "p50_latency": round(statistics.median(latencies), 2),
         "p95_latency": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
-        "p50_ttft": round(statistics.median(r["ttft"] for r in results), 2),
+        "p50_ttft": round(statistics.median(r["ttft_seconds"] for r in results), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 

@@ -40,12 +40,13 @@ GENERATE_CONTEXT = 2048
 """Context of the plain ``generate`` reference, inside the model's trained window."""
 
 
-def timed_answer(engine: Any, memory: Any, question: str, max_new_tokens: int) -> dict[str, Any]:
-    """Stream one answer from ``memory``: time to first token, total, the stats."""
+def timed_answer(engine: Any, document: Any, question: str, max_new_tokens: int) -> dict[str, Any]:
+    """Stream one answer about ``document`` (text or a memory): time to first token, total,
+    the stats; exactly ``max_new_tokens`` long."""
     started = time.perf_counter()
     first = None
     with engine.stream(
-        memory, question, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens
+        document, question, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens
     ) as stream:
         for _ in stream:
             if first is None:
