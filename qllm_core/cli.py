@@ -70,8 +70,16 @@ _DECODING_FLAGS = (
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 
+PLUGIN_GROUP = "quickllama.commands"
+"""Entry-point group of commands that live outside ``qllm_core`` (``serve``), which this
+module finds by name and never imports by path."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in plugin_commands():
+        return run_plugin(argv[0], argv[1:])
     try:
         args = parse_arguments(build_parser(), argv)
     except SystemExit as exit_:  # --help, or a usage error already printed
@@ -94,6 +102,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def plugin_commands() -> dict[str, Any]:
+    """Commands installed by extras (``quickllama[serve]``: ``serve``), by name."""
+    from importlib.metadata import entry_points
+
+    return {point.name: point for point in entry_points(group=PLUGIN_GROUP)}
+
+
+def run_plugin(name: str, argv: Sequence[str]) -> int:
+    """Run the installed command ``name`` with ``argv``; its exit status.
+
+    A command whose extra's packages are missing exits 2 with the ``pip`` line that installs
+    them.
+    """
+    try:
+        command = plugin_commands()[name].load()
+    except ImportError as error:
+        _err(
+            f"error: `quickllama {name}` needs packages that are not installed ({error.name}); "
+            f'install them with: pip install "quickllama[{name}]"'
+        )
+        return EXIT_USAGE
+    return int(command(list(argv)))
 
 
 def parse_arguments(
@@ -221,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--doc-seed", default="0", metavar="N", help="seed of the generated document (0)"
     )
     demo.set_defaults(run=run_demo)
+    for name in sorted(plugin_commands()):  # run by main() before this parser is used
+        commands.add_parser(name, help=f"see `quickllama {name} --help`", add_help=False)
     return parser
 
 
