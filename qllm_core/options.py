@@ -159,7 +159,7 @@ def closest_name(name: str, valid: Sequence[str]) -> str | None:
     close = difflib.get_close_matches(key, spellings, n=1)
     if not close:
         return None
-    return by_key[ALIASES.get(close[0], close[0])]
+    return by_key[close[0]] if close[0] in by_key else by_key[ALIASES[close[0]]]
 
 
 def check_choice(name: str, value: T, choices: Sequence[T]) -> T:

@@ -61,6 +61,16 @@ class MemoryCache:
                 _, evicted = self._items.popitem(last=False)
                 total -= evicted.nbytes
 
+    def discard(self, key: Hashable) -> None:
+        """Drop the memory under ``key``, if any."""
+        with self._lock:
+            self._items.pop(key, None)
+
+    def keys(self) -> list[Hashable]:
+        """The keys of the memories held, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
     def clear(self) -> None:
         """Drop every memory."""
         with self._lock:

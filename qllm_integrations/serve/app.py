@@ -1,0 +1,426 @@
+"""The FastAPI app of ``quickllama serve``: an OpenAI-compatible API over one engine.
+
+:func:`create_app` builds everything from a :class:`ServeSettings` (and, in tests, an
+engine already built); all state lives on the app (``app.state.server``, a
+:class:`ServerState`), none in module globals, so Ray Serve builds one app per replica.
+The engine loads in a background thread at startup; ``/health`` is 503 until it is ready
+and again once the server drains (SIGTERM). The wire format is docs/SERVER.md.
+
+Engine work never runs on the event loop: a request is built and its answer streamed in
+worker threads (:mod:`qllm_integrations._async`). When a client goes away mid-stream,
+or the request's deadline passes, the engine's stream is closed after the step in
+progress, which frees the engine for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from qllm_core.errors import QLLMError
+from qllm_core.results import Answer
+from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations.content import attached_text
+from qllm_integrations.request import Request as ProviderRequest
+from qllm_integrations.request import answer_events
+from qllm_integrations.serve.completions import (
+    DONE,
+    Body,
+    Reply,
+    build_request,
+    check_document_tokens,
+    sse,
+)
+from qllm_integrations.serve.documents import DocumentStore, ServableEngine, key_hash
+from qllm_integrations.serve.limits import (
+    Admission,
+    ASGIApp,
+    BodyLimit,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    before_deadline,
+    timed_out,
+)
+from qllm_integrations.serve.metrics import CONTENT_TYPE, CountResponses, ServerMetrics
+from qllm_integrations.serve.openai_schema import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DocumentRequest,
+    invalid,
+    parse_request,
+    service_unavailable,
+)
+from qllm_integrations.serve.settings import ServeSettings
+from qllm_integrations.settings import ProviderSettings
+
+logger = logging.getLogger(__name__)
+
+REPLICA_HEADER = "x-quickllama-replica"
+"""Response header naming the process that answered (``hostname:pid``)."""
+
+Status = Literal["loading", "ok", "failed", "draining"]
+
+
+class ServerState:
+    """Everything one app holds: settings, engine, documents, admission, metrics, status."""
+
+    def __init__(self, settings: ServeSettings, engine: ServableEngine | None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.status: Status = "loading"
+        self.failure = ""
+        """Why loading failed (status ``failed``)."""
+        self.model_name = settings.served_model_name or ""
+        self.store: DocumentStore | None = None
+        self.defaults: ProviderSettings | None = None
+        self.admission = Admission(settings.max_queue)
+        self.metrics = ServerMetrics(lambda: self.admission.depth, self._held)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.on_failure: list[Callable[[], None]] = []
+        """Called (from the loading thread) when the engine cannot be loaded: the command
+        line stops the server."""
+
+    def load(self) -> None:
+        """Load the engine the settings name (blocking; run in a thread), then be ready."""
+        try:
+            engine = self.engine or self.settings.engine_spec().load(progress=False)
+            self.ready(engine)
+        except Exception as error:
+            self.status, self.failure = "failed", f"{type(error).__name__}: {error}"
+            logger.error("the model could not be loaded: %s", self.failure)
+            for callback in self.on_failure:
+                callback()
+
+    def ready(self, engine: ServableEngine) -> None:
+        """Serve ``engine``."""
+        self.engine = engine
+        self.model_name = self.settings.served_model_name or engine.model_name
+        self.store = DocumentStore(
+            engine,
+            self.settings.memory_path(),
+            max_document_tokens=self.settings.max_document_tokens,
+        )
+        self.defaults = ProviderSettings(engine=engine, progress=False)
+        if self.status == "loading":
+            self.status = "ok"
+            logger.info("serving %s (replica %s)", self.model_name, self.replica)
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; those in flight go on."""
+        self.status = "draining"
+
+    def serving(self) -> tuple[ServableEngine, DocumentStore, ProviderSettings]:
+        """The engine, documents and defaults; 503 while loading, failed or draining."""
+        if self.status != "ok":
+            raise service_unavailable(self._why())
+        assert self.engine and self.store and self.defaults  # set by ready()
+        return self.engine, self.store, self.defaults
+
+    def _why(self) -> str:
+        return {
+            "loading": "the model is still loading; retry when GET /health says ok",
+            "failed": f"the model could not be loaded ({self.failure})",
+            "draining": "the server is shutting down; send the request to another one",
+        }.get(self.status, "")
+
+    def _held(self) -> tuple[int, int]:
+        if self.store is None:
+            return 0, 0
+        return len(self.store.memories), self.store.memories.nbytes
+
+
+def create_app(settings: ServeSettings, engine: ServableEngine | None = None) -> FastAPI:
+    """The app serving ``engine``, or the one ``settings`` names (loaded in the background)."""
+    state = ServerState(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=state.load, name="quickllama-load", daemon=True).start()
+        yield
+        state.drain()
+
+    app = FastAPI(title="quickllama", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    app.add_middleware(CountResponses, metrics=state.metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ReplicaHeader, replica=state.replica)
+    _add_error_handlers(app)
+    _add_routes(app, state)
+    return app
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    settings = state.settings
+
+    def owner(request: Request) -> str | None:
+        """The caller's key hash (``None`` without keys); 401 for a missing or wrong key."""
+        if not settings.api_keys:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        matched = None
+        for key in settings.api_keys:
+            if hmac.compare_digest(given, key.encode()):
+                matched = key
+        if matched is None:
+            raise APIError(
+                401,
+                "missing or wrong API key: send the header Authorization: Bearer <key> "
+                "(OpenAI clients: api_key=)",
+                "invalid_api_key",
+            )
+        return key_hash(matched)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.status == "ok":
+            return JSONResponse({"status": "ok", "model": state.model_name})
+        body: dict[str, Any] = {"status": state.status}
+        if state.status == "failed":
+            body["message"] = state.failure
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models(_: str | None = Depends(owner)) -> dict[str, Any]:
+        state.serving()
+        return {
+            "object": "list",
+            "data": [
+                {"id": state.model_name, "object": "model", "created": 0, "owned_by": "quickllama"}
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request, key: str | None = Depends(owner)) -> Response:
+        body = parse_request(await _json(request), ChatCompletionRequest)
+        return await _complete(state, body, key, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, key: str | None = Depends(owner)) -> Response:
+        body = parse_request(await _json(request), CompletionRequest)
+        return await _complete(state, body, key, chat=False)
+
+    @app.post("/v1/documents")
+    async def post_document(request: Request, key: str | None = Depends(owner)) -> JSONResponse:
+        _, store, _ = state.serving()
+        text, mode = await _document_input(request)
+        ticket = state.admission.admit()
+        try:
+            record = await run_in_thread(store.post, text, mode, key)
+        finally:
+            ticket.release()
+        return JSONResponse(record, status_code=200 if record["reused"] else 201)
+
+    @app.get("/v1/documents/{document_id}")
+    async def get_document(document_id: str, key: str | None = Depends(owner)) -> Any:
+        _, store, _ = state.serving()
+        return await run_in_thread(store.record, document_id, key)
+
+    @app.delete("/v1/documents/{document_id}")
+    async def delete_document(document_id: str, key: str | None = Depends(owner)) -> Any:
+        _, store, _ = state.serving()
+        return await run_in_thread(store.delete, document_id, key)
+
+
+async def _complete(state: ServerState, body: Body, key: str | None, *, chat: bool) -> Response:
+    """Answer a parsed completion request: a JSON response, or an event stream."""
+    engine, store, defaults = state.serving()
+    if body.model is not None and body.model != state.model_name:
+        raise APIError(
+            404,
+            f"model {body.model!r} is not served here; this server serves "
+            f"{state.model_name!r} (GET /v1/models)",
+            "model_not_found",
+            param="model",
+        )
+    settings = state.settings
+    ticket = state.admission.admit()
+    deadline = time.monotonic() + settings.request_timeout
+
+    def prepare() -> Any:
+        document = store.open(body.document_id, key) if body.document_id else None
+        request = build_request(engine, state.model_name, body, defaults, document)
+        check_document_tokens(engine, request, settings.max_document_tokens)
+        return request
+
+    try:
+        request = await asyncio.wait_for(run_in_thread(prepare), settings.request_timeout)
+        reply = Reply(chat, state.model_name, request)
+        events = iterate_in_thread(lambda: _answer_items(request, state.metrics))
+        items = before_deadline(events, deadline, settings.request_timeout)
+        if not body.stream:
+            try:
+                answer = [item async for item in items][-1]
+            finally:
+                ticket.release()
+            assert isinstance(answer, Answer)  # answer_events ends with it
+            return JSONResponse(reply.whole(answer))
+        first = await items.__anext__()  # errors before the first token are HTTP errors
+    except asyncio.TimeoutError:
+        ticket.release()
+        raise timed_out(settings.request_timeout) from None
+    except BaseException:
+        ticket.release()
+        raise
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield reply.opening()
+        try:
+            item = first
+            while True:
+                if isinstance(item, Answer):
+                    yield reply.closing(item, body.include_usage)
+                    break
+                yield reply.delta(item)
+                item = await items.__anext__()
+        except StopAsyncIteration:
+            pass
+        except (APIError, QLLMError) as error:
+            api_error = error if isinstance(error, APIError) else APIError.from_engine(error)
+            yield sse(api_error.body())
+        yield DONE
+
+    async def close() -> None:
+        await items.aclose()
+        ticket.release()
+
+    return ClosingStream(stream(), on_close=close, media_type="text/event-stream")
+
+
+def _answer_items(request: ProviderRequest, metrics: ServerMetrics) -> Iterator[str | Answer]:
+    """The request's text deltas, then its answer (in a worker thread); counted in metrics.
+
+    Closing this closes the engine's stream; the partial answer that leaves is counted too
+    (a cancelled request: the client went away or the deadline passed).
+    """
+    stream = request.start()
+    try:
+        yield from answer_events(stream)
+    finally:
+        answer = stream.result
+        if answer is not None:
+            metrics.observe(answer, request.cache_read_tokens(answer))
+
+
+class ClosingStream(StreamingResponse):
+    """A streaming response that runs ``on_close`` however it ends (client gone included)."""
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        on_close: Callable[[], Awaitable[None]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(content, headers={"cache-control": "no-cache"}, **kwargs)
+        self._content = content
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the stream; then close it and run ``on_close``."""
+        try:
+            await super().__call__(scope, receive, send)  # type: ignore[arg-type]
+        finally:
+            await self._content.aclose()
+            await self._on_close()
+
+
+async def _json(request: Request) -> object:
+    """The body as JSON; 400 when it is not."""
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        message = f"the request body is not valid JSON ({error})"
+        raise APIError(400, message, "invalid_value") from None
+
+
+async def _document_input(request: Request) -> tuple[str, str | None]:
+    """``(text, mode)`` of a document post: JSON ``{"text", "mode"}`` or a multipart file."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise APIError(
+                400,
+                "a multipart document post needs a file field named 'file' (UTF-8 text)",
+                "invalid_value",
+                param="file",
+            )
+        name = upload.filename or "uploaded file"
+        text = attached_text(await upload.read(), f"file {name!r}")
+        mode = form.get("mode")
+        return text, mode if isinstance(mode, str) and mode else None
+    body = DocumentRequest.model_validate(await _json(request))
+    return body.text, body.mode
+
+
+class ReplicaHeader:
+    """ASGI middleware: the ``x-quickllama-replica`` header on every response."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app = app
+        self.header = (REPLICA_HEADER.encode(), replica.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, adding the header to its response."""
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape (docs/SERVER.md, Errors)."""
+
+    def reply(error: APIError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, error: APIError) -> JSONResponse:
+        return reply(error)
+
+    @app.exception_handler(QLLMError)
+    async def engine_error(_: Request, error: QLLMError) -> JSONResponse:
+        return reply(APIError.from_engine(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        param = ".".join(str(part) for part in first["loc"])
+        return reply(APIError(400, f"{param}: {first['msg']}", "invalid_value", param=param))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
+        body = APIError(error.status_code, str(error.detail), code).body()
+        return JSONResponse(body, status_code=error.status_code)
+
+    @app.exception_handler(ValidationError)
+    async def body_error(_: Request, error: ValidationError) -> JSONResponse:
+        return reply(invalid(error))
