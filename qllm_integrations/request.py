@@ -16,14 +16,15 @@ This module imports neither LangChain nor LlamaIndex nor torch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import AsyncGenerator, Generator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Final, Protocol
 
 from qllm_core.progress import ProgressListener, report_progress
 from qllm_core.protocol import EngineProtocol, MemoryProtocol, TextStream
-from qllm_core.results import Answer, AnswerStats
+from qllm_core.results import Answer, AnswerStats, RetrievedBlock
+from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.evidence import Evidence, collect_evidence, plain_text
 from qllm_integrations.progress import ReportingStream
 from qllm_integrations.split import PromptSplit
@@ -32,6 +33,50 @@ logger = logging.getLogger(__name__)
 
 PROVIDER: Final = "quickllama"
 """``model_provider`` in every response's metadata."""
+
+
+class ProviderRequest(Protocol):
+    """What the providers do with a request, wherever its engine runs.
+
+    :class:`Request` runs it on an engine in this process;
+    :class:`~qllm_integrations.remote.RemoteRequest` sends it to a quickllama server. The
+    providers see only this surface (:func:`qllm_integrations.routing.provider_request`
+    picks the side), so they hold no engine- or HTTP-specific code.
+    """
+
+    @property
+    def model_name(self) -> str:
+        """Reported as ``model_name`` (LangChain's ``llm_output``)."""
+        ...
+
+    def start(self, listener: ProgressListener | None = None) -> TextStream:
+        """Start it: a stream of text deltas; closing it stops the answer at once."""
+        ...
+
+    def run(self, listener: ProgressListener | None = None) -> Answer:
+        """Run it to its end."""
+        ...
+
+    async def arun(self, listener: ProgressListener | None = None) -> Answer:
+        """:meth:`run` without blocking the event loop."""
+        ...
+
+    def aevents(
+        self, listener: ProgressListener | None = None
+    ) -> AsyncGenerator[str | Answer, None]:
+        """:func:`answer_events` without blocking the event loop: deltas, then the answer.
+
+        Closing it (``aclose``, or leaving an ``async for`` early) stops the answer.
+        """
+        ...
+
+    def metadata(self, answer: Answer) -> dict[str, Any]:
+        """The provider metadata of ``answer`` (LangChain's ``response_metadata``)."""
+        ...
+
+    def cache_read_tokens(self, answer: Answer) -> int:
+        """Input tokens taken from a memory that was there already."""
+        ...
 
 
 @dataclass
@@ -145,6 +190,16 @@ class Request:
         with self.start(listener) as stream:
             return stream.collect()
 
+    async def arun(self, listener: ProgressListener | None = None) -> Answer:
+        """:meth:`run` in a worker thread (the engine blocks: it runs the model)."""
+        return await run_in_thread(self.run, listener)
+
+    def aevents(
+        self, listener: ProgressListener | None = None
+    ) -> AsyncGenerator[str | Answer, None]:
+        """:func:`answer_events` of :meth:`start`, run in a worker thread."""
+        return iterate_in_thread(lambda: answer_events(self.start(listener)))
+
     def metadata(self, answer: Answer) -> dict[str, Any]:
         """Model, finish reason, route, usage, memory use and the engine's stats, JSON-ready.
 
@@ -194,6 +249,18 @@ def answer_events(stream: TextStream) -> Generator[str | Answer, None, None]:
 def stats_dict(stats: AnswerStats) -> dict[str, Any]:
     """The stats as JSON-ready data, blocks included, plus ``seconds`` in all."""
     return {**asdict(stats), "seconds": stats.prefill_seconds + stats.decode_seconds}
+
+
+def stats_from_dict(data: Mapping[str, Any]) -> AnswerStats:
+    """The :class:`AnswerStats` that :func:`stats_dict` wrote (keys it added are skipped).
+
+    So an answer that crossed the wire (a server's ``quickllama.qllm``) is the same
+    :class:`Answer` as a local one: usage, evidence and source nodes come from it alike.
+    """
+    names = {f.name for f in fields(AnswerStats)}
+    values = {k: v for k, v in data.items() if k in names}
+    blocks = tuple(RetrievedBlock(**block) for block in data.get("retrieved_blocks", ()))
+    return AnswerStats(**{**values, "retrieved_blocks": blocks})
 
 
 def usage(answer: Answer) -> dict[str, int]:

@@ -7,6 +7,9 @@
 - **Roles.** ``system``, ``user``, ``assistant`` and ``tool``. A tool result is context:
   it is never taken as the question, and in a chat template it is a user turn that says it
   is a tool result (:func:`qllm_core.inputs.prompt.encode_chat`).
+- **Side.** :func:`provider_text_request` / :func:`provider_chat_request` are the
+  providers' seam: with ``base_url`` the request goes to a quickllama server
+  (:mod:`qllm_integrations.remote`), which routes it with these same functions.
 - **Input checks.** Prompts, questions and documents go through
   :func:`qllm_core.inputs.documents.check_text`, so non-text and empty input raise the same named
   errors on both sides, before the engine is asked.
@@ -21,8 +24,8 @@ from qllm_core.errors import EmptyInputError
 from qllm_core.inputs.documents import check_text
 from qllm_core.inputs.prompt import encode_chat
 from qllm_core.protocol import EngineProtocol
-from qllm_integrations.request import Request
-from qllm_integrations.settings import CallOptions
+from qllm_integrations.request import ProviderRequest, Request
+from qllm_integrations.settings import CallOptions, ProviderSettings
 from qllm_integrations.split import PromptSplit, split_chat, split_pattern, split_text
 
 DIRECT: Final = "direct"
@@ -47,15 +50,11 @@ def text_request(
         InvalidDocumentError, EmptyInputError: the prompt is not text, or is empty, or
             holds a question with an empty document.
     """
-    if options.explicit and prompt == "":
-        prompt_text = ""  # everything is explicit; the prompt may be empty
-    else:
-        prompt_text = check_text("prompt", prompt)
+    prompt_text = _prompt_text(prompt, options)
     if not options.explicit and fits_window(engine, prompt_text):
         split_pattern(prompt_text)  # raises for a labelled question without a document
         return _direct(engine, model_name, [("user", prompt_text)], options)
-    split = split_text(prompt_text, question=options.question, document=options.document)
-    return _split(engine, model_name, split, options)
+    return _split(engine, model_name, _text_split(prompt_text, options), options)
 
 
 def chat_request(
@@ -87,9 +86,43 @@ def chat_request(
         _check_context(turns)
         if fits_window(engine, "\n\n".join(text for _, text in turns)):
             return _direct(engine, model_name, turns, options)
-    context = [("assistant" if role == "tool" else role, text) for role, text in turns]
-    split = split_chat(context, question=options.question, document=options.document)
-    return _split(engine, model_name, split, options)
+    return _split(engine, model_name, _chat_split(turns, options), options)
+
+
+def provider_text_request(
+    settings: ProviderSettings, prompt: object, options: CallOptions
+) -> ProviderRequest:
+    """The request for a provider's plain prompt: to its server (``base_url``) or local.
+
+    The providers' one seam between the two sides: locally :func:`text_request` over the
+    settings' engine; remotely a :class:`~qllm_integrations.remote.RemoteRequest` that the
+    server routes the same way, or, reading once a document given explicitly, a question
+    about the document's id (:meth:`~qllm_integrations.remote.RemoteClient.document_question`).
+    """
+    client = settings.remote()
+    if client is None:
+        return text_request(settings.get_engine(), settings.model_label(), prompt, options)
+    prompt_text = _prompt_text(prompt, options)
+    if options.read_once and options.explicit:
+        split = _text_split(prompt_text, options)
+        return client.document_question(settings.model, split, options)
+    return client.completion(settings.model, prompt_text, options)
+
+
+def provider_chat_request(
+    settings: ProviderSettings, turns: Sequence[tuple[str, str]], options: CallOptions
+) -> ProviderRequest:
+    """The request for a provider's chat turns: to its server or local.
+
+    As :func:`provider_text_request`; locally :func:`chat_request`.
+    """
+    client = settings.remote()
+    if client is None:
+        return chat_request(settings.get_engine(), settings.model_label(), turns, options)
+    if options.read_once and options.explicit:
+        checked = [(role, _checked_turn(role, text)) for role, text in turns]
+        return client.document_question(settings.model, _chat_split(checked, options), options)
+    return client.chat(settings.model, turns, options)
 
 
 def fits_window(engine: EngineProtocol, text: str) -> bool:
@@ -147,11 +180,33 @@ def _direct(
     )
 
 
+def _prompt_text(prompt: object, options: CallOptions) -> str:
+    """The prompt checked as text; empty allowed when everything is explicit."""
+    if options.explicit and prompt == "":
+        return ""
+    return check_text("prompt", prompt)
+
+
+def _text_split(prompt_text: str, options: CallOptions) -> PromptSplit:
+    split = split_text(prompt_text, question=options.question, document=options.document)
+    return _checked(split)
+
+
+def _chat_split(turns: Sequence[tuple[str, str]], options: CallOptions) -> PromptSplit:
+    """The split of checked turns (a tool result is context, read as an assistant turn)."""
+    context = [("assistant" if role == "tool" else role, text) for role, text in turns]
+    return _checked(split_chat(context, question=options.question, document=options.document))
+
+
+def _checked(split: PromptSplit) -> PromptSplit:
+    check_text("document", split.document)
+    check_text("question", split.question)
+    return split
+
+
 def _split(
     engine: EngineProtocol, model_name: str, split: PromptSplit, options: CallOptions
 ) -> Request:
-    check_text("document", split.document)
-    check_text("question", split.question)
     return Request(
         engine,
         model_name,

@@ -11,24 +11,34 @@ This module imports pydantic, but neither LangChain nor LlamaIndex nor torch.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError
 
 from qllm_core.config import MODES, QLLMConfig
-from qllm_core.errors import InvalidOptionError
+from qllm_core.errors import ConfigError, InvalidOptionError
+from qllm_core.inputs.prompt import encode_chat, encode_text
 from qllm_core.models.loading import EMBEDDED_MODEL_NAME
 from qllm_core.options import ALIASES, GenerationOptions, check_choice, check_names, shown
 from qllm_core.protocol import EngineProtocol
 from qllm_core.spec import EngineSpec
 from qllm_integrations.engines import get_engine
+from qllm_integrations.remote import RemoteClient, ServerSpec, client_for
 
 GENERATION_NAMES: tuple[str, ...] = (*GenerationOptions.names(), "mode")
 """Decoding options, as settings and per call: ``max_new_tokens``, ``min_new_tokens``,
 ``temperature``, ``top_p``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``seed``,
 ``stop`` and ``mode``."""
+
+API_KEY_ENV_VAR = "QUICKLLAMA_API_KEY"
+"""Where ``api_key`` is read from when not given (the server reads its keys there too)."""
+
+SERVER_SIDE: tuple[str, ...] = ("config", "device", "dtype")
+"""Engine settings that belong to the server (``quickllama serve`` flags) with ``base_url``."""
 
 CALL_NAMES: tuple[str, ...] = (*GENERATION_NAMES, "question", "document")
 """What a call accepts besides the prompt: the decoding options, ``question``, ``document``."""
@@ -102,6 +112,21 @@ class ProviderSettings(BaseModel):
     callbacks' ``on_custom_event`` named ``quickllama_progress``, LlamaIndex
     instrumentation's ``QLLMReadProgressEvent``); ``False``: neither."""
 
+    base_url: str | None = None
+    """A quickllama server to send every request to (``quickllama serve``), e.g.
+    ``http://127.0.0.1:8000/v1``: no model is loaded here, ``model`` names the served model
+    (``None``: whichever it serves) and ``config``/``device``/``dtype`` are the server's.
+    ``None``: the engine runs in this process."""
+    api_key: SecretStr | None = Field(default_factory=lambda: _api_key_from_env())
+    """The server's API key (``base_url`` only); default: ``$QUICKLLAMA_API_KEY``."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds a request to the server may wait for its next bytes (``base_url`` only;
+    ``None``: 600). A local engine has no timeout (a warning says so)."""
+    max_retries: int | None = Field(default=None, ge=0)
+    """Retries of a request the server refused as busy (429) or unavailable (502, 503), or
+    that met a network error (``base_url`` only; ``None``: 2). A local engine is not
+    retried (a warning says so)."""
+
     _engine: EngineProtocol | None = PrivateAttr(default=None)
 
     def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
@@ -117,8 +142,38 @@ class ProviderSettings(BaseModel):
         except ValidationError as error:
             raise _option_error(error) from error
         self._engine = engine
+        self._check_side(engine)
         self.engine_spec()
         call_options(self, None, {})
+
+    def _check_side(self, engine: EngineProtocol | None) -> None:
+        """Refuse local settings beside ``base_url``; warn of remote ones without it."""
+        if self.base_url is None:
+            ignored = [n for n in ("timeout", "max_retries") if getattr(self, n) is not None]
+            if ignored:
+                warnings.warn(
+                    f"{type(self).__name__} ignores {', '.join(ignored)}: the engine runs in "
+                    "this process, so nothing times out or is retried (they apply with "
+                    "base_url)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return
+        local = ["engine"] if engine is not None else []
+        local += [name for name in SERVER_SIDE if getattr(self, name) is not None]
+        if local:
+            raise InvalidOptionError(
+                f"{', '.join(local)} cannot be given with base_url: the server at "
+                f"{self.base_url} runs the engine (set them as quickllama serve flags there), "
+                "or leave base_url out to run the engine here"
+            )
+
+    def remote(self) -> RemoteClient | None:
+        """The client of the server at ``base_url`` (shared), ``None`` for a local engine."""
+        if self.base_url is None:
+            return None
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        return client_for(ServerSpec(self.base_url, key, self.timeout, self.max_retries))
 
     @classmethod
     def _checked_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -143,24 +198,71 @@ class ProviderSettings(BaseModel):
         )
 
     def get_engine(self) -> EngineProtocol:
-        """The engine given at construction, else the shared one (loaded on first use)."""
+        """The engine given at construction, else the shared one (loaded on first use).
+
+        Raises:
+            ConfigError: with ``base_url``, whose engine runs in the server.
+        """
+        if self.base_url is not None:
+            raise ConfigError(
+                f"{type(self).__name__} has base_url={self.base_url!r}: its engine runs in "
+                "that server, not in this process, so what needs the engine here (its "
+                "tokenizer, a memory saved on disk) is not available; leave base_url out "
+                "to load the model here"
+            )
         if self._engine is None:
             self._engine = get_engine(self.engine_spec())
         return self._engine
 
     def model_label(self) -> str:
-        """The model's name, without loading it: the source, else the given engine's."""
+        """The model's name, without loading it.
+
+        The source (the served name with ``base_url``), else the given engine's; with
+        ``base_url`` and no ``model``, the server's URL.
+        """
         if self.model is not None:
             return self.model
+        if self.base_url is not None:
+            return self.base_url
         if self._engine is not None:
             return self._engine.model_name
         return EMBEDDED_MODEL_NAME
 
     def max_input_tokens(self) -> int:
-        """The engine's prompt limit, known without loading the model."""
+        """The engine's prompt limit, known without loading the model.
+
+        With ``base_url``: the server's, asked once.
+        """
+        client = self.remote()
+        if client is not None:
+            return client.max_input_tokens()
         if self._engine is not None:
             return self._engine.max_input_tokens
         return self.engine_spec().resolved_config().max_input_tokens
+
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the engine reads caller text (special tokens split).
+
+        Loads the engine, or asks the server (``base_url``).
+        """
+        client = self.remote()
+        if client is not None:
+            return client.tokenize(text)
+        return encode_text(self.get_engine().tokenizer, text)
+
+    def chat_token_count(self, turns: Sequence[tuple[str, str]]) -> int:
+        """Tokens of ``(role, text)`` turns in the model's chat template.
+
+        The ``direct`` route's encoding, blank turns left out. Loads the engine, or asks
+        the server (``base_url``).
+        """
+        turns = [(role, text) for role, text in turns if text.strip()]
+        if not turns:
+            return 0
+        client = self.remote()
+        if client is not None:
+            return len(client.tokenize_chat(turns))
+        return len(encode_chat(self.get_engine().tokenizer, turns))
 
     def identifying_params(self) -> dict[str, Any]:
         """The settings, JSON-ready (the config as a dict or a preset name)."""
@@ -171,7 +273,7 @@ class ProviderSettings(BaseModel):
             "config": asdict(config) if isinstance(config, QLLMConfig) else config,
             **{
                 name: getattr(self, name)
-                for name in ("device", "dtype", *GENERATION_NAMES, "read_once")
+                for name in ("base_url", "device", "dtype", *GENERATION_NAMES, "read_once")
             },
         }
 
@@ -239,6 +341,12 @@ def engine_options(values: Mapping[str, Any]) -> dict[str, Any]:
         check_choice("mode", mode, MODES)
     options = GenerationOptions.from_kwargs(**values)
     return {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
+
+
+def _api_key_from_env() -> SecretStr | None:
+    """``$QUICKLLAMA_API_KEY`` as a secret, ``None`` when unset or blank."""
+    value = os.environ.get(API_KEY_ENV_VAR, "").strip()
+    return SecretStr(value) if value else None
 
 
 def _option_error(error: ValidationError) -> InvalidOptionError:

@@ -8,7 +8,6 @@ route and builds the request that runs the engine, and its answer becomes an
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,11 +30,9 @@ from langchain_core.tools import BaseTool
 
 from qllm_core.errors import InvalidDocumentError
 from qllm_core.inputs.documents import check_text
-from qllm_core.inputs.prompt import encode_chat, encode_text
-from qllm_core.progress import ProgressListener
 from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
-from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations._async import run_in_thread
 from qllm_integrations.content import (
     attached_text,
     decode_base64,
@@ -45,8 +42,8 @@ from qllm_integrations.content import (
 )
 from qllm_integrations.evidence import Evidence
 from qllm_integrations.langchain.progress import async_progress_listener, progress_listener
-from qllm_integrations.request import PROVIDER, Request, answer_events, usage
-from qllm_integrations.routing import chat_request
+from qllm_integrations.request import PROVIDER, ProviderRequest, answer_events, usage
+from qllm_integrations.routing import provider_chat_request
 from qllm_integrations.settings import ProviderSettings, call_options
 
 _SKIPPED_BLOCKS = frozenset(
@@ -64,21 +61,6 @@ class LangChainSettings(ProviderSettings):
 
     streaming: bool = False
     """Whether ``invoke`` streams internally (so callbacks see every token)."""
-    timeout: float | None = None
-    """LangChain's standard parameter; a local engine has no timeout (a warning says so)."""
-    max_retries: int | None = None
-    """LangChain's standard parameter; a local engine is not retried (a warning says so)."""
-
-    def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
-        super().__init__(engine=engine, **kwargs)
-        ignored = [n for n in ("timeout", "max_retries") if getattr(self, n) is not None]
-        if ignored:
-            warnings.warn(
-                f"{type(self).__name__} ignores {', '.join(ignored)}: the engine runs in this "
-                "process, so nothing times out or is retried",
-                UserWarning,
-                stacklevel=2,
-            )
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -120,9 +102,9 @@ class LangChainSettings(ProviderSettings):
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` as the engine reads caller text (special tokens split).
 
-        Loads the engine. ``get_num_tokens`` counts these.
+        Loads the engine, or asks the server (``base_url``). ``get_num_tokens`` counts these.
         """
-        return encode_text(self.get_engine().tokenizer, text)
+        return self.token_ids(text)
 
 
 def _checked_input(model_input: Any) -> Any:
@@ -162,7 +144,9 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
     """
 
     def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
-        super().__init__(engine=engine, **kwargs)
+        # ProviderSettings.__init__ takes engine=; mypy sees the __init__ pydantic
+        # synthesizes for LangChainSettings' own field instead.
+        super().__init__(engine=engine, **kwargs)  # type: ignore[call-arg]
         if engine is not None and kwargs.get("profile") is None:  # computed before the engine
             self.profile = self._resolve_model_profile()
 
@@ -171,10 +155,14 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         return "qllm-chat"
 
     def _resolve_model_profile(self) -> ModelProfile | None:
-        return ModelProfile(
+        """What the model can do.
+
+        With ``base_url``, ``max_input_tokens`` is left out: it is the server's, and
+        construction sends no request (``max_input_tokens()`` asks for it).
+        """
+        profile = ModelProfile(
             name=self.model_label(),
             open_weights=True,
-            max_input_tokens=self.max_input_tokens(),
             text_inputs=True,
             image_inputs=False,
             image_url_inputs=False,
@@ -191,6 +179,9 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
             structured_output=False,
             temperature=True,
         )
+        if self.base_url is None:
+            profile["max_input_tokens"] = self.max_input_tokens()
+        return profile
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
@@ -203,10 +194,7 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         """
         if tools:
             raise NotImplementedError("ChatQLLM cannot call tools; count messages only")
-        turns = [(role, text) for role, text in flatten_messages(messages) if text.strip()]
-        if not turns:
-            return 0
-        return len(encode_chat(self.get_engine().tokenizer, turns))
+        return self.chat_token_count(flatten_messages(messages))
 
     def bind_tools(
         self,
@@ -225,10 +213,9 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
 
     def _request(
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> Request:
+    ) -> ProviderRequest:
         options = call_options(self, stop, kwargs)
-        turns = flatten_messages(messages)
-        return chat_request(self.get_engine(), self.model_label(), turns, options)
+        return provider_chat_request(self, flatten_messages(messages), options)
 
     def _generate(
         self,
@@ -237,31 +224,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._result(messages, stop, kwargs, progress_listener(run_manager))
-
-    def _result(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-        listener: ProgressListener | None,
-    ) -> ChatResult:
-        """Answer ``messages`` (``listener``: hears the read's progress)."""
         request = self._request(messages, stop, kwargs)
-        answer = request.run(listener)
-        message = AIMessage(
-            content=answer.text,
-            response_metadata=request.metadata(answer),
-            usage_metadata=usage_metadata(answer, request.cache_read_tokens(answer)),
-        )
-        return ChatResult(
-            generations=[
-                ChatGeneration(
-                    message=message, generation_info={"finish_reason": answer.finish_reason}
-                )
-            ],
-            llm_output={"model_name": request.model_name},
-        )
+        return _chat_result(request, request.run(progress_listener(run_manager)))
 
     async def _agenerate(
         self,
@@ -270,9 +234,10 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        # The engine blocks (it runs the model): keep it off the event loop.
-        listener = async_progress_listener(run_manager)
-        return await run_in_thread(self._result, messages, stop, kwargs, listener)
+        # A local engine blocks (it runs the model): keep it off the event loop.
+        request = await run_in_thread(self._request, messages, stop, kwargs)
+        answer = await request.arun(async_progress_listener(run_manager))
+        return _chat_result(request, answer)
 
     def _stream(
         self,
@@ -296,12 +261,26 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = await run_in_thread(self._request, messages, stop, kwargs)
-        listener = async_progress_listener(run_manager)
-        async for item in iterate_in_thread(lambda: answer_events(request.start(listener))):
+        async for item in request.aevents(async_progress_listener(run_manager)):
             chunk = _chat_chunk(request, item)
             if run_manager and isinstance(item, str):
                 await run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
+
+
+def _chat_result(request: ProviderRequest, answer: Answer) -> ChatResult:
+    """The ``ChatResult`` of ``answer``: its message with metadata and usage."""
+    message = AIMessage(
+        content=answer.text,
+        response_metadata=request.metadata(answer),
+        usage_metadata=usage_metadata(answer, request.cache_read_tokens(answer)),
+    )
+    return ChatResult(
+        generations=[
+            ChatGeneration(message=message, generation_info={"finish_reason": answer.finish_reason})
+        ],
+        llm_output={"model_name": request.model_name},
+    )
 
 
 def usage_metadata(answer: Answer, cache_read: int = 0) -> UsageMetadata:
@@ -332,7 +311,7 @@ def get_evidence(message: BaseMessage) -> list[Evidence]:
     return [Evidence(**item) for item in message.response_metadata.get("evidence", [])]
 
 
-def _chat_chunk(request: Request, item: str | Answer) -> ChatGenerationChunk:
+def _chat_chunk(request: ProviderRequest, item: str | Answer) -> ChatGenerationChunk:
     """A text delta's chunk; for the Answer, the closing chunk with usage and metadata."""
     if isinstance(item, str):
         return ChatGenerationChunk(message=AIMessageChunk(content=item))

@@ -11,11 +11,11 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from qllm_core.progress import ProgressListener
 from qllm_core.results import Answer
-from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations._async import run_in_thread
 from qllm_integrations.langchain.chat_models import LangChainSettings, usage_metadata
 from qllm_integrations.langchain.progress import async_progress_listener, progress_listener
-from qllm_integrations.request import Request, answer_events
-from qllm_integrations.routing import text_request
+from qllm_integrations.request import ProviderRequest, answer_events
+from qllm_integrations.routing import provider_text_request
 from qllm_integrations.settings import call_options
 
 
@@ -45,9 +45,11 @@ class QLLM(LangChainSettings, BaseLLM):
     def _llm_type(self) -> str:
         return "qllm"
 
-    def _request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Request:
+    def _request(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> ProviderRequest:
         options = call_options(self, stop, kwargs)
-        return text_request(self.get_engine(), self.model_label(), prompt, options)
+        return provider_text_request(self, prompt, options)
 
     def _generate(
         self,
@@ -85,14 +87,19 @@ class QLLM(LangChainSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        # The engine blocks (it runs the model): keep it off the event loop.
+        # A local engine blocks (it runs the model): keep it off the event loop.
         if self.streaming:  # callbacks see every token
             return _result(
                 self.model_label(),
                 [await _astreamed(self._astream(p, stop, run_manager, **kwargs)) for p in prompts],
             )
         listener = async_progress_listener(run_manager)
-        return await run_in_thread(self._results, prompts, stop, kwargs, listener)
+        answers = []
+        for prompt in prompts:
+            request = await run_in_thread(self._request, prompt, stop, kwargs)
+            answer = await request.arun(listener)
+            answers.append((answer.text, _info(request, answer)))
+        return _result(self.model_label(), answers)
 
     def _stream(
         self,
@@ -116,8 +123,7 @@ class QLLM(LangChainSettings, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         request = await run_in_thread(self._request, prompt, stop, kwargs)
-        listener = async_progress_listener(run_manager)
-        async for item in iterate_in_thread(lambda: answer_events(request.start(listener))):
+        async for item in request.aevents(async_progress_listener(run_manager)):
             chunk = _chunk(request, item)
             if run_manager and isinstance(item, str):
                 await run_manager.on_llm_new_token(item, chunk=chunk)
@@ -151,14 +157,14 @@ def _result(model_name: str, answers: list[Answered]) -> LLMResult:
     )
 
 
-def _chunk(request: Request, item: str | Answer) -> GenerationChunk:
+def _chunk(request: ProviderRequest, item: str | Answer) -> GenerationChunk:
     """A text delta's chunk; for the Answer, the closing chunk with the metadata."""
     if isinstance(item, str):
         return GenerationChunk(text=item)
     return GenerationChunk(text="", generation_info=_info(request, item))
 
 
-def _info(request: Request, answer: Answer) -> dict[str, Any]:
+def _info(request: ProviderRequest, answer: Answer) -> dict[str, Any]:
     """The response metadata, plus ``usage_metadata`` as LangChain reads it."""
     return {
         **request.metadata(answer),

@@ -40,8 +40,8 @@ from qllm_core.protocol import EngineProtocol
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.content import attached_text, is_text_mimetype, join_blocks, not_text
-from qllm_integrations.request import Request, answer_events
-from qllm_integrations.routing import chat_request, text_request
+from qllm_integrations.request import ProviderRequest, answer_events
+from qllm_integrations.routing import provider_chat_request, provider_text_request
 from qllm_integrations.settings import CallOptions, ProviderSettings, call_options
 
 from .guards import GuardPolicy, check_call
@@ -148,9 +148,9 @@ class QLLM(ProviderSettings, CustomLLM):
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        """:meth:`complete` with the request built and run in a worker thread."""
-        request, answer = await run_in_thread(self._run_text, prompt, kwargs)
-        return _completion(request, answer)
+        """:meth:`complete` with the request built in a worker thread and run async."""
+        request = await run_in_thread(self._text, prompt, kwargs)
+        return _completion(request, await request.arun(report_read))
 
     @llm_completion_callback()
     async def astream_complete(
@@ -164,9 +164,9 @@ class QLLM(ProviderSettings, CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """:meth:`chat` with the request built and run in a worker thread."""
-        request, answer = await run_in_thread(self._run_chat, messages, kwargs)
-        return _chat(_completion(request, answer))
+        """:meth:`chat` with the request built in a worker thread and run async."""
+        request = await run_in_thread(self._chat, messages, kwargs)
+        return _chat(_completion(request, await request.arun(report_read)))
 
     @llm_chat_callback()
     async def astream_chat(
@@ -221,33 +221,22 @@ class QLLM(ProviderSettings, CustomLLM):
         finally:
             _TEMPLATE.reset(token)
 
-    def _run_text(self, prompt: object, kwargs: dict[str, Any]) -> tuple[Request, Answer]:
-        request = self._text(prompt, kwargs)
-        return request, request.run(report_read)
-
-    def _run_chat(
-        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-    ) -> tuple[Request, Answer]:
-        request = self._chat(messages, kwargs)
-        return request, request.run(report_read)
-
-    def _text(self, prompt: object, kwargs: dict[str, Any]) -> Request:
+    def _text(self, prompt: object, kwargs: dict[str, Any]) -> ProviderRequest:
         options = call_options(self, kwargs.pop("stop", None), kwargs)
-        return text_request(self.get_engine(), self.model_label(), prompt, options)
+        return provider_text_request(self, prompt, options)
 
-    def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request:
+    def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ProviderRequest:
         options = call_options(self, kwargs.pop("stop", None), kwargs)
         template = _TEMPLATE.get()
         hint = template[1] if template is not None and template[0] is self else None
         if not options.explicit and hint is not None:
             if hint.get("document") is not None and hint.get("prompt_type") != "refine":
                 hinted = CallOptions(**{**vars(options), **_question_document(hint)})
-                return text_request(self.get_engine(), self.model_label(), "", hinted)
+                return provider_text_request(self, "", hinted)
             # A refine prompt also carries the previous answer: the whole rendered text
             # is the document, the template's question the question.
             options = CallOptions(**{**vars(options), "question": hint["question"]})
-        turns = flatten_messages(messages)
-        return chat_request(self.get_engine(), self.model_label(), turns, options)
+        return provider_chat_request(self, flatten_messages(messages), options)
 
 
 def _question_document(hint: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,7 +244,7 @@ def _question_document(hint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _chunks(
-    request: Request, events: Generator[str | Answer, None, None]
+    request: ProviderRequest, events: Generator[str | Answer, None, None]
 ) -> Generator[CompletionResponse, None, None]:
     """Completion chunks; the last one carries ``raw`` (one piece is held back for it)."""
     text, held = "", None
@@ -270,7 +259,7 @@ def _chunks(
         text, held = text + item, item
 
 
-def _completion(request: Request, answer: Answer) -> CompletionResponse:
+def _completion(request: ProviderRequest, answer: Answer) -> CompletionResponse:
     return CompletionResponse(text=answer.text, raw=request.metadata(answer))
 
 

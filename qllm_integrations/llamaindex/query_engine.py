@@ -46,8 +46,8 @@ from qllm_core.protocol import MemoryProtocol, TextStream
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.evidence import Evidence, JoinedText, collect_evidence
-from qllm_integrations.request import Request, answer_events
-from qllm_integrations.routing import text_request
+from qllm_integrations.request import ProviderRequest, Request, answer_events
+from qllm_integrations.routing import provider_text_request
 from qllm_integrations.settings import call_options
 
 from .documents import join_documents
@@ -264,13 +264,17 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
             return self._astream(query_str)
         return self._response(*await run_in_thread(self._answer, query_str))
 
-    def _request(self, query_str: str) -> Request:
+    def _request(self, query_str: str) -> ProviderRequest:
         options = call_options(self.llm, None, {"question": query_str, "document": self.document})
-        return text_request(self.llm.engine, self.llm.model_label(), "", options)
+        return provider_text_request(self.llm, "", options)
 
-    def _start(self, request: Request) -> TextStream:
-        """Start ``request``, from the kept memory when it reads once (read it first)."""
-        if request.uses_memory:
+    def _start(self, request: ProviderRequest) -> TextStream:
+        """Start ``request``, from the kept memory when it reads once (read it first).
+
+        Only a local request keeps its memory here; a server keeps its own (the LLM's
+        client posts the text once and asks by its id).
+        """
+        if isinstance(request, Request) and request.uses_memory:
             with request.reporting(report_read):
                 memory, was_kept = self._kept.obtain(
                     request.options.get("mode"), request.load_memory
@@ -279,7 +283,7 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
                 request.use_memory(memory)
         return request.start(report_read)
 
-    def _answer(self, query_str: str) -> tuple[Request, Answer]:
+    def _answer(self, query_str: str) -> tuple[ProviderRequest, Answer]:
         request = self._request(query_str)
         with self._start(request) as stream:
             return request, stream.collect()
@@ -315,7 +319,7 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
 
     def _fill(
         self,
-        request: Request,
+        request: ProviderRequest,
         answer: Answer,
         nodes: list[NodeWithScore],
         metadata: dict[str, Any],
@@ -325,7 +329,7 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         nodes.extend(response.source_nodes)
         metadata.update(response.metadata or {})
 
-    def _response(self, request: Request, answer: Answer) -> Response:
+    def _response(self, request: ProviderRequest, answer: Answer) -> Response:
         evidence = collect_evidence(
             self.joined, answer.stats.retrieved_blocks, limit=self.max_sources
         )
