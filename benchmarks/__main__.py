@@ -14,8 +14,10 @@ from . import compare as compare_mod
 from . import followup as followup_mod
 from . import passages as passages_mod
 from . import recall as recall_mod
+from . import serve_load as serve_load_mod
 from .engine_args import add_arguments, from_arguments
 from .paths import REPO_ROOT, Paths, save_json
+from .serve_load_report import serve_load_section
 from .sizes import SIZES
 
 
@@ -95,6 +97,43 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     batch.add_argument("--max-new-tokens", type=int, default=64)
     add_arguments(batch)
+
+    serve_load = sub.add_parser(
+        "serve-load",
+        help="C clients on a real `quickllama serve` (and Ray Serve): req/s, latency, "
+        "exactly-once; against the in-process provider",
+    )
+    defaults = serve_load_mod.Load()
+    serve_load.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(defaults.concurrency)
+    )
+    serve_load.add_argument(
+        "--requests", type=int, default=defaults.requests, help="requests per concurrency level"
+    )
+    serve_load.add_argument(
+        "--length", type=int, default=defaults.length, help="document length in tokens"
+    )
+    serve_load.add_argument(
+        "--documents",
+        type=int,
+        default=defaults.documents,
+        help="documents posted to /v1/documents that the follow-ups ask about",
+    )
+    serve_load.add_argument(
+        "--new-share",
+        type=float,
+        default=defaults.new_share,
+        help="share of requests that bring a new document of their own",
+    )
+    serve_load.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    serve_load.add_argument(
+        "--ray", action="store_true", help="also run the levels on Ray Serve (--replicas)"
+    )
+    serve_load.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
+    serve_load.add_argument(
+        "--max-queue", type=int, default=None, help="the servers' --max-queue (their default)"
+    )
+    add_arguments(serve_load)
 
     followup = sub.add_parser(
         "followup", help="read once: first question vs follow-up from memory, decode speed"
@@ -200,6 +239,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         commands.rerender(paths)
         print(batch_mod.batch_section(paths))
+        return 0
+    elif args.command == "serve-load":
+        load = serve_load_mod.Load(
+            concurrency=tuple(args.concurrency),
+            requests=args.requests,
+            length=args.length,
+            documents=args.documents,
+            new_share=args.new_share,
+            max_new_tokens=args.max_new_tokens,
+        )
+        serve_load_mod.run_serve_load(
+            spec,
+            paths,
+            load,
+            replicas=args.replicas if args.ray else 0,
+            max_queue=args.max_queue,
+            command=machine.command_line(),
+        )
+        commands.rerender(paths)
+        print(serve_load_section(paths))
         return 0
     elif args.command == "followup":
         followup_mod.run_followup(

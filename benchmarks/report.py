@@ -14,6 +14,7 @@ from .compare_report import compare_section
 from .followup import followup_section
 from .passages_report import passages_sections
 from .paths import Paths, load_json, save_json
+from .serve_load_report import serve_load_section
 from .throughput import Point
 
 TARGET_TOKENS_PER_SECOND = 300
@@ -54,6 +55,9 @@ def render(paths: Paths) -> str:
     batch = batch_section(paths)
     if batch:
         sections.append(batch)
+    serve_load = serve_load_section(paths)
+    if serve_load:
+        sections.append(serve_load)
     recall = load_json(paths.results / "recall.json")
     if recall:
         sections.append(
