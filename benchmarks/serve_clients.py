@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ def _record(job: Job) -> dict[str, Any]:
         "ttft_seconds": None,
         "latency_seconds": None,
         "chars": 0,
+        "replica": None,
         "error": None,
     }
 
@@ -59,11 +61,17 @@ def _chunk_seen(record: dict[str, Any], started: float, chunk_id: str, text: str
 
 
 class ServerClient:
-    """Sends jobs to a running server with the stock ``openai`` async client."""
+    """Sends jobs to a running server with the stock ``openai`` async client.
+
+    Records which process answered (the server's ``x-quickllama-replica`` header).
+    """
 
     def __init__(self, base_url: str, model: str, document_ids: Sequence[str], tokens: int):
         import openai
 
+        from qllm_integrations.serve.app import REPLICA_HEADER
+
+        self.replica_header = REPLICA_HEADER
         self.client = openai.AsyncOpenAI(
             base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=REQUEST_SECONDS
         )
@@ -95,6 +103,7 @@ class ServerClient:
                 extra_body=extra,
             )
             record["status"] = 200
+            record["replica"] = stream.response.headers.get(self.replica_header)
             async for chunk in stream:
                 text = "".join(c.delta.content or "" for c in chunk.choices)
                 _chunk_seen(record, started, chunk.id, text)
@@ -256,6 +265,7 @@ def level_summary(
         "rate_limited": sum(r["status"] == 429 for r in got),
         "errors": sum(r["status"] != 429 and bool(r["error"]) for r in got),
         "error_samples": sorted({r["error"] for r in got if r["error"]})[:5],
+        "replicas": dict(Counter(r["replica"] for r in done if r["replica"])),
         "exactly_once": not problems,
         "problems": problems[:20],
         "response_ids": [r["ids"][0] if r and r["ids"] else None for r in records],

@@ -40,6 +40,7 @@ def serve_load_section(paths: Paths) -> str | None:
                     f"{level['p50_ttft']} / {level['p95_ttft']}",
                     level["rate_limited"],
                     level["errors"],
+                    " / ".join(map(str, sorted(level["replicas"].values(), reverse=True))),
                     "yes" if level["exactly_once"] else "NO",
                     " → ".join(str(v) for v in level["load_average"]),
                 ]
@@ -54,6 +55,7 @@ def serve_load_section(paths: Paths) -> str | None:
         "TTFT p50 / p95 s",
         "429s",
         "errors",
+        "answers per replica",
         "exactly once",
         "load avg",
     ]
@@ -91,7 +93,9 @@ def serve_load_section(paths: Paths) -> str | None:
             "- req/s counts complete answers over the level's wall time; latency and time to "
             "first token are of complete answers; `exactly once`: every request has a "
             "record and every accepted one exactly one complete answer (one `finish_reason` "
-            "chunk, one usage chunk, all its tokens, one response id), no response id twice.",
+            "chunk, one usage chunk, all its tokens, one response id), no response id twice. "
+            "`answers per replica`: complete answers by the process that sent them (the "
+            "`x-quickllama-replica` header).",
             "",
             tabulate(table, headers=headers, tablefmt="github"),
             "",

@@ -72,7 +72,9 @@ def test_every_request_is_accounted_for(run):
     server = data["systems"]["server"]["levels"][0]
     assert server["rate_limited"] >= 1  # three clients at once, room for one
     assert server["errors"] == 0
-    assert data["systems"][serve_load.IN_PROCESS]["levels"][0]["completed"] == 6
+    assert list(server["replicas"].values()) == [server["completed"]]  # one process answered
+    local = data["systems"][serve_load.IN_PROCESS]["levels"][0]
+    assert local["completed"] == 6 and local["replicas"] == {}
 
 
 def test_the_section_shows_both_systems_and_the_ratio(run):
