@@ -316,12 +316,16 @@ def _answer_items(request: ProviderRequest, metrics: ServerMetrics) -> Iterator[
     (a cancelled request: the client went away or the deadline passed).
     """
     stream = request.start()
+    counted = False
     try:
-        yield from answer_events(stream)
+        for item in answer_events(stream):
+            if isinstance(item, Answer):  # counted before the client can see the end
+                counted = True
+                metrics.observe(item, request.cache_read_tokens(item))
+            yield item
     finally:
-        answer = stream.result
-        if answer is not None:
-            metrics.observe(answer, request.cache_read_tokens(answer))
+        if not counted and stream.result is not None:
+            metrics.observe(stream.result, request.cache_read_tokens(stream.result))
 
 
 class ClosingStream(StreamingResponse):

@@ -24,9 +24,15 @@ MAX_DOCUMENT_TOKENS = 1_000
 
 
 @pytest.fixture(scope="module")
-def server() -> ServerProcess:
+def memory_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("memories"))
+
+
+@pytest.fixture(scope="module")
+def server(memory_dir: str) -> ServerProcess:
     limits = ("--max-body-bytes", str(MAX_BODY_BYTES))
-    with start_server(*limits, "--max-document-tokens", str(MAX_DOCUMENT_TOKENS)) as server:
+    limits += ("--max-document-tokens", str(MAX_DOCUMENT_TOKENS))
+    with start_server(*limits, "--memory-dir", memory_dir) as server:
         yield server
 
 
@@ -155,6 +161,34 @@ def test_documents_answer_from_memory(server: ServerProcess, client: openai.Open
     assert meta["qllm"]["tokens_read"] < 40  # the question only: the document was not read
     for passage in meta["evidence"]:
         assert DOCUMENT[passage["char_start"] : passage["char_end"]] == passage["text"]
+
+
+def test_another_server_answers_from_the_saved_memory(
+    server: ServerProcess, memory_dir: str
+) -> None:
+    record = post_document(server).json()
+    with start_server("--memory-dir", memory_dir) as other:
+        assert other.process.pid != server.process.pid
+        fetched = httpx.get(f"{other.base_url}/v1/documents/{record['id']}")
+        assert fetched.json()["sha256"] == record["sha256"]
+        body = {
+            "prompt": "What came on Tuesday?",
+            "document_id": record["id"],
+            "max_tokens": 2,
+        }
+        reply = httpx.post(f"{other.base_url}/v1/completions", json=body, timeout=60).json()
+        assert reply["quickllama"]["memory_reused"] is True
+        assert reply["usage"]["prompt_tokens_details"]["cached_tokens"] == record["tokens"]
+        metrics = httpx.get(f"{other.base_url}/metrics").text
+        read = next(
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "quickllama_tokens_read_total"
+        )
+        assert 0 < read < 40  # the question only: this process never read the document
+        again = post_document(other)
+        assert again.status_code == 200 and again.json()["reused"]
 
 
 def test_delete_document(server: ServerProcess) -> None:
