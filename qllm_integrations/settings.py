@@ -117,8 +117,9 @@ class ProviderSettings(BaseModel):
     ``http://127.0.0.1:8000/v1``: no model is loaded here, ``model`` names the served model
     (``None``: whichever it serves) and ``config``/``device``/``dtype`` are the server's.
     ``None``: the engine runs in this process."""
-    api_key: SecretStr | None = Field(default_factory=lambda: _api_key_from_env())
-    """The server's API key (``base_url`` only); default: ``$QUICKLLAMA_API_KEY``."""
+    api_key: SecretStr | None = Field(default_factory=lambda: _api_key_from_env(), exclude=True)
+    """The server's API key (``base_url`` only); default: ``$QUICKLLAMA_API_KEY``. Never
+    serialized, shown or reported (a secret)."""
     timeout: float | None = Field(default=None, gt=0)
     """Seconds a request to the server may wait for its next bytes (``base_url`` only;
     ``None``: 600). A local engine has no timeout (a warning says so)."""

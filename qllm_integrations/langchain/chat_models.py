@@ -141,6 +141,13 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
     (``response_metadata["memory_reused"]`` is ``True``, and ``usage_metadata`` counts
     the document's tokens as ``input_token_details["cache_read"]``). ``read_once=False``
     reads the document again for every question, with the question before and after it.
+
+    With ``base_url`` (a ``quickllama serve``, e.g. ``"http://127.0.0.1:8000/v1"``) and
+    ``api_key`` (default ``$QUICKLLAMA_API_KEY``), no model is loaded here: every request
+    goes to that server, with the same options, streaming, metadata and named errors, plus
+    :class:`~qllm_integrations.remote.ServerBusyError` (its queue is full) and
+    :class:`~qllm_integrations.remote.ServerUnavailableError`; ``timeout`` and
+    ``max_retries`` apply to it.
     """
 
     def __init__(self, *, engine: EngineProtocol | None = None, **kwargs: Any) -> None:
@@ -190,7 +197,8 @@ class ChatQLLM(LangChainSettings, BaseChatModel):
 
         The encoding of the ``direct`` route (:func:`qllm_core.inputs.prompt.encode_chat`); a long
         conversation is split into document and question, whose prompt differs slightly.
-        ``tools`` are refused: the engine cannot call tools.
+        Loads the engine, or asks the server (``base_url``). ``tools`` are refused: the
+        engine cannot call tools.
         """
         if tools:
             raise NotImplementedError("ChatQLLM cannot call tools; count messages only")

@@ -37,8 +37,8 @@ class QLLM(LangChainSettings, BaseLLM):
 
     ``generation_info`` of each generation is the same metadata ``ChatQLLM`` puts in
     ``response_metadata`` (route, usage, evidence, memory reuse, the engine's stats).
-    Documents are read once and kept in the engine's memory cache unless
-    ``read_once=False`` (see ``ChatQLLM``).
+    With ``read_once=True`` documents are read once and kept in the engine's memory cache,
+    and with ``base_url`` every request goes to a quickllama server, as for ``ChatQLLM``.
     """
 
     @property

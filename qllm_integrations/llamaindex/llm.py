@@ -81,6 +81,13 @@ class QLLM(ProviderSettings, CustomLLM):
     the engine's memory cache, so a second question about the same text reads only
     itself (``raw["memory_reused"]``); ``read_once=False`` reads it again per question,
     with the question before and after it.
+
+    With ``base_url`` (a ``quickllama serve``, e.g. ``"http://127.0.0.1:8000/v1"``) and
+    ``api_key`` (default ``$QUICKLLAMA_API_KEY``), no model is loaded here: every request
+    goes to that server, with the same options, streaming, metadata and named errors, plus
+    :class:`~qllm_integrations.remote.ServerBusyError` (its queue is full) and
+    :class:`~qllm_integrations.remote.ServerUnavailableError`; ``timeout`` and
+    ``max_retries`` apply to it.
     """
 
     guard: GuardPolicy = "warn"

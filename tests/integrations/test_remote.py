@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from qllm_core.errors import EmptyInputError, InvalidOptionError
+from qllm_core.errors import ConfigError, EmptyInputError, InvalidOptionError
 from qllm_core.results import AnswerStats, RetrievedBlock
+from qllm_integrations.langchain import ChatQLLM
+from qllm_integrations.llamaindex import QLLM
 from qllm_integrations.remote import (
     InvalidAPIKeyError,
     RemoteClient,
@@ -376,3 +378,48 @@ def test_async_requests_use_the_async_client() -> None:
     answer, events = asyncio.run(run())
     assert answer.text == "from memory" and len(server.posted) == 1
     assert events[:2] == ["x", "y"] and events[2].text == "xy" and events[2].stats == STATS
+
+
+def test_token_counts_and_the_input_limit_are_asked_of_the_server() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, json.loads(request.content or b"null")))
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m", "max_model_len": 4096}]})
+        return httpx.Response(200, json={"tokens": [5, 6, 7], "count": 3})
+
+    remote = client(handler)
+    assert remote.tokenize("some text") == [5, 6, 7]
+    assert remote.tokenize_chat([("user", "hi")]) == [5, 6, 7]
+    assert remote.max_input_tokens() == remote.max_input_tokens() == 4096  # asked once
+    assert seen == [
+        ("/v1/tokenize", {"prompt": "some text"}),
+        ("/v1/tokenize", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/models", None),
+    ]
+    old = client(lambda request: httpx.Response(200, json={"data": [{"id": "m"}]}))
+    with pytest.raises(ServerError, match="max_model_len"):
+        old.max_input_tokens()
+
+
+def test_remote_settings_keep_the_key_secret_and_refuse_local_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUICKLLAMA_API_KEY", "from-env")
+    url = "http://127.0.0.1:9/v1"  # nothing listens: construction must not ask the server
+    chat = ChatQLLM(base_url=url, timeout=5, max_retries=1)
+    llm = QLLM(base_url=url)
+    assert chat.api_key is not None and chat.api_key.get_secret_value() == "from-env"
+    for shown in (repr(chat), str(chat._identifying_params), repr(llm), llm.to_json()):
+        assert "from-env" not in shown
+    assert chat.profile is not None and "max_input_tokens" not in chat.profile
+    assert chat._identifying_params["base_url"] == url
+    spec = chat.remote().spec  # type: ignore[union-attr]
+    assert (spec.api_key, spec.timeout, spec.max_retries) == ("from-env", 5, 1)
+    with pytest.raises(ConfigError, match="base_url"):
+        chat.get_engine()  # no model is loaded here
+    with pytest.raises(InvalidOptionError, match="device cannot be given with base_url"):
+        ChatQLLM(base_url=url, device="cpu")
+    with pytest.warns(UserWarning, match="ignores timeout"):
+        ChatQLLM(timeout=5)  # a local engine
