@@ -142,7 +142,7 @@ class RemoteClient:
     ) -> RemoteRequest:
         return RemoteRequest(self, path, {**body, **wire_options(options)}, model)
 
-    # -- documents ---------------------------------------------------
+    # -- documents ------------------------------------------------------------------------
 
     def document_id(self, text: str, mode: str | None, *, stale: str | None = None) -> str:
         """The id of ``text`` (read in ``mode``) on the server, posted on first use.
@@ -171,6 +171,7 @@ class RemoteClient:
     def _document_key(
         self, text: str, mode: str | None, stale: str | None
     ) -> tuple[str, str | None]:
+        """The cache key of ``text`` read in ``mode``; a ``stale`` id under it is dropped."""
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         key = (digest, mode)
         with self._lock:
