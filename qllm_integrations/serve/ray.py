@@ -27,8 +27,9 @@ import asyncio
 import logging
 import signal
 import threading
-from types import FrameType
-from typing import TYPE_CHECKING
+import typing
+from types import FrameType, NoneType, UnionType
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
@@ -37,7 +38,7 @@ from ray.serve.deployment import Application
 
 from qllm_core.errors import ConfigError
 from qllm_integrations.serve.ray_router import DOCUMENTS_STAT, DocumentAffinityRouter
-from qllm_integrations.serve.settings import ServeSettings
+from qllm_integrations.serve.settings import ServeSettings, keys_from_env
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -54,7 +55,7 @@ ROUTING_STATS_PERIOD_S = 1.0
 RETRY_AFTER_S = 1.0
 """``Retry-After`` of the 429 a Serve proxy answers when every replica and its queue are full."""
 REPLICA_FLAGS = ("replicas", "num_gpus", "num_cpus")
-"""Arguments of :func:`app` that are not ``quickllama serve`` flags."""
+"""Arguments of :func:`app` that are not :class:`ServeSettings` fields."""
 
 
 @serve.ingress()
@@ -138,36 +139,52 @@ def build_app(
 def app(args: dict[str, str]) -> Application:
     """Application builder for ``serve run qllm_integrations.serve.ray:app key=value ...``.
 
-    Keys are ``quickllama serve`` flags with ``_`` for ``-`` (``model``, ``memory_dir``,
-    ``max_queue``, ...), plus ``replicas``, ``num_gpus`` (``1`` for GPU replicas; default
-    0) and ``num_cpus`` as for :func:`build_app`.
+    Keys: those of :func:`settings_from_args`, plus ``replicas``, ``num_gpus`` (``1`` for
+    GPU replicas; default 0) and ``num_cpus`` (default 1) as for :func:`build_app`.
 
     Raises:
         ConfigError: an unknown key or a bad value, named.
     """
-    from qllm_integrations.serve.cli import build_parser, settings_from
-
-    flags = {key: value for key, value in args.items() if key not in REPLICA_FLAGS}
-    argv: list[str] = []
-    for key, value in flags.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    parser = build_parser()
-    parser.allow_abbrev = False  # a key is a whole flag's name, never a prefix of one
-    try:
-        parsed, unknown = parser.parse_known_args(argv)
-    except SystemExit:  # argparse printed which value is bad
-        raise ConfigError(f"serve run: a bad value among {flags}") from None
-    if unknown:
-        known = sorted({*REPLICA_FLAGS, *vars(parser.parse_args([]))})
-        raise ConfigError(f"serve run: unknown argument(s) {unknown}; known: {known}")
-    try:
-        replicas = int(args.get("replicas", 1))
-        num_gpus, num_cpus = float(args.get("num_gpus", 0)), float(args.get("num_cpus", 1))
-    except ValueError as error:
-        message = f"serve run: replicas, num_gpus and num_cpus are numbers ({error})"
-        raise ConfigError(message) from None
-    settings = settings_from(parsed)
+    settings = settings_from_args(args)
+    replicas = _parse("replicas", args.get("replicas", "1"), int)
+    num_gpus = _parse("num_gpus", args.get("num_gpus", "0"), float)
+    num_cpus = _parse("num_cpus", args.get("num_cpus", "1"), float)
     return build_app(settings, replicas=replicas, num_gpus=num_gpus, num_cpus=num_cpus)
+
+
+def settings_from_args(args: dict[str, str]) -> ServeSettings:
+    """The settings of ``serve run`` arguments (``key=value``, every value a string).
+
+    Keys are :class:`ServeSettings` fields, i.e. ``quickllama serve`` flags with ``_`` for
+    ``-`` (``model``, ``memory_dir``, ``max_queue``, ...; ``api_keys`` comma-separated,
+    default ``$QUICKLLAMA_API_KEY``); those of :data:`REPLICA_FLAGS` are skipped.
+
+    Raises:
+        ConfigError: an unknown key or a bad value, named.
+    """
+    fields = typing.get_type_hints(ServeSettings)
+    values: dict[str, Any] = {"api_keys": keys_from_env()}
+    for key, text in args.items():
+        if key in REPLICA_FLAGS:
+            continue
+        if key not in fields:
+            known = sorted({*fields, *REPLICA_FLAGS})
+            raise ConfigError(f"serve run: unknown argument {key!r}; known: {known}")
+        values[key] = _parse(key, str(text), fields[key])
+    return ServeSettings(**values)
+
+
+def _parse(key: str, text: str, annotation: Any) -> Any:
+    """``text`` as a value of ``annotation`` (``int | None``: an int; a tuple: split at ``,``)."""
+    if isinstance(annotation, UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(kind for kind in typing.get_args(annotation) if kind is not NoneType)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    try:
+        return annotation(text)
+    except ValueError:
+        message = f"serve run: {key}={text!r} is not of type {annotation.__name__}"
+        raise ConfigError(message) from None
 
 
 def run_replicas(settings: ServeSettings, replicas: int) -> int:

@@ -28,7 +28,13 @@ from server_process import free_port
 
 from qllm_core.errors import ConfigError
 from qllm_integrations.serve.app import REPLICA_HEADER
-from qllm_integrations.serve.ray import APP_NAME, ROUTING_STATS_PERIOD_S, app, run_replicas
+from qllm_integrations.serve.ray import (
+    APP_NAME,
+    ROUTING_STATS_PERIOD_S,
+    app,
+    run_replicas,
+    settings_from_args,
+)
 from qllm_integrations.serve.ray_router import DOCUMENT_HEADER
 from qllm_integrations.serve.settings import ServeSettings
 
@@ -251,13 +257,21 @@ def _running_replicas() -> int:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        ({"modle": "x"}, "--modle"),
-        ({"mem": "/tmp"}, "--mem"),  # a prefix of --memory-dir is not taken for it
-        ({"max_queue": "many"}, "a bad value"),
-        ({"replicas": "two"}, "numbers"),
+        ({"modle": "x"}, "unknown argument 'modle'"),
+        ({"max_queue": "many"}, "max_queue='many' is not of type int"),
+        ({"max_queue": "0"}, "--max-queue must be"),
+        ({"replicas": "two"}, "replicas='two'"),
         ({"replicas": "0"}, "--replicas must be"),
     ],
 )
 def test_serve_run_arguments_are_checked(args: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         app(args)
+
+
+def test_serve_run_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUICKLLAMA_API_KEY", "from-env")
+    args = {"model": "m", "max_document_tokens": "900", "request_timeout": "2.5", "replicas": "3"}
+    expected = {"max_document_tokens": 900, "request_timeout": 2.5, "api_keys": ("from-env",)}
+    assert settings_from_args(args) == ServeSettings(model="m", **expected)
+    assert settings_from_args({"api_keys": "a, b"}).api_keys == ("a", "b")
