@@ -56,14 +56,14 @@ class DocumentAffinityRouter(RequestRouter):
             # sleep between rounds when every replica is full instead of asking at once
             pending_request.routing_context.should_backoff = True
             document = pending_request.metadata.multiplexed_model_id
-        holders = [r for r in candidate_replicas if document and holds(r, document)]
+        holders = [r for r in candidate_replicas if document and _holds(r, document)]
         others = [r for r in candidate_replicas if r not in holders]
         random.shuffle(holders)
         ranks = (holders, random.sample(others, min(2, len(others))))
         return [rank for rank in ranks if rank]
 
 
-def holds(replica: RunningReplica, document: str) -> bool:
+def _holds(replica: RunningReplica, document: str) -> bool:
     """Whether ``replica`` last reported ``document``'s memory among those it holds."""
     held: Sequence[str] = replica.routing_stats.get(DOCUMENTS_STAT, ())
     return document in held
