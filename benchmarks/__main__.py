@@ -15,7 +15,7 @@ from . import followup as followup_mod
 from . import passages as passages_mod
 from . import recall as recall_mod
 from . import serve_load as serve_load_mod
-from .engine_args import add_arguments, from_arguments
+from .engine_args import add_arguments, from_arguments, load_engine
 from .paths import REPO_ROOT, Paths, save_json
 from .serve_load_report import serve_load_section
 from .sizes import SIZES
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "recall":
         ranks = recall_mod.run_recall(
-            spec.load(progress=False), args.tasks, args.lengths, args.samples, args.seed
+            load_engine(spec), args.tasks, args.lengths, args.samples, args.seed
         )
         table = recall_mod.recall_table(ranks)
         save_json(
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
     elif args.command == "passages":
-        engine = spec.load(progress=False)
+        engine = load_engine(spec)
         if args.task_set == "realdocs":
             from .realdocs import real_samples
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "batch":
         batch_mod.run_batch(
-            spec.load(progress=False),
+            load_engine(spec),
             paths,
             args.lengths,
             args.concurrency,
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "followup":
         followup_mod.run_followup(
-            spec.load(progress=False),
+            load_engine(spec),
             paths,
             args.lengths,
             max_new_tokens=args.max_new_tokens,
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "compare":
         compare_mod.run_compare(
-            spec.load(progress=False),
+            load_engine(spec),
             SIZES[args.size],
             paths,
             args.systems,
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             command=machine.command_line(),
         )
     else:
-        engine = spec.load(progress=False)
+        engine = load_engine(spec)
         size = SIZES[args.size]
         if args.full_max_tokens is not None:
             size = dataclasses.replace(size, full_max_tokens=args.full_max_tokens)

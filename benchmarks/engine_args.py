@@ -74,3 +74,17 @@ def to_args(spec: EngineSpec) -> list[str]:
     if spec.device is not None:
         args += ["--device", spec.device]
     return args
+
+
+def load_engine(spec: EngineSpec) -> Any:
+    """The engine ``spec`` describes, decoding greedily with no repetition guard.
+
+    Every recorded result was decoded so (an engine's own defaults may add a guard:
+    ``GenerationOptions.default_for``); a variant that wants one names it in its options,
+    so a resumed run answers its new samples exactly as its first ones.
+    """
+    from qllm_core.options import GenerationOptions
+
+    engine = spec.load(progress=False)
+    engine.generation_defaults = GenerationOptions()
+    return engine

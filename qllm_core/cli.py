@@ -137,7 +137,7 @@ def parse_arguments(
     options by :class:`~qllm_core.options.GenerationOptions` (the message the Python API
     and the providers give, with the flag's name), names by the choices they have, and an
     unknown option is answered with the one probably meant (``--max-tokenz``: did you
-    mean ``--max-new-tokens``?). ``args.options`` holds the validated decoding options.
+    mean ``--max-new-tokens``?). ``args.options`` holds the decoding options given, validated.
     """
     args, extras = parser.parse_known_args(argv)
     command: argparse.ArgumentParser = args.command_parser
@@ -156,8 +156,11 @@ def parse_arguments(
     return args
 
 
-def _checked_options(args: argparse.Namespace) -> GenerationOptions:
-    """The decoding options of ``args``, and every named choice, validated."""
+def _checked_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options given in ``args``, and every named choice, validated.
+
+    Options not given are left out: the engine's defaults apply.
+    """
     for name, choices in _CHOICES.items():
         value = getattr(args, name)
         if value is not None:
@@ -166,9 +169,9 @@ def _checked_options(args: argparse.Namespace) -> GenerationOptions:
         args.tokens = _whole_number("tokens", args.tokens, low=1)
         args.doc_seed = _whole_number("doc_seed", args.doc_seed)
     texts = {name: getattr(args, name) for name in _DECODING_FLAGS}
-    return GenerationOptions.from_kwargs(
-        **{name: number_from_text(text) for name, text in texts.items() if text is not None}
-    )
+    given = {name: number_from_text(text) for name, text in texts.items() if text is not None}
+    options = GenerationOptions.from_kwargs(**given)
+    return {name: getattr(options, name) for name in given}
 
 
 def _whole_number(name: str, text: str, *, low: int | None = None) -> int:
@@ -288,19 +291,18 @@ def _common_options(*, max_new_tokens: int) -> argparse.ArgumentParser:
         metavar="N",
         help=f"answer length limit (default: {max_new_tokens})",
     )
-    add("--temperature", default="0", metavar="T", help="0 is greedy (default)")
-    add("--top-p", default="1", metavar="P", help="nucleus sampling mass (default: 1)")
+    add("--temperature", metavar="T", help="0 is greedy (default)")
+    add("--top-p", metavar="P", help="nucleus sampling mass (default: 1)")
     add(
         "--repetition-penalty",
-        default="1",
         metavar="R",
         help="≥ 1: divides the logits of tokens already in the answer (default: 1, off)",
     )
     add(
         "--no-repeat-ngram-size",
-        default="0",
         metavar="N",
-        help="no run of N tokens twice in the answer (default: 0, off)",
+        help="no run of N tokens twice in the answer (0: off; default: the model's, "
+        "6 for the embedded model, else 0)",
     )
     add("--seed", default=None, metavar="N", help="sampling seed")
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -464,17 +466,8 @@ def _answer(
     ``source``: the document text or a document memory; ``document``: the text, for the
     evidence excerpts (``None``: none shown).
     """
-    options: GenerationOptions = args.options
     stream: AnswerStream = engine.stream(
-        source,
-        question,
-        max_new_tokens=options.max_new_tokens,
-        temperature=options.temperature,
-        top_p=options.top_p,
-        repetition_penalty=options.repetition_penalty,
-        no_repeat_ngram_size=options.no_repeat_ngram_size,
-        seed=options.seed,
-        mode=args.mode if isinstance(source, str) else None,
+        source, question, mode=args.mode if isinstance(source, str) else None, **args.options
     )
     started = time.perf_counter()
     with stream:  # closed however the loop ends (a broken pipe, Ctrl-C)

@@ -63,8 +63,13 @@ class QLLMEngine:
         config: QLLMConfig | None = None,
         progress: bool | None = None,
         memory_cache_bytes: int | None = None,
+        generation_defaults: GenerationOptions | None = None,
     ) -> None:
         config = config or QLLMConfig()
+        self.generation_defaults = generation_defaults or GenerationOptions()
+        """The decoding options of a request that leaves them out (each request may give
+        its own); :meth:`from_pretrained` sets the model's
+        (:meth:`GenerationOptions.default_for`)."""
         self.memories = MemoryCache(
             default_cache_bytes() if memory_cache_bytes is None else memory_cache_bytes
         )
@@ -136,13 +141,21 @@ class QLLMEngine:
         progress: bool | None = None,
         memory_cache_bytes: int | None = None,
     ) -> QLLMEngine:
-        """Load a model (``None``: the embedded SmolLM2-135M) and attach the engine."""
+        """Load a model (``None``: the embedded SmolLM2-135M) and attach the engine.
+
+        The config and the decoding defaults are the model's (``default_for``) unless given.
+        """
         from .models.loading import load_model
 
         model, tokenizer = load_model(source, device=device, dtype=dtype)
-        config = config or QLLMConfig.default_for(source)
-        cache = memory_cache_bytes
-        return cls(model, tokenizer, config=config, progress=progress, memory_cache_bytes=cache)
+        return cls(
+            model,
+            tokenizer,
+            config=config or QLLMConfig.default_for(source),
+            progress=progress,
+            memory_cache_bytes=memory_cache_bytes,
+            generation_defaults=GenerationOptions.default_for(source),
+        )
 
     @property
     def model_name(self) -> str:
@@ -189,13 +202,14 @@ class QLLMEngine:
         ``document``: the text, read for this question (question, document, question:
         the paper's query-aware read), or a :class:`DocumentMemory` from :meth:`read`,
         read on from (the question after the document; ``mode`` must then be ``None``).
-        Options: ``max_new_tokens`` (256), ``min_new_tokens`` (0: an end-of-sequence
-        token may end the answer at once), ``temperature`` (0: greedy), ``top_p`` (1),
-        ``repetition_penalty`` (1: off), ``no_repeat_ngram_size`` (0: off), ``seed``,
-        ``stop`` (strings), ``mode`` (overrides ``config.mode``). Every option
-        is validated (:meth:`GenerationOptions.from_kwargs`) before the document is read.
+        Options (left out or ``None``: :attr:`generation_defaults`): ``max_new_tokens``
+        (256), ``min_new_tokens`` (0: an end-of-sequence token may end the answer at once),
+        ``temperature`` (0: greedy), ``top_p`` (1), ``repetition_penalty`` (1: off),
+        ``no_repeat_ngram_size`` (0: off; 6 for the embedded model), ``seed``, ``stop``
+        (strings), ``mode`` (overrides ``config.mode``). Every option is validated
+        (:meth:`GenerationOptions.with_options`) before the document is read.
         """
-        opts = GenerationOptions.from_kwargs(**options)
+        opts = self.generation_defaults.with_options(**options)
         if isinstance(document, DocumentMemory):
             return self.pipeline.stream(self.requests.for_memory(document, question, mode, opts))
         if mode is not None:
@@ -274,7 +288,7 @@ class QLLMEngine:
         **options: Any,
     ) -> AnswerStream:
         """Streaming form of :meth:`generate`."""
-        opts = GenerationOptions.from_kwargs(**options)
+        opts = self.generation_defaults.with_options(**options)
         return self.pipeline.stream(self.requests.for_ids(input_ids, question_span, mode, opts))
 
     def window_tokens(self, config: QLLMConfig | None = None) -> int:

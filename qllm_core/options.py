@@ -14,7 +14,7 @@ import difflib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeGuard, TypeVar
 
 from .errors import InvalidOptionError
@@ -89,15 +89,32 @@ class GenerationOptions:
         str. Raises :class:`InvalidOptionError` naming the option (for an unknown name, the
         one probably meant).
         """
-        check_names(options, cls.names())
-        values = {k: v for k, v in options.items() if v is not None or k == "seed"}
+        return cls().with_options(**options)
+
+    @classmethod
+    def default_for(cls, source: object | None) -> GenerationOptions:
+        """The decoding defaults of an engine on ``source`` (as ``QLLMConfig.default_for``).
+
+        The embedded SmolLM2-135M (``None``) never repeats a run of 6 tokens in an answer
+        (``no_repeat_ngram_size=6``): it stopped every answer loop on the paired passages
+        benchmark with no sample lost (BENCHMARKS.md); other models: the class defaults.
+        """
+        return cls(no_repeat_ngram_size=6) if source is None else cls()
+
+    def with_options(self, **options: Any) -> GenerationOptions:
+        """These options with ``options`` given over them, validated as by :meth:`from_kwargs`.
+
+        ``None`` for an option keeps this one's value (``seed=None`` too).
+        """
+        check_names(options, self.names())
+        values = {k: v for k, v in options.items() if v is not None}
         for name in _INT_NAMES:  # numpy and torch ints too
             value = values.get(name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 values[name] = int(value)
         if "stop" in values:
             values["stop"] = _stop_strings(values["stop"])
-        return cls(**values)
+        return replace(self, **values)
 
 
 _INT_NAMES = ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "seed")

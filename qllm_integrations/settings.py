@@ -84,11 +84,13 @@ class ProviderSettings(BaseModel):
     """Sampling temperature; 0 is greedy decoding."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest token set with this much probability."""
-    repetition_penalty: float = 1.0
+    repetition_penalty: float | None = None
     """Divides the logit of every token already in the answer (multiplies it when
-    negative), ≥ 1; 1 is off. The prompt's tokens are not penalized."""
-    no_repeat_ngram_size: int = 0
-    """No run of this many tokens appears twice in an answer; 0 is off."""
+    negative), ≥ 1; 1 is off. The prompt's tokens are not penalized. ``None``: the
+    engine's default (``engine.generation_defaults``: off)."""
+    no_repeat_ngram_size: int | None = None
+    """No run of this many tokens appears twice in an answer; 0 is off. ``None``: the
+    engine's default (``engine.generation_defaults``: 6 for the embedded model, else off)."""
     seed: int | None = None
     """Seed of the sampler, for reproducible sampling at temperature > 0."""
     stop: list[str] | None = None
@@ -333,6 +335,9 @@ def call_options(
 def engine_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The decoding options and ``mode`` among ``values``, validated, as engine keywords.
 
+    An option that is ``None`` is left out: the engine's default
+    (``engine.generation_defaults``) applies, there or on a server.
+
     Raises:
         InvalidOptionError: the message the engine gives for the same value.
     """
@@ -341,7 +346,10 @@ def engine_options(values: Mapping[str, Any]) -> dict[str, Any]:
     if mode is not None:
         check_choice("mode", mode, MODES)
     options = GenerationOptions.from_kwargs(**values)
-    return {**asdict(options), "stop": list(options.stop) or None, "mode": mode}
+    given = {name: getattr(options, name) for name, value in values.items() if value is not None}
+    if "stop" in given:
+        given["stop"] = list(options.stop) or None
+    return {**given, "mode": mode}
 
 
 def _api_key_from_env() -> SecretStr | None:

@@ -163,3 +163,26 @@ def test_models_without_rotary_embedding_are_refused(tokenizer):
     )
     with pytest.raises(UnsupportedModelError):
         QLLMEngine(bert, tokenizer)
+
+
+def test_options_left_out_take_the_engines_generation_defaults(tiny_engine, monkeypatch):
+    from qllm_core.options import GenerationOptions
+
+    def answer(**options):
+        return tiny_engine.answer(DOC, QUESTION, max_new_tokens=12, min_new_tokens=12, **options)
+
+    plain = answer().text
+    sampled = answer(temperature=1.0, seed=3).text
+    assert sampled != plain
+    defaults = GenerationOptions(temperature=1.0, seed=3)
+    monkeypatch.setattr(tiny_engine, "generation_defaults", defaults)
+    assert answer().text == sampled
+    assert answer(temperature=None).text == sampled  # None keeps the default
+    assert answer(temperature=0).text == plain  # given, an option replaces it
+
+
+def test_the_embedded_model_decodes_with_its_ngram_guard():
+    from qllm_core.options import GenerationOptions
+
+    assert GenerationOptions.default_for(None).no_repeat_ngram_size == 6
+    assert GenerationOptions.default_for("/models/llama") == GenerationOptions()

@@ -27,6 +27,7 @@ from qllm_integrations.remote.errors import (
     error_from_response,
 )
 from qllm_integrations.remote.request import RemoteRequest
+from qllm_integrations.remote.wire import DOCUMENT_HEADER
 
 if TYPE_CHECKING:
     from qllm_integrations.settings import CallOptions
@@ -227,7 +228,7 @@ class RemoteClient:
         Raises:
             QLLMError: the error the reply names (see :func:`error_from_body`).
         """
-        request = self._http.build_request(method, path, json=body)
+        request = self._http.build_request(method, path, json=body, headers=_routing(body))
         attempt = 0
         while True:
             try:
@@ -256,7 +257,7 @@ class RemoteClient:
         stream: bool = False,
     ) -> httpx.Response:
         """:meth:`send` over an async client (from :meth:`async_http`)."""
-        request = http.build_request(method, path, json=body)
+        request = http.build_request(method, path, json=body, headers=_routing(body))
         attempt = 0
         while True:
             try:
@@ -304,14 +305,21 @@ class RemoteClient:
         return float(min(wait, MAX_RETRY_WAIT))
 
 
+def _routing(body: Any) -> dict[str, str]:
+    """The routing header of a request about a posted document (none for others)."""
+    if isinstance(body, dict) and body.get("document_id"):
+        return {DOCUMENT_HEADER: str(body["document_id"])}
+    return {}
+
+
 def wire_options(options: CallOptions) -> dict[str, Any]:
     """One call's options as body fields: OpenAI's names, then quickllama's (SERVER.md).
 
-    Every option is sent, the settings' defaults included, so the server's own defaults
-    never change an answer.
+    Every option the settings or the call give is sent; one left ``None`` is left out, so
+    the server's engine's default applies, as a local engine's would.
     """
     engine = dict(options.engine_options)
-    body: dict[str, Any] = {"max_tokens": engine.pop("max_new_tokens"), **engine}
+    body: dict[str, Any] = {"max_tokens": engine.pop("max_new_tokens", None), **engine}
     body["max_sources"] = options.max_evidence
     if options.question is not None:
         body["question"] = options.question

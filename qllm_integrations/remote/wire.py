@@ -19,6 +19,10 @@ from qllm_integrations.request import stats_from_dict
 DONE: Final = "[DONE]"
 """The data of the event that ends a stream."""
 
+DOCUMENT_HEADER: Final = "serve_multiplexed_model_id"
+"""Request header naming the ``document_id`` a request is about: Ray Serve's own routing
+key, which its proxy hands to the request router before the body is read (SERVER.md)."""
+
 
 def sse_data(lines: Iterable[str]) -> Iterator[str]:
     """The data of each server-sent event in ``lines``, up to the ``[DONE]`` event.

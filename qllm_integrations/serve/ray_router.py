@@ -11,9 +11,10 @@ What each replica holds comes from the replicas themselves: the deployment's
 every ``request_routing_stats_period_s`` and hands to every router as
 ``RunningReplica.routing_stats``. The router runs in Serve's HTTP proxy, before the request
 body is read, so the document id travels in a header the proxy does read:
-:data:`DOCUMENT_HEADER` (Serve's model-multiplexing header, which the proxy puts in
-``PendingRequest.metadata.multiplexed_model_id``). A request without it is routed as Serve's
-default router does (the less loaded of two random replicas).
+:data:`~qllm_integrations.remote.wire.DOCUMENT_HEADER` (Serve's model-multiplexing header,
+which the proxy puts in ``PendingRequest.metadata.multiplexed_model_id``). A request
+without it is routed as Serve's default router does (the less loaded of two random
+replicas).
 
 This module imports only Ray (it is loaded by Serve's proxies and controller, which need
 neither torch nor FastAPI).
@@ -26,8 +27,6 @@ from collections.abc import Sequence
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-DOCUMENT_HEADER = "serve_multiplexed_model_id"
-"""Request header naming the ``document_id`` a request is about (Ray Serve's own routing key)."""
 DOCUMENTS_STAT = "documents"
 """Key of a replica's routing stats: the ids of the document memories it holds in RAM."""
 

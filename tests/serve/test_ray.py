@@ -27,6 +27,7 @@ from ray import serve
 from server_process import free_port
 
 from qllm_core.errors import ConfigError
+from qllm_integrations.remote.wire import DOCUMENT_HEADER
 from qllm_integrations.serve.app import REPLICA_HEADER
 from qllm_integrations.serve.ray import (
     APP_NAME,
@@ -35,7 +36,6 @@ from qllm_integrations.serve.ray import (
     run_replicas,
     settings_from_args,
 )
-from qllm_integrations.serve.ray_router import DOCUMENT_HEADER
 from qllm_integrations.serve.settings import ServeSettings
 
 CLIENT_TIMEOUT = 90.0
