@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -51,6 +52,7 @@ from qllm_integrations.serve.limits import (
     Admission,
     ASGIApp,
     BodyLimit,
+    InFlight,
     Message,
     Receive,
     Scope,
@@ -76,6 +78,9 @@ logger = logging.getLogger(__name__)
 REPLICA_HEADER = "x-quickllama-replica"
 """Response header naming the process that answered (``hostname:pid``)."""
 
+SHUTDOWN_WAIT = 30.0
+"""Longest wait at exit for answers whose streams are closing (each takes one step)."""
+
 Status = Literal["loading", "ok", "failed", "draining"]
 
 
@@ -92,6 +97,9 @@ class ServerState:
         self.store: DocumentStore | None = None
         self.defaults: ProviderSettings | None = None
         self.admission = Admission(settings.max_queue)
+        self.in_flight = InFlight()
+        self.cutoff = math.inf
+        """When requests still running are stopped (``time.monotonic()``): set on drain."""
         self.metrics = ServerMetrics(lambda: self.admission.depth, self._held)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.on_failure: list[Callable[[], None]] = []
@@ -101,8 +109,7 @@ class ServerState:
     def load(self) -> None:
         """Load the engine the settings name (blocking; run in a thread), then be ready."""
         try:
-            engine = self.engine or self.settings.engine_spec().load(progress=False)
-            self.ready(engine)
+            self.ready(self.settings.engine_spec().load(progress=False))
         except Exception as error:
             self.status, self.failure = "failed", f"{type(error).__name__}: {error}"
             logger.error("the model could not be loaded: %s", self.failure)
@@ -124,8 +131,10 @@ class ServerState:
             logger.info("serving %s (replica %s)", self.model_name, self.replica)
 
     def drain(self) -> None:
-        """Refuse new requests from now on; those in flight go on."""
-        self.status = "draining"
+        """Refuse new requests from now on; stop those in flight after ``--shutdown-timeout``."""
+        if self.status != "draining":
+            self.status = "draining"
+            self.cutoff = time.monotonic() + self.settings.shutdown_timeout
 
     def serving(self) -> tuple[ServableEngine, DocumentStore, ProviderSettings]:
         """The engine, documents and defaults; 503 while loading, failed or draining."""
@@ -153,9 +162,14 @@ def create_app(settings: ServeSettings, engine: ServableEngine | None = None) ->
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=state.load, name="quickllama-load", daemon=True).start()
+        if state.engine is not None:
+            state.ready(state.engine)
+        else:
+            threading.Thread(target=state.load, name="quickllama-load", daemon=True).start()
         yield
         state.drain()
+        if not await run_in_thread(state.in_flight.wait_idle, SHUTDOWN_WAIT):
+            logger.warning("%d answers still open at exit", state.in_flight.count)
 
     app = FastAPI(title="quickllama", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
@@ -268,8 +282,8 @@ async def _complete(state: ServerState, body: Body, key: str | None, *, chat: bo
     try:
         request = await asyncio.wait_for(run_in_thread(prepare), settings.request_timeout)
         reply = Reply(chat, state.model_name, request)
-        events = iterate_in_thread(lambda: _answer_items(request, state.metrics))
-        items = before_deadline(events, deadline, settings.request_timeout)
+        events = iterate_in_thread(lambda: _answer_items(request, state))
+        items = before_deadline(events, deadline, settings.request_timeout, lambda: state.cutoff)
         if not body.stream:
             try:
                 answer = [item async for item in items][-1]
@@ -309,23 +323,26 @@ async def _complete(state: ServerState, body: Body, key: str | None, *, chat: bo
     return ClosingStream(stream(), on_close=close, media_type="text/event-stream")
 
 
-def _answer_items(request: ProviderRequest, metrics: ServerMetrics) -> Iterator[str | Answer]:
+def _answer_items(request: ProviderRequest, state: ServerState) -> Iterator[str | Answer]:
     """The request's text deltas, then its answer (in a worker thread); counted in metrics.
 
     Closing this closes the engine's stream; the partial answer that leaves is counted too
-    (a cancelled request: the client went away or the deadline passed).
+    (a cancelled request: the client went away or a deadline passed). The answer is held
+    in ``state.in_flight`` until its stream is closed.
     """
-    stream = request.start()
-    counted = False
-    try:
-        for item in answer_events(stream):
-            if isinstance(item, Answer):  # counted before the client can see the end
-                counted = True
-                metrics.observe(item, request.cache_read_tokens(item))
-            yield item
-    finally:
-        if not counted and stream.result is not None:
-            metrics.observe(stream.result, request.cache_read_tokens(stream.result))
+    with state.in_flight.hold():
+        stream = request.start()
+        counted = False
+        try:
+            for item in answer_events(stream):
+                if isinstance(item, Answer):  # counted before the client can see the end
+                    counted = True
+                    state.metrics.observe(item, request.cache_read_tokens(item))
+                yield item
+        finally:
+            if not counted and stream.result is not None:
+                answer = stream.result
+                state.metrics.observe(answer, request.cache_read_tokens(answer))
 
 
 class ClosingStream(StreamingResponse):

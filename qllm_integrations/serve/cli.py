@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_LOAD_FAILED = 1
+UVICORN_GRACE = 2
+"""Seconds uvicorn waits past --shutdown-timeout before it cancels the app's tasks."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -135,7 +138,8 @@ def serve(settings: ServeSettings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout + 0.999),
+        # the app stops its requests at --shutdown-timeout; uvicorn cancels what is left
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + UVICORN_GRACE,
     )
     server = _DrainingServer(config, state)
     state.on_failure.append(server.stop)
@@ -146,7 +150,7 @@ def serve(settings: ServeSettings) -> int:
         server.run()
     except KeyboardInterrupt:
         return 130
-    return EXIT_LOAD_FAILED if state.status == "failed" else 0
+    return EXIT_LOAD_FAILED if state.failure else 0
 
 
 class _DrainingServer(uvicorn.Server):

@@ -4,7 +4,9 @@
   for the engine); one more is refused with 429 and a ``Retry-After`` header at once,
   rather than queued without bound.
 - :func:`before_deadline`: a request's items (text deltas, the answer) until
-  ``--request-timeout``; past it, 504, and the engine's stream is closed.
+  ``--request-timeout`` (past it, 504) or, once the server drains, its shutdown deadline
+  (503); either way the engine's stream is closed.
+- :class:`InFlight`: the answers whose engine stream is open, which shutdown waits for.
 - :class:`BodyLimit`: request bodies over ``--max-body-bytes`` get 413 before they are read
   whole (``Content-Length``, or counted as they arrive).
 """
@@ -12,10 +14,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
 from qllm_integrations.serve.openai_schema import APIError, too_large
@@ -86,6 +90,36 @@ class Ticket:
             self._admission._finished(time.monotonic() - self._start)
 
 
+class InFlight:
+    """Counts the answers whose engine stream is open, so shutdown can wait for them.
+
+    A process must not exit while a worker thread is inside the model: each answer holds
+    :meth:`hold` until its stream is closed, and shutdown waits in :meth:`wait_idle`.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Count one answer while the block runs."""
+        with self._idle:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self.count -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no answer is open (at most ``timeout`` seconds); whether none is."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.count == 0, timeout)
+
+
 def timed_out(seconds: float) -> APIError:
     """The 504 of a request that ran past ``--request-timeout``."""
     return APIError(
@@ -96,24 +130,40 @@ def timed_out(seconds: float) -> APIError:
     )
 
 
-async def before_deadline(
-    items: AsyncGenerator[T, None], deadline: float, timeout: float
-) -> AsyncGenerator[T, None]:
-    """The items of ``items`` until ``deadline`` (``time.monotonic()``); then :func:`timed_out`.
+def shut_down() -> APIError:
+    """The 503 of a request still running when the server's shutdown deadline passed."""
+    return APIError(
+        503,
+        "the server shut down before the answer was complete (its --shutdown-timeout "
+        "passed); send the request again, to another server",
+        "service_unavailable",
+    )
 
-    ``items`` is closed however this ends (its ``finally`` releases the engine).
+
+async def before_deadline(
+    items: AsyncGenerator[T, None],
+    deadline: float,
+    timeout: float,
+    cutoff: Callable[[], float] = lambda: math.inf,
+) -> AsyncGenerator[T, None]:
+    """The items of ``items`` until ``deadline`` or ``cutoff()`` (``time.monotonic()``).
+
+    Past ``deadline``: :func:`timed_out`; past ``cutoff()`` (the shutdown deadline once
+    the server drains, read at each item): :func:`shut_down`. ``items`` is closed however
+    this ends (its ``finally`` releases the engine).
     """
     try:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise timed_out(timeout)
+            stop_at = min(deadline, cutoff())
+            remaining = stop_at - time.monotonic()
             try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
                 item = await asyncio.wait_for(items.__anext__(), remaining)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
-                raise timed_out(timeout) from None
+                raise (timed_out(timeout) if stop_at == deadline else shut_down()) from None
             yield item
     finally:
         await items.aclose()
