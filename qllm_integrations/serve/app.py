@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 REPLICA_HEADER = "x-quickllama-replica"
 """Response header naming the process that answered (``hostname:pid``)."""
 
+CLIENT_CLOSED = 499
+"""Status logged for a request whose client went away before its answer (nginx's)."""
 SHUTDOWN_WAIT = 30.0
 """Longest wait at exit for answers whose streams are closing (each takes one step)."""
 
@@ -229,12 +231,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request, key: str | None = Depends(owner)) -> Response:
         body = parse_request(await _json(request), ChatCompletionRequest)
-        return await _complete(state, body, key, chat=True)
+        return await _complete(state, body, key, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request, key: str | None = Depends(owner)) -> Response:
         body = parse_request(await _json(request), CompletionRequest)
-        return await _complete(state, body, key, chat=False)
+        return await _complete(state, body, key, request, chat=False)
 
     @app.post("/v1/documents")
     async def post_document(request: Request, key: str | None = Depends(owner)) -> JSONResponse:
@@ -258,7 +260,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return await run_in_thread(store.delete, document_id, key)
 
 
-async def _complete(state: ServerState, body: Body, key: str | None, *, chat: bool) -> Response:
+async def _complete(
+    state: ServerState, body: Body, key: str | None, client: Request, *, chat: bool
+) -> Response:
     """Answer a parsed completion request: a JSON response, or an event stream."""
     engine, store, defaults = state.serving()
     if body.model is not None and body.model != state.model_name:
@@ -273,54 +277,73 @@ async def _complete(state: ServerState, body: Body, key: str | None, *, chat: bo
     ticket = state.admission.admit()
     deadline = time.monotonic() + settings.request_timeout
 
-    def prepare() -> Any:
+    def prepare() -> ProviderRequest:
         document = store.open(body.document_id, key) if body.document_id else None
         request = build_request(engine, state.model_name, body, defaults, document)
         check_document_tokens(engine, request, settings.max_document_tokens)
         return request
 
     try:
-        request = await asyncio.wait_for(run_in_thread(prepare), settings.request_timeout)
+        try:
+            request = await asyncio.wait_for(run_in_thread(prepare), settings.request_timeout)
+        except asyncio.TimeoutError:
+            raise timed_out(settings.request_timeout) from None
         reply = Reply(chat, state.model_name, request)
         events = iterate_in_thread(lambda: _answer_items(request, state))
         items = before_deadline(events, deadline, settings.request_timeout, lambda: state.cutoff)
         if not body.stream:
             try:
-                answer = [item async for item in items][-1]
+                return await _whole(reply, items, client)
             finally:
                 ticket.release()
-            assert isinstance(answer, Answer)  # answer_events ends with it
-            return JSONResponse(reply.whole(answer))
         first = await items.__anext__()  # errors before the first token are HTTP errors
-    except asyncio.TimeoutError:
-        ticket.release()
-        raise timed_out(settings.request_timeout) from None
     except BaseException:
         ticket.release()
         raise
-
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield reply.opening()
-        try:
-            item = first
-            while True:
-                if isinstance(item, Answer):
-                    yield reply.closing(item, body.include_usage)
-                    break
-                yield reply.delta(item)
-                item = await items.__anext__()
-        except StopAsyncIteration:
-            pass
-        except (APIError, QLLMError) as error:
-            api_error = error if isinstance(error, APIError) else APIError.from_engine(error)
-            yield sse(api_error.body())
-        yield DONE
 
     async def close() -> None:
         await items.aclose()
         ticket.release()
 
-    return ClosingStream(stream(), on_close=close, media_type="text/event-stream")
+    events_out = _events(reply, first, items, body.include_usage)
+    return ClosingStream(events_out, on_close=close, media_type="text/event-stream")
+
+
+async def _whole(
+    reply: Reply, items: AsyncGenerator[str | Answer, None], client: Request
+) -> Response:
+    """The whole answer as JSON; a client gone before the end stops it (status 499)."""
+    try:
+        async for item in items:
+            if isinstance(item, Answer):
+                return JSONResponse(reply.whole(item))
+            if await client.is_disconnected():
+                break
+    finally:
+        await items.aclose()
+    return Response(status_code=CLIENT_CLOSED)
+
+
+async def _events(
+    reply: Reply,
+    first: str | Answer,
+    items: AsyncGenerator[str | Answer, None],
+    include_usage: bool,
+) -> AsyncGenerator[bytes, None]:
+    """The server-sent events of a stream whose first item is ``first``."""
+    yield reply.opening()
+    try:
+        item = first
+        while not isinstance(item, Answer):
+            yield reply.delta(item)
+            item = await items.__anext__()
+        yield reply.closing(item, include_usage)
+    except StopAsyncIteration:
+        pass
+    except (APIError, QLLMError) as error:
+        api_error = error if isinstance(error, APIError) else APIError.from_engine(error)
+        yield sse(api_error.body())
+    yield DONE
 
 
 def _answer_items(request: ProviderRequest, state: ServerState) -> Iterator[str | Answer]:

@@ -131,3 +131,15 @@ def test_full_queue_then_disconnect_frees_the_engine(server: ServerProcess) -> N
     assert first_token < 5, f"the next request waited {first_token:.1f} s for its first token"
     # nothing more was generated for the cancelled request: only the next one's 3 tokens
     assert metric(server, "quickllama_tokens_generated_total") == generated + 3
+
+
+def test_a_client_gone_before_a_whole_answer_frees_the_engine(server: ServerProcess) -> None:
+    url = f"{server.base_url}/v1/chat/completions"
+    cancelled = metric(server, "quickllama_requests_cancelled_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(url, json=chat_body(ENDLESS, False), headers=auth(KEYS[0]), timeout=2)
+    gone = time.monotonic()
+    while metric(server, "quickllama_requests_cancelled_total") < cancelled + 1:
+        assert time.monotonic() - gone < 10, "the engine's stream was not closed"
+        time.sleep(0.05)
+    assert metric(server, "quickllama_queue_depth") == 0
