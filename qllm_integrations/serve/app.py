@@ -18,14 +18,11 @@ import asyncio
 import hmac
 import json
 import logging
-import math
-import os
-import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +31,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from qllm_core.errors import QLLMError
+from qllm_core.inputs.prompt import encode_chat, encode_text
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.content import attached_text
@@ -47,12 +45,10 @@ from qllm_integrations.serve.completions import (
     check_document_tokens,
     sse,
 )
-from qllm_integrations.serve.documents import DocumentStore, ServableEngine, key_hash
+from qllm_integrations.serve.documents import ServableEngine, key_hash
 from qllm_integrations.serve.limits import (
-    Admission,
     ASGIApp,
     BodyLimit,
-    InFlight,
     Message,
     Receive,
     Scope,
@@ -60,18 +56,18 @@ from qllm_integrations.serve.limits import (
     before_deadline,
     timed_out,
 )
-from qllm_integrations.serve.metrics import CONTENT_TYPE, CountResponses, ServerMetrics
+from qllm_integrations.serve.metrics import CONTENT_TYPE, CountResponses
 from qllm_integrations.serve.openai_schema import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
     DocumentRequest,
+    TokenizeRequest,
     invalid,
     parse_request,
-    service_unavailable,
 )
 from qllm_integrations.serve.settings import ServeSettings
-from qllm_integrations.settings import ProviderSettings
+from qllm_integrations.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -82,80 +78,6 @@ CLIENT_CLOSED = 499
 """Status logged for a request whose client went away before its answer (nginx's)."""
 SHUTDOWN_WAIT = 30.0
 """Longest wait at exit for answers whose streams are closing (each takes one step)."""
-
-Status = Literal["loading", "ok", "failed", "draining"]
-
-
-class ServerState:
-    """Everything one app holds: settings, engine, documents, admission, metrics, status."""
-
-    def __init__(self, settings: ServeSettings, engine: ServableEngine | None) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.status: Status = "loading"
-        self.failure = ""
-        """Why loading failed (status ``failed``)."""
-        self.model_name = settings.served_model_name or ""
-        self.store: DocumentStore | None = None
-        self.defaults: ProviderSettings | None = None
-        self.admission = Admission(settings.max_queue)
-        self.in_flight = InFlight()
-        self.cutoff = math.inf
-        """When requests still running are stopped (``time.monotonic()``): set on drain."""
-        self.metrics = ServerMetrics(lambda: self.admission.depth, self._held)
-        self.replica = f"{socket.gethostname()}:{os.getpid()}"
-        self.on_failure: list[Callable[[], None]] = []
-        """Called (from the loading thread) when the engine cannot be loaded: the command
-        line stops the server."""
-
-    def load(self) -> None:
-        """Load the engine the settings name (blocking; run in a thread), then be ready."""
-        try:
-            self.ready(self.settings.engine_spec().load(progress=False))
-        except Exception as error:
-            self.status, self.failure = "failed", f"{type(error).__name__}: {error}"
-            logger.error("the model could not be loaded: %s", self.failure)
-            for callback in self.on_failure:
-                callback()
-
-    def ready(self, engine: ServableEngine) -> None:
-        """Serve ``engine``."""
-        self.engine = engine
-        self.model_name = self.settings.served_model_name or engine.model_name
-        self.store = DocumentStore(
-            engine,
-            self.settings.memory_path(),
-            max_document_tokens=self.settings.max_document_tokens,
-        )
-        self.defaults = ProviderSettings(engine=engine, progress=False)
-        if self.status == "loading":
-            self.status = "ok"
-            logger.info("serving %s (replica %s)", self.model_name, self.replica)
-
-    def drain(self) -> None:
-        """Refuse new requests from now on; stop those in flight after ``--shutdown-timeout``."""
-        if self.status != "draining":
-            self.status = "draining"
-            self.cutoff = time.monotonic() + self.settings.shutdown_timeout
-
-    def serving(self) -> tuple[ServableEngine, DocumentStore, ProviderSettings]:
-        """The engine, documents and defaults; 503 while loading, failed or draining."""
-        if self.status != "ok":
-            raise service_unavailable(self._why())
-        assert self.engine and self.store and self.defaults  # set by ready()
-        return self.engine, self.store, self.defaults
-
-    def _why(self) -> str:
-        return {
-            "loading": "the model is still loading; retry when GET /health says ok",
-            "failed": f"the model could not be loaded ({self.failure})",
-            "draining": "the server is shutting down; send the request to another one",
-        }.get(self.status, "")
-
-    def _held(self) -> tuple[int, int]:
-        if self.store is None:
-            return 0, 0
-        return len(self.store.memories), self.store.memories.nbytes
 
 
 def create_app(settings: ServeSettings, engine: ServableEngine | None = None) -> FastAPI:
@@ -220,13 +142,23 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models(_: str | None = Depends(owner)) -> dict[str, Any]:
-        state.serving()
-        return {
-            "object": "list",
-            "data": [
-                {"id": state.model_name, "object": "model", "created": 0, "owned_by": "quickllama"}
-            ],
+        engine = state.serving()[0]
+        model = {
+            "id": state.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "quickllama",
+            "max_model_len": engine.max_input_tokens,
         }
+        return {"object": "list", "data": [model]}
+
+    @app.post("/v1/tokenize")
+    async def tokenize(request: Request, _: str | None = Depends(owner)) -> dict[str, Any]:
+        engine = state.serving()[0]
+        body = TokenizeRequest.model_validate(await _json(request))
+        _check_model(state, body.model)
+        tokens = await run_in_thread(_token_ids, engine, body)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_input_tokens}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, key: str | None = Depends(owner)) -> Response:
@@ -265,14 +197,7 @@ async def _complete(
 ) -> Response:
     """Answer a parsed completion request: a JSON response, or an event stream."""
     engine, store, defaults = state.serving()
-    if body.model is not None and body.model != state.model_name:
-        raise APIError(
-            404,
-            f"model {body.model!r} is not served here; this server serves "
-            f"{state.model_name!r} (GET /v1/models)",
-            "model_not_found",
-            param="model",
-        )
+    _check_model(state, body.model)
     settings = state.settings
     ticket = state.admission.admit()
     deadline = time.monotonic() + settings.request_timeout
@@ -307,6 +232,31 @@ async def _complete(
 
     events_out = _events(reply, first, items, body.include_usage)
     return ClosingStream(events_out, on_close=close, media_type="text/event-stream")
+
+
+def _check_model(state: ServerState, model: str | None) -> None:
+    """404 for a ``model`` other than the served one (``None``: the served one)."""
+    if model is not None and model != state.model_name:
+        raise APIError(
+            404,
+            f"model {model!r} is not served here; this server serves "
+            f"{state.model_name!r} (GET /v1/models)",
+            "model_not_found",
+            param="model",
+        )
+
+
+def _token_ids(engine: ServableEngine, body: TokenizeRequest) -> list[int]:
+    """Token ids as the providers count them locally.
+
+    A prompt: caller text, special tokens split; messages: the chat template of the
+    non-blank turns (the ``direct`` route's encoding).
+    """
+    turns = body.turns()
+    if turns is None:
+        return encode_text(engine.tokenizer, body.prompt or "")
+    turns = [(role, text) for role, text in turns if text.strip()]
+    return encode_chat(engine.tokenizer, turns) if turns else []
 
 
 async def _whole(

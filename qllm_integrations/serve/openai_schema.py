@@ -203,6 +203,27 @@ class CompletionRequest(_Request):
     prompt: str
 
 
+class TokenizeRequest(BaseModel):
+    """``POST /v1/tokenize``: a ``prompt`` or chat ``messages`` (one of them)."""
+
+    model_config = _STRICT
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+    def turns(self) -> list[tuple[str, str]] | None:
+        """The messages as ``(role, text)`` turns; ``None`` for a prompt.
+
+        Raises:
+            APIError: 400 unless exactly one of ``prompt`` and ``messages`` is given.
+        """
+        if (self.prompt is None) == (self.messages is None):
+            raise APIError(
+                400, "give prompt or messages (one of them)", "invalid_value", param="prompt"
+            )
+        return None if self.messages is None else [m.turn() for m in self.messages]
+
+
 class DocumentRequest(BaseModel):
     """``POST /v1/documents`` as JSON."""
 

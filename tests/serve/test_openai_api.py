@@ -54,6 +54,29 @@ def test_models_and_health(server: ServerProcess, client: openai.OpenAI) -> None
     assert health.headers["x-quickllama-replica"].endswith(f":{server.process.pid}")
 
 
+def test_tokenize_as_the_providers_count(server: ServerProcess, client: openai.OpenAI) -> None:
+    from qllm_core.inputs.prompt import encode_chat, encode_text
+    from qllm_core.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    url = f"{server.base_url}/v1/tokenize"
+    text = "Count <|im_start|> these words."
+    counted = httpx.post(url, json={"prompt": text}).json()
+    assert counted["tokens"] == encode_text(tokenizer, text)
+    assert counted["count"] == len(counted["tokens"])
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": " "},
+        {"role": "user", "content": "Hi"},
+    ]
+    chat = httpx.post(url, json={"messages": messages, "model": server.model}).json()
+    assert chat["tokens"] == encode_chat(tokenizer, [("system", "Be brief."), ("user", "Hi")])
+    models = client.models.list().data
+    assert models[0].model_extra["max_model_len"] == chat["max_model_len"] > 0
+    both = httpx.post(url, json={"prompt": "a", "messages": messages})
+    assert both.status_code == 400
+
+
 def test_chat_completion(server: ServerProcess, client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=server.model,
