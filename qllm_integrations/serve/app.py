@@ -97,8 +97,9 @@ def create_app(settings: ServeSettings, engine: ServableEngine | None = None) ->
 
     app = FastAPI(title="quickllama", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
-    app.add_middleware(CountResponses, metrics=state.metrics)
+    # the last added runs first: every response is tagged, and counted (413s included)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CountResponses, metrics=state.metrics)
     app.add_middleware(ReplicaHeader, replica=state.replica)
     _add_error_handlers(app)
     _add_routes(app, state)
@@ -414,6 +415,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
         body = APIError(error.status_code, str(error.detail), code).body()
         return JSONResponse(body, status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, error: Exception) -> JSONResponse:
+        # uvicorn logs the traceback (Starlette raises the error again after this reply)
+        message = f"internal error ({type(error).__name__}); the server's log has the details"
+        return JSONResponse(APIError(500, message, "internal_error").body(), status_code=500)
 
     @app.exception_handler(ValidationError)
     async def body_error(_: Request, error: ValidationError) -> JSONResponse:

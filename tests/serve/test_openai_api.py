@@ -280,6 +280,9 @@ def test_too_large(server: ServerProcess) -> None:
     error = big.json()["error"]
     assert error["code"] == "request_too_large" and "--max-body-bytes" in error["message"]
     assert f"{MAX_BODY_BYTES:,}" in error["message"]
+    assert big.headers["x-quickllama-replica"]
+    refused = (("endpoint", "other"), ("status", "413"))  # refused before routing
+    assert metric_samples(server)[("quickllama_requests_total", refused)] >= 1
 
     chunked = httpx.post(  # no Content-Length: counted as it arrives
         f"{server.base_url}/v1/documents",
@@ -313,14 +316,19 @@ def test_chat_openai(server: ServerProcess) -> None:
     assert sum(chunks[1:], chunks[0]).usage_metadata["output_tokens"] >= 1
 
 
-def test_metrics(server: ServerProcess, client: openai.OpenAI) -> None:
-    client.completions.create(model=server.model, prompt="Hello", max_tokens=2)
+def metric_samples(server: ServerProcess) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` parsed: ``(name, sorted labels) -> value``."""
     text = httpx.get(f"{server.base_url}/metrics").text
-    samples = {
+    return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def test_metrics(server: ServerProcess, client: openai.OpenAI) -> None:
+    client.completions.create(model=server.model, prompt="Hello", max_tokens=2)
+    samples = metric_samples(server)
     ok = (("endpoint", "/v1/completions"), ("status", "200"))
     assert samples[("quickllama_requests_total", ok)] >= 1
     assert samples[("quickllama_tokens_generated_total", ())] >= 2
