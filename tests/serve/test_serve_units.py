@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from qllm_core.errors import ConfigError
@@ -103,3 +105,13 @@ def test_admission_refuses_beyond_the_queue() -> None:
     assert admission.depth == 1
     admission.admit()
     second.release()
+
+
+def test_replicas_without_ray_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    monkeypatch.delitem(sys.modules, "qllm_integrations.serve.ray", raising=False)
+    assert main(["--replicas", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "(ray)" in error and 'pip install "quickllama[ray]"' in error
