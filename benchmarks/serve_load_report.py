@@ -107,12 +107,15 @@ def serve_load_section(paths: Paths) -> str | None:
 def _servers_text(meta: dict[str, Any]) -> str:
     queue = meta.get("max_queue")
     limit = f"`--max-queue {queue}`" if queue else "the default `--max-queue`"
-    ray = (
-        f"; `ray x{meta['replicas']}`: Ray Serve, {meta['replicas']} replicas"
-        if meta["replicas"]
-        else ""
-    )
-    return f"`server`: one uvicorn process, {limit}{ray}."
+    text = f"`server`: one uvicorn process, {limit}"
+    if meta["replicas"]:
+        text += (
+            f"; `ray x{meta['replicas']}`: Ray Serve, {meta['replicas']} replicas (Ray sets "
+            "each replica's `OMP_NUM_THREADS` to its `num_cpus`, 1 by default: one torch "
+            "thread per replica, where the server and the in-process engine run "
+            f"{meta['machine']['torch_threads']})"
+        )
+    return text + "."
 
 
 def _read_text(document: dict[str, Any]) -> str:
