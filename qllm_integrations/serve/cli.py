@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 
@@ -124,11 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.replicas is not None:
         return _run_replicas(settings, args.replicas)
-    return serve(settings)
+    serve(settings)
 
 
-def serve(settings: ServeSettings) -> int:
-    """Run one uvicorn server until SIGTERM or Ctrl-C; the exit status."""
+def serve(settings: ServeSettings) -> NoReturn:
+    """Run one uvicorn server until SIGTERM or Ctrl-C, then end the process (:func:`_exit`).
+
+    Its status: 0, 1 when the model could not be loaded, 130 after Ctrl-C.
+    """
     from qllm_integrations.serve.app import create_app
 
     app = create_app(settings)
@@ -149,8 +153,25 @@ def serve(settings: ServeSettings) -> int:
     try:
         server.run()
     except KeyboardInterrupt:
-        return 130
-    return EXIT_LOAD_FAILED if state.failure else 0
+        status = 130
+    else:
+        status = EXIT_LOAD_FAILED if state.failure else 0
+    _exit(status)
+
+
+def _exit(status: int) -> NoReturn:
+    """End the process now, once the server has shut down.
+
+    Its answers are closed and its documents written (each is renamed into place whole).
+    Not through the interpreter's own exit: a thread of the engine may still be inside
+    torch for a moment after its stream closed, and torch's thread pools, destroyed at
+    interpreter exit under such a thread, abort the process (``terminate called without
+    an active exception``, status -6; seen under load when SIGTERM cut an answer).
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 class _DrainingServer(uvicorn.Server):

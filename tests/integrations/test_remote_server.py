@@ -239,12 +239,6 @@ def test_read_once_of_a_chat_the_server_splits(base_url: str) -> None:
     assert second.usage_metadata["input_token_details"]["cache_read"] > 1000
 
 
-@pytest.mark.xfail(
-    raises=ServerError,
-    strict=True,
-    reason="POST /v1/tokenize and max_model_len in GET /v1/models are requested in "
-    "docs/SERVER.md, not served yet: remove this mark once they are",
-)
 def test_token_counts_and_the_input_limit_come_from_the_server(base_url: str) -> None:
     local, remote = both(ChatQLLM, base_url)
     assert remote.get_token_ids(QUESTION) == local.get_token_ids(QUESTION)
