@@ -54,7 +54,7 @@ def text_request(
     if not options.explicit and fits_window(engine, prompt_text):
         split_pattern(prompt_text)  # raises for a labelled question without a document
         return _direct(engine, model_name, [("user", prompt_text)], options)
-    return _split(engine, model_name, _text_split(prompt_text, options), options)
+    return split_request(engine, model_name, _text_split(prompt_text, options), options)
 
 
 def chat_request(
@@ -86,7 +86,7 @@ def chat_request(
         _check_context(turns)
         if fits_window(engine, "\n\n".join(text for _, text in turns)):
             return _direct(engine, model_name, turns, options)
-    return _split(engine, model_name, _chat_split(turns, options), options)
+    return split_request(engine, model_name, _chat_split(turns, options), options)
 
 
 def provider_text_request(
@@ -204,9 +204,10 @@ def _checked(split: PromptSplit) -> PromptSplit:
     return split
 
 
-def _split(
+def split_request(
     engine: EngineProtocol, model_name: str, split: PromptSplit, options: CallOptions
 ) -> Request:
+    """The local request answering ``split`` (its document and question already checked)."""
     return Request(
         engine,
         model_name,

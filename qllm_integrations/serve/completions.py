@@ -22,7 +22,7 @@ from qllm_core.inputs.documents import check_text
 from qllm_core.memory.document import DocumentMemory
 from qllm_core.results import Answer
 from qllm_integrations.request import Request, usage
-from qllm_integrations.routing import chat_request, text_request
+from qllm_integrations.routing import chat_request, split_request, text_request
 from qllm_integrations.serve.documents import ServableEngine
 from qllm_integrations.serve.openai_schema import (
     APIError,
@@ -71,16 +71,8 @@ def build_request(
                 )
         text, memory = document
         split = PromptSplit(document=text, question=_question(body), route="explicit")
-        request = Request(
-            engine,
-            model_name,
-            split.route,
-            options.engine_options,
-            split=split,
-            max_evidence=options.max_evidence,
-            read_once=True,
-            progress=False,
-        )
+        answering = dataclasses.replace(options, read_once=True, progress=False)
+        request = split_request(engine, model_name, split, answering)
         request.use_memory(memory)
         return request
     if isinstance(body, ChatCompletionRequest):

@@ -119,3 +119,13 @@ def _wait_ready(server: ServerProcess) -> str:
                 return str(reply.json()["model"])
         time.sleep(0.2)
     raise RuntimeError(f"the server was not ready in {START_SECONDS} s:\n{server.log()[-4000:]}")
+
+
+def chat_body(tokens: int, stream: bool) -> dict:
+    """A chat completion body whose answer is exactly ``tokens`` long (no early end)."""
+    return {
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": tokens,
+        "min_new_tokens": tokens,
+        "stream": stream,
+    }

@@ -14,20 +14,11 @@ import pytest
 from fakes import tiny_engine
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import ServerProcess, quickllama_command, start_server
+from server_process import ServerProcess, chat_body, quickllama_command, start_server
 
 from qllm_integrations.serve import ServeSettings, create_app
 
 ENDLESS = 20_000
-
-
-def chat_body(tokens: int, stream: bool) -> dict:
-    return {
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": tokens,
-        "min_new_tokens": tokens,  # no early end
-        "stream": stream,
-    }
 
 
 def events(lines: Iterator[str]) -> Iterator[dict | str]:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import ServerProcess, start_server
+from server_process import ServerProcess, chat_body, start_server
 
 KEYS = ("key-one", "key-two")
 ENDLESS = 20_000
@@ -40,15 +40,6 @@ def metric(server: ServerProcess, name: str) -> float:
             if sample.name == name:
                 return sample.value
     raise KeyError(name)
-
-
-def chat_body(tokens: int, stream: bool) -> dict:
-    return {
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": tokens,
-        "min_new_tokens": tokens,  # no early end
-        "stream": stream,
-    }
 
 
 def first_delta(lines: Iterator[str]) -> str:
