@@ -170,8 +170,7 @@ def test_options_reach_the_engine(fake_engine: FakeEngine) -> None:
         "top_p": 0.9,
         "repetition_penalty": 1.0,
         "no_repeat_ngram_size": 4,
-        "seed": None,
-        "stop": ["x"],
+        "stop": ["x"],  # seed=None: left to the engine's default (no seed)
         "mode": "full",
     }
 
