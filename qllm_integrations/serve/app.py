@@ -350,6 +350,9 @@ async def _json(request: Request) -> object:
     except ValueError as error:
         message = f"the request body is not valid JSON ({error})"
         raise APIError(400, message, "invalid_value") from None
+    except RecursionError:
+        message = "the request body nests arrays or objects too deeply to read; flatten it"
+        raise APIError(400, message, "invalid_value") from None
 
 
 async def _document_input(request: Request) -> tuple[str, str | None]:
