@@ -145,27 +145,31 @@ class RemoteClient:
 
     # -- documents ------------------------------------------------------------------------
 
-    def document_id(self, text: str, mode: str | None, *, stale: str | None = None) -> str:
+    def document_id(
+        self, text: str, mode: str | None, *, stale: str | None = None
+    ) -> tuple[str, bool | None]:
         """The id of ``text`` (read in ``mode``) on the server, posted on first use.
 
-        ``stale``: an id the server no longer knows (forgotten, or another server's): it
-        is dropped and the document posted again.
+        Returns ``(id, reused)``: ``reused`` is the server's word when this call posted
+        the document (``False``: it read it now; ``True``: it held it already), ``None``
+        when the id was known here. ``stale``: an id the server no longer knows
+        (forgotten, or another server's): it is dropped and the document posted again.
         """
         key = self._document_key(text, mode, stale)
         known = self._documents.get(key)
         if known is not None:
-            return known
+            return known, None
         record = self.send("POST", "/documents", {"text": text, "mode": mode}).json()
         return self._keep_document(key, record)
 
     async def adocument_id(
         self, http: httpx.AsyncClient, text: str, mode: str | None, *, stale: str | None = None
-    ) -> str:
+    ) -> tuple[str, bool | None]:
         """:meth:`document_id` over an async client."""
         key = self._document_key(text, mode, stale)
         known = self._documents.get(key)
         if known is not None:
-            return known
+            return known, None
         response = await self.asend(http, "POST", "/documents", {"text": text, "mode": mode})
         return self._keep_document(key, response.json())
 
@@ -180,12 +184,15 @@ class RemoteClient:
                 del self._documents[key]
         return key
 
-    def _keep_document(self, key: tuple[str, str | None], record: Mapping[str, Any]) -> str:
+    def _keep_document(
+        self, key: tuple[str, str | None], record: Mapping[str, Any]
+    ) -> tuple[str, bool | None]:
         document_id = str(record["id"])
         logger.debug("document %s: %s (%s tokens)", key[0][:12], document_id, record.get("tokens"))
         with self._lock:
             self._documents[key] = document_id
-        return document_id
+        reused = record.get("reused")
+        return document_id, None if reused is None else bool(reused)
 
     # -- what needs the engine's tokenizer or config -------------------------------------
 

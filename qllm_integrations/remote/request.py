@@ -29,7 +29,8 @@ class RemoteRequest:
 
     Built by :class:`RemoteClient`; :meth:`start` and :meth:`run` send it (after posting
     its document, for a read-once question). :meth:`metadata` is the reply's
-    ``quickllama`` field, unchanged.
+    ``quickllama`` field, with ``memory_reused`` from the post when this request posted
+    the document.
     """
 
     client: RemoteClient
@@ -43,6 +44,9 @@ class RemoteRequest:
     """``(text, mode)`` of the document to answer from by ``document_id``."""
     replied: dict[str, Any] = field(default_factory=dict)
     """The reply's ``quickllama`` metadata, once it came."""
+    posted: bool | None = None
+    """Whether the server held the document already when this request posted it (``None``:
+    not posted by this request)."""
 
     @property
     def model_name(self) -> str:
@@ -103,7 +107,7 @@ class RemoteRequest:
             return self.client.send("POST", self.path, self._body(stream), stream=stream)
         stale = None
         while True:
-            document_id = self.client.document_id(*self.document, stale=stale)
+            document_id, self.posted = self.client.document_id(*self.document, stale=stale)
             body = {**self._body(stream), "document_id": document_id}
             try:
                 return self.client.send("POST", self.path, body, stream=stream)
@@ -120,7 +124,9 @@ class RemoteRequest:
             )
         stale = None
         while True:
-            document_id = await self.client.adocument_id(http, *self.document, stale=stale)
+            document_id, self.posted = await self.client.adocument_id(
+                http, *self.document, stale=stale
+            )
             body = {**self._body(stream), "document_id": document_id}
             try:
                 return await self.client.asend(http, "POST", self.path, body, stream=stream)
@@ -147,6 +153,13 @@ class RemoteRequest:
         return self._keep(reader.answer(), reader.metadata)
 
     def _keep(self, answer: Answer, metadata: dict[str, Any]) -> Answer:
-        """``answer``, its reply's metadata kept for :meth:`metadata`."""
+        """``answer``, its reply's metadata kept for :meth:`metadata`.
+
+        The server answers every question by ``document_id`` from a memory; when this
+        request posted the document, ``memory_reused`` says what that post found, as a
+        local read-once request's first question does (``False``: read for it).
+        """
+        if self.posted is not None:
+            metadata = {**metadata, "memory_reused": self.posted}
         self.replied = metadata
         return answer

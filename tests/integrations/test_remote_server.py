@@ -209,11 +209,16 @@ def test_query_engine_over_a_remote_llm(base_url: str) -> None:
 def test_read_once_posts_the_document_once_and_reuses_its_memory(
     server: ServerProcess, base_url: str
 ) -> None:
+    text = DOCUMENT + " This copy is read by this test only."  # posted here first
     local, remote = both(ChatQLLM, base_url, read_once=True)
-    expected = local.invoke(QUESTION, document=DOCUMENT)
-    remote.invoke("Which drawer keeps the red key?", document=DOCUMENT)
-    again = remote.invoke(QUESTION, document=DOCUMENT)
+    expected = local.invoke(QUESTION, document=text)
+    first = remote.invoke("Which drawer keeps the red key?", document=text)
+    again = remote.invoke(QUESTION, document=text)
     assert again.content == expected.content  # read question-free, then the question
+    # as locally: the first question's document was read for it, the next one's was kept
+    assert first.response_metadata["memory_reused"] is expected.response_metadata["memory_reused"]
+    assert first.response_metadata["memory_reused"] is False
+    assert "input_token_details" not in first.usage_metadata  # nothing read from a cache
     assert again.response_metadata["memory_reused"] is True
     cached = again.usage_metadata["input_token_details"]["cache_read"]
     assert cached == again.response_metadata["qllm"]["memory_tokens"] > 100
@@ -221,7 +226,7 @@ def test_read_once_posts_the_document_once_and_reuses_its_memory(
     assert again.response_metadata["document_sha256"] == digest
     record = httpx.post(
         f"{base_url}/documents",
-        json={"text": DOCUMENT},
+        json={"text": text},
         headers=AUTHORIZATION,
         timeout=60,
     ).json()
