@@ -37,6 +37,9 @@ class TextStream(Protocol):
     def close(self) -> None:
         """Stop generating and release the engine."""
 
+    def cancel(self) -> None:
+        """Ask to stop, from any thread, without waiting (see ``AnswerStream.cancel``)."""
+
     def collect(self) -> Answer:
         """Run to the end; the whole :class:`Answer`."""
         ...

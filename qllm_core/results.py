@@ -105,8 +105,10 @@ class AnswerStream:
     :meth:`close` (also on leaving a ``with`` block) stops generating: :attr:`result` is
     then the partial answer, the text delivered so far with ``finish_reason`` ``"cancelled"``,
     built by ``cancelled(text_so_far)``; ``None`` if no ``cancelled`` was given. Closing
-    from another thread waits for the step in progress (a decode step or a prefill).
-    After an exception from the engine, :attr:`result` stays ``None``.
+    from another thread waits for the step in progress: a decode step, or a prefill
+    chunk when ``stop`` is given (the engine's pipeline reads it between chunks; without
+    it, the whole read). :meth:`cancel` asks for the same without waiting. After an
+    exception from the engine, :attr:`result` stays ``None``.
     """
 
     def __init__(
@@ -114,9 +116,11 @@ class AnswerStream:
         pieces: Generator[str, None, Answer],
         *,
         cancelled: Callable[[str], Answer] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._pieces = pieces
         self._cancelled = cancelled
+        self._stop = stop
         self._delivered: list[str] = []
         self._result: Answer | None = None
         self._done = False
@@ -159,9 +163,20 @@ class AnswerStream:
             raise RuntimeError("the stream was closed and has no partial answer")
         return self._result
 
+    def cancel(self) -> None:
+        """Ask the stream to stop, from any thread, without waiting for it.
+
+        The read stops after its prefill chunk in progress, the decoding after its step
+        in progress; the thread iterating the stream then sees it end, with the partial
+        answer as :attr:`result` (as after :meth:`close`). Idempotent.
+        """
+        self._close_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
     def close(self) -> None:
         """Stop generating; :attr:`result` becomes the partial answer. Idempotent."""
-        self._close_requested = True
+        self.cancel()
         with self._lock:
             if not self._done:
                 self._cancel()

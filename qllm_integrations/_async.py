@@ -21,12 +21,16 @@ async def run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncGenerator[T, None]:
+async def iterate_in_thread(
+    make_iterator: Callable[[], Iterator[T]], on_stop: Callable[[], None] | None = None
+) -> AsyncGenerator[T, None]:
     """Yield the items of a blocking iterator that runs in a worker thread.
 
     ``make_iterator`` is called in the thread too, so a slow start (the prefill of a long
     document) does not block the event loop either. When the consumer stops early, the
-    thread stops at the next item and closes the iterator, which releases the engine.
+    thread stops at the next item and closes the iterator, which releases the engine;
+    ``on_stop`` is called then (on the event loop: it must not block), to cut short the
+    wait for that next item (``AnswerStream.cancel``).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -71,3 +75,5 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncGe
                 return
     finally:
         stop.set()
+        if on_stop is not None and thread.is_alive():
+            on_stop()

@@ -52,6 +52,10 @@ class ReportingStream:
         """Stop generating and release the engine."""
         self._stream.close()
 
+    def cancel(self) -> None:
+        """Ask the stream to stop, from any thread, without waiting."""
+        self._stream.cancel()
+
     @property
     def result(self) -> Answer | None:
         """The answer, once the stream ended or was closed."""

@@ -186,3 +186,37 @@ def test_the_embedded_model_decodes_with_its_ngram_guard():
 
     assert GenerationOptions.default_for(None).no_repeat_ngram_size == 6
     assert GenerationOptions.default_for("/models/llama") == GenerationOptions()
+
+
+@pytest.mark.parametrize("reread", [False, True], ids=["read", "re-read"])
+def test_cancel_from_another_thread_stops_the_read_between_chunks(tiny_engine, reread):
+    from qllm_core.progress import report_progress
+
+    config = tiny_engine.config.replace(prefill_chunk_size=32)
+    if reread:
+        config = config.replace(reread_tokens=256)
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    stream = engine.stream(DOC * 3, QUESTION, max_new_tokens=4)
+    events, started = [], threading.Event()
+    phase = "reread" if reread else "read"
+
+    def listen(event):
+        events.append(event)
+        if event.phase == phase and event.done:
+            started.set()
+
+    def consume():
+        with report_progress(listen):
+            list(stream)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert started.wait(60)
+    stream.cancel()  # returns at once, from this thread, while the other one reads
+    consumer.join(60)
+    assert not consumer.is_alive()
+    assert stream.result is not None and stream.result.finish_reason == "cancelled"
+    assert stream.result.text == "" and stream.result.stats.tokens_generated == 0
+    cut = [e for e in events if e.phase == phase]
+    assert cut[-1].done < cut[-1].total  # stopped before the end of that read
+    engine.answer(DOC, QUESTION, max_new_tokens=2)  # and the engine answers the next one

@@ -15,6 +15,7 @@ own (the batching scheduler, the server and the GPU kernels use these):
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass, field
@@ -44,6 +45,13 @@ FULL_ATTENTION_CHUNK = 2048
 """Prefill chunk of the model's own attention: it holds chunk x length scores per head."""
 
 
+class Stopped(Exception):
+    """A read stopped between prefill chunks: its request was cancelled.
+
+    (:meth:`~qllm_core.results.AnswerStream.cancel` set :attr:`Request.stop`.)
+    """
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Runs requests through their stages on one attached model.
@@ -66,7 +74,9 @@ class Pipeline:
     def stream(self, request: Request) -> AnswerStream:
         """The answer to ``request``, streamed; nothing is read until it is iterated."""
         progress = _Progress(request.config.mode, request.plan.question_span is not None)
-        return AnswerStream(self._admitted(request, progress), cancelled=progress.cancelled)
+        return AnswerStream(
+            self._admitted(request, progress), cancelled=progress.cancelled, stop=request.stop
+        )
 
     def new_forward(self, config: QLLMConfig, plan: RequestPlan) -> Forward:
         """A forward step over a new, empty state for ``config.mode`` (a concrete mode)."""
@@ -92,7 +102,7 @@ class Pipeline:
             state = new_state(request.config, request.plan, self.context)
         step = state.forward(self.model, self.attached, self._recorder(request))
         fed = request.ids[request.memory_tokens :]
-        return step, self.prefill(step, fed, request.config)
+        return step, self.prefill(step, fed, request.config, stop=request.stop)
 
     def reread(
         self, request: Request, step: Forward
@@ -113,18 +123,29 @@ class Pipeline:
         )
         native = config.replace(mode=NATIVE_MODE)
         reread = self.new_forward(native, RequestPlan(None, record_from=len(ids)))
-        return passages, reread, self.prefill(reread, ids, native, phase="reread")
+        return passages, reread, self.prefill(reread, ids, native, "reread", request.stop)
 
     def prefill(
-        self, step: Forward, ids: list[int], config: QLLMConfig, phase: Phase = "read"
+        self,
+        step: Forward,
+        ids: list[int],
+        config: QLLMConfig,
+        phase: Phase = "read",
+        stop: threading.Event | None = None,
     ) -> torch.Tensor:
-        """Feed ``ids`` in chunks; the last position's logits, (vocab,)."""
+        """Feed ``ids`` in chunks; the last position's logits, (vocab,).
+
+        Raises:
+            Stopped: ``stop`` was set (checked before each chunk).
+        """
         chunk = config.prefill_chunk_size
         if not mode_spec(config.mode).block_memory:
             chunk = min(chunk, FULL_ATTENTION_CHUNK)
         bar = prefill_progress(len(ids), self.progress, phase=phase)
         try:
             for start in range(0, len(ids), chunk):
+                if stop is not None and stop.is_set():
+                    raise Stopped
                 logits = step(ids[start : start + chunk])
                 bar.update(min(chunk, len(ids) - start))
         finally:
@@ -157,14 +178,17 @@ class Pipeline:
         config, options = request.config, request.options
         with torch.inference_mode():
             t0 = time.perf_counter()
-            read, logits = self.read(request)
-            step: Forward = read
-            passages: list[Passage] = []
-            reread_seconds = 0.0
-            if request.rereads:
-                reread_started = time.perf_counter()
-                passages, step, logits = self.reread(request, step)
-                reread_seconds = time.perf_counter() - reread_started
+            try:
+                read, logits = self.read(request)
+                step: Forward = read
+                passages: list[Passage] = []
+                reread_seconds = 0.0
+                if request.rereads:
+                    reread_started = time.perf_counter()
+                    passages, step, logits = self.reread(request, step)
+                    reread_seconds = time.perf_counter() - reread_started
+            except Stopped:  # AnswerStream.cancel during a read: nothing was generated
+                return progress.cancelled("")
         prefill_seconds = time.perf_counter() - t0
         tokens_read = len(request.ids) - request.memory_tokens
         progress.read(tokens_read, prefill_seconds)

@@ -11,7 +11,8 @@ whether the re-read prompt fits the model's window.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +58,9 @@ class Request:
     reread_into: PromptLayout | None = None
     kv: KVNeed = NO_KV
     """The keys and values it will keep (held while it runs: :mod:`~qllm_core.memory.admission`)."""
+    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    """Set (by :meth:`~qllm_core.results.AnswerStream.cancel`, from any thread) to stop the
+    request: its reads stop between prefill chunks."""
 
     @property
     def memory_tokens(self) -> int:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 
 from qllm_core.errors import QLLMError
 from qllm_core.inputs.prompt import encode_chat, encode_text
+from qllm_core.protocol import TextStream
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.content import attached_text
@@ -74,6 +75,8 @@ logger = logging.getLogger(__name__)
 REPLICA_HEADER = "x-quickllama-replica"
 """Response header naming the process that answered (``hostname:pid``)."""
 
+DISCONNECT_POLL = 0.5
+"""Seconds between checks that a streaming client still waits for its first token."""
 CLIENT_CLOSED = 499
 """Status logged for a request whose client went away before its answer (nginx's)."""
 SHUTDOWN_WAIT = 30.0
@@ -215,14 +218,22 @@ async def _complete(
         except asyncio.TimeoutError:
             raise timed_out(settings.request_timeout) from None
         reply = Reply(chat, state.model_name, request)
-        events = iterate_in_thread(lambda: _answer_items(request, state))
+        streams: list[TextStream] = []
+
+        def cancel() -> None:
+            for stream in streams:
+                stream.cancel()
+
+        events = iterate_in_thread(
+            lambda: _answer_items(request, state, streams.append), on_stop=cancel
+        )
         items = before_deadline(events, deadline, settings.request_timeout, lambda: state.cutoff)
         if not body.stream:
             try:
                 return await _whole(reply, items, client)
             finally:
                 ticket.release()
-        first = await items.__anext__()  # errors before the first token are HTTP errors
+        first = await _first(items, client)  # errors before the first token are HTTP errors
     except BaseException:
         ticket.release()
         raise
@@ -258,6 +269,27 @@ def _token_ids(engine: ServableEngine, body: TokenizeRequest) -> list[int]:
         return encode_text(engine.tokenizer, body.prompt or "")
     turns = [(role, text) for role, text in turns if text.strip()]
     return encode_chat(engine.tokenizer, turns) if turns else []
+
+
+async def _first(items: AsyncGenerator[str | Answer, None], client: Request) -> str | Answer:
+    """The first item (the read comes before it); a client gone meanwhile stops the read.
+
+    Raises:
+        APIError: 499 when the client disconnected (checked every
+            :data:`DISCONNECT_POLL` seconds): the request is cancelled, the engine freed.
+    """
+    first = asyncio.ensure_future(items.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait({first}, timeout=DISCONNECT_POLL)
+            if done:
+                return first.result()
+            if await client.is_disconnected():
+                raise APIError(CLIENT_CLOSED, "the client went away during the read", "cancelled")
+    finally:
+        if not first.done():
+            first.cancel()
+            await items.aclose()
 
 
 async def _whole(
@@ -297,15 +329,19 @@ async def _events(
     yield DONE
 
 
-def _answer_items(request: ProviderRequest, state: ServerState) -> Iterator[str | Answer]:
+def _answer_items(
+    request: ProviderRequest, state: ServerState, started: Callable[[TextStream], None]
+) -> Iterator[str | Answer]:
     """The request's text deltas, then its answer (in a worker thread); counted in metrics.
 
     Closing this closes the engine's stream; the partial answer that leaves is counted too
     (a cancelled request: the client went away or a deadline passed). The answer is held
-    in ``state.in_flight`` until its stream is closed.
+    in ``state.in_flight`` until its stream is closed. ``started`` gets the stream before
+    it is read from, so that the event loop can cancel it (``cancel``) mid-read.
     """
     with state.in_flight.hold():
         stream = request.start()
+        started(stream)
         counted = False
         try:
             for item in answer_events(stream):
