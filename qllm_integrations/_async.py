@@ -15,22 +15,37 @@ T = TypeVar("T")
 
 _ITEM, _ERROR, _DONE = "item", "error", "done"
 
+_CANCELS: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "quickllama_cancels", default=None
+)
+"""The cancel callbacks of the :func:`iterate_in_thread` whose thread runs this code."""
+
+
+def cancel_with_consumer(cancel: Callable[[], None]) -> None:
+    """Call ``cancel`` when the consumer of the :func:`iterate_in_thread` running this stops.
+
+    For the iterator's own code (``answer_events`` registers ``AnswerStream.cancel``): when
+    the async consumer stops early, ``cancel`` runs on the event loop (it must not block)
+    to cut short the item being produced. Outside such a thread: nothing.
+    """
+    cancels = _CANCELS.get()
+    if cancels is not None:
+        cancels.append(cancel)
+
 
 async def run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` in a worker thread, with the caller's context variables."""
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def iterate_in_thread(
-    make_iterator: Callable[[], Iterator[T]], on_stop: Callable[[], None] | None = None
-) -> AsyncGenerator[T, None]:
+async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncGenerator[T, None]:
     """Yield the items of a blocking iterator that runs in a worker thread.
 
     ``make_iterator`` is called in the thread too, so a slow start (the prefill of a long
     document) does not block the event loop either. When the consumer stops early, the
-    thread stops at the next item and closes the iterator, which releases the engine;
-    ``on_stop`` is called then (on the event loop: it must not block), to cut short the
-    wait for that next item (``AnswerStream.cancel``).
+    thread stops at the next item and closes the iterator, which releases the engine; the
+    callbacks the iterator registered with :func:`cancel_with_consumer` run then, to cut
+    short the wait for that next item (an answer's read stops between prefill chunks).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -43,6 +58,7 @@ async def iterate_in_thread(
             logger.debug("event loop closed; dropped a %s from the engine thread", kind)
 
     def produce() -> None:
+        _CANCELS.set(cancels)
         iterator = None
         try:
             iterator = make_iterator()
@@ -59,6 +75,7 @@ async def iterate_in_thread(
             if callable(close):
                 close()
 
+    cancels: list[Callable[[], None]] = []
     context = contextvars.copy_context()
     thread = threading.Thread(
         target=context.run, args=(produce,), daemon=True, name="quickllama-stream"
@@ -75,5 +92,6 @@ async def iterate_in_thread(
                 return
     finally:
         stop.set()
-        if on_stop is not None and thread.is_alive():
-            on_stop()
+        if thread.is_alive():
+            for cancel in list(cancels):
+                cancel()

@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 from qllm_core.progress import ProgressListener, report_progress
 from qllm_core.protocol import EngineProtocol, MemoryProtocol, TextStream
 from qllm_core.results import Answer, AnswerStats, RetrievedBlock
-from qllm_integrations._async import iterate_in_thread, run_in_thread
+from qllm_integrations._async import cancel_with_consumer, iterate_in_thread, run_in_thread
 from qllm_integrations.evidence import Evidence, collect_evidence, plain_text
 from qllm_integrations.progress import ReportingStream
 from qllm_integrations.split import PromptSplit
@@ -239,8 +239,10 @@ def answer_events(stream: TextStream) -> Generator[str | Answer, None, None]:
     """The stream's text deltas, then its :class:`Answer`; closing this closes the stream.
 
     A consumer that stops early (``break``, an exception, garbage collection of this
-    generator) releases the engine at once.
+    generator) releases the engine at once; run by :func:`iterate_in_thread`, an async
+    consumer that stops early also cuts short a read in progress (``stream.cancel``).
     """
+    cancel_with_consumer(stream.cancel)
     with stream:
         yield from stream
         yield stream.collect()

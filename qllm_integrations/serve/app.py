@@ -32,7 +32,6 @@ from starlette.exceptions import HTTPException
 
 from qllm_core.errors import QLLMError
 from qllm_core.inputs.prompt import encode_chat, encode_text
-from qllm_core.protocol import TextStream
 from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.content import attached_text
@@ -218,15 +217,7 @@ async def _complete(
         except asyncio.TimeoutError:
             raise timed_out(settings.request_timeout) from None
         reply = Reply(chat, state.model_name, request)
-        streams: list[TextStream] = []
-
-        def cancel() -> None:
-            for stream in streams:
-                stream.cancel()
-
-        events = iterate_in_thread(
-            lambda: _answer_items(request, state, streams.append), on_stop=cancel
-        )
+        events = iterate_in_thread(lambda: _answer_items(request, state))
         items = before_deadline(events, deadline, settings.request_timeout, lambda: state.cutoff)
         if not body.stream:
             try:
@@ -329,19 +320,16 @@ async def _events(
     yield DONE
 
 
-def _answer_items(
-    request: ProviderRequest, state: ServerState, started: Callable[[TextStream], None]
-) -> Iterator[str | Answer]:
+def _answer_items(request: ProviderRequest, state: ServerState) -> Iterator[str | Answer]:
     """The request's text deltas, then its answer (in a worker thread); counted in metrics.
 
     Closing this closes the engine's stream; the partial answer that leaves is counted too
     (a cancelled request: the client went away or a deadline passed). The answer is held
-    in ``state.in_flight`` until its stream is closed. ``started`` gets the stream before
-    it is read from, so that the event loop can cancel it (``cancel``) mid-read.
+    in ``state.in_flight`` until its stream is closed. A consumer that stops during the
+    read stops the read (``answer_events`` registers the stream's ``cancel``).
     """
     with state.in_flight.hold():
         stream = request.start()
-        started(stream)
         counted = False
         try:
             for item in answer_events(stream):
