@@ -9,8 +9,9 @@ Nothing heavy is imported here: attributes are resolved on first access, so impo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from qllm_integrations._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from qllm_integrations.engines import get_engine
@@ -43,14 +44,4 @@ __all__ = [  # noqa: F822 (resolved by __getattr__)
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qllm_integrations' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

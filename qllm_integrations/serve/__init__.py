@@ -6,8 +6,9 @@ with it FastAPI) is resolved on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from qllm_integrations._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from qllm_integrations.serve.app import create_app
@@ -21,14 +22,4 @@ _LAZY = {
 __all__ = ["ServeSettings", "create_app"]  # noqa: F822 (resolved by __getattr__)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qllm_integrations.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
