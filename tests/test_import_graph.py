@@ -7,6 +7,8 @@ from Python, not from a reader), except those under ``if TYPE_CHECKING:``.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,16 @@ def test_the_graph_sees_relative_and_lazy_imports():
 def test_no_import_circle(package):
     circles = [c for c in _circles(_graph()) if c[0].split(".")[0] == package]
     assert not circles, f"import circles (break each by moving the shared part out): {circles}"
+
+
+def test_the_packages_import_light_and_load_their_attributes_on_use():
+    code = (
+        "import sys, qllm_integrations, qllm_integrations.serve as serve\n"
+        "assert not {'torch', 'fastapi', 'langchain_core'} & set(sys.modules), sys.modules\n"
+        "assert 'create_app' in dir(serve) and callable(qllm_integrations.split_text)\n"
+        "assert serve.ServeSettings.__name__ == 'ServeSettings'\n"
+        "try:\n    serve.missing\nexcept AttributeError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "module 'qllm_integrations.serve' has no attribute 'missing'" in done.stdout
