@@ -61,20 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
         "comma-separated; none: no key needed)",
     )
     add("--memory-dir", help="where document memories are kept (default: the cache dir)")
-    add("--max-queue", type=int, default=defaults.max_queue, help="requests accepted at once")
+    add(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help=f"requests accepted at once; one more is a 429 (default {defaults.max_queue})",
+    )
     add(
         "--request-timeout",
         type=float,
         default=defaults.request_timeout,
-        help="seconds a request may take",
+        help=f"seconds a request may take; past it, 504 (default {defaults.request_timeout:g})",
     )
-    add("--max-body-bytes", type=int, default=defaults.max_body_bytes, help="largest body")
+    add(
+        "--max-body-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help=f"largest request body; larger is a 413 (default {defaults.max_body_bytes})",
+    )
     add("--max-document-tokens", type=int, help="longest document (default: the engine's)")
     add(
         "--shutdown-timeout",
         type=float,
         default=defaults.shutdown_timeout,
-        help="seconds requests in flight get after SIGTERM",
+        help=f"seconds given to requests in flight on SIGTERM ({defaults.shutdown_timeout:g})",
     )
     add("--served-model-name", help="the model name clients send (default: the model's)")
     add("--log-level", choices=LOG_LEVELS, default=defaults.log_level)
