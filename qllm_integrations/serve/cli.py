@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         type=float,
         default=defaults.shutdown_timeout,
-        help=f"seconds given to requests in flight on SIGTERM (default {defaults.shutdown_timeout:g})",
+        help=f"seconds requests in flight get on SIGTERM (default {defaults.shutdown_timeout:g})",
     )
     add("--served-model-name", help="the model name clients send (default: the model's)")
     add("--log-level", choices=LOG_LEVELS, default=defaults.log_level)
