@@ -20,30 +20,26 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from qllm_core.errors import QLLMError
 from qllm_core.inputs.prompt import encode_chat, encode_text
-from qllm_core.results import Answer
 from qllm_integrations._async import iterate_in_thread, run_in_thread
 from qllm_integrations.content import attached_text
 from qllm_integrations.request import Request as ProviderRequest
-from qllm_integrations.request import answer_events
 from qllm_integrations.serve.completions import (
-    DONE,
     Body,
     Reply,
     build_request,
     check_document_tokens,
-    sse,
 )
 from qllm_integrations.serve.documents import ServableEngine, key_hash
 from qllm_integrations.serve.limits import (
@@ -68,16 +64,19 @@ from qllm_integrations.serve.openai_schema import (
 )
 from qllm_integrations.serve.settings import ServeSettings
 from qllm_integrations.serve.state import ServerState
+from qllm_integrations.serve.streaming import (
+    ClosingStream,
+    answer_items,
+    events,
+    first_item,
+    whole,
+)
 
 logger = logging.getLogger(__name__)
 
 REPLICA_HEADER = "x-quickllama-replica"
 """Response header naming the process that answered (``hostname:pid``)."""
 
-DISCONNECT_POLL = 0.5
-"""Seconds between checks that a streaming client still waits for its first token."""
-CLIENT_CLOSED = 499
-"""Status logged for a request whose client went away before its answer (nginx's)."""
 SHUTDOWN_WAIT = 30.0
 """Longest wait at exit for answers whose streams are closing (each takes one step)."""
 
@@ -217,14 +216,14 @@ async def _complete(
         except asyncio.TimeoutError:
             raise timed_out(settings.request_timeout) from None
         reply = Reply(chat, state.model_name, request)
-        events = iterate_in_thread(lambda: _answer_items(request, state))
-        items = before_deadline(events, deadline, settings.request_timeout, lambda: state.cutoff)
+        produced = iterate_in_thread(lambda: answer_items(request, state))
+        items = before_deadline(produced, deadline, settings.request_timeout, lambda: state.cutoff)
         if not body.stream:
             try:
-                return await _whole(reply, items, client)
+                return await whole(reply, items, client)
             finally:
                 ticket.release()
-        first = await _first(items, client)  # errors before the first token are HTTP errors
+        first = await first_item(items, client)  # errors before the first token are HTTP errors
     except BaseException:
         ticket.release()
         raise
@@ -233,7 +232,7 @@ async def _complete(
         await items.aclose()
         ticket.release()
 
-    events_out = _events(reply, first, items, body.include_usage)
+    events_out = events(reply, first, items, body.include_usage)
     return ClosingStream(events_out, on_close=close, media_type="text/event-stream")
 
 
@@ -260,110 +259,6 @@ def _token_ids(engine: ServableEngine, body: TokenizeRequest) -> list[int]:
         return encode_text(engine.tokenizer, body.prompt or "")
     turns = [(role, text) for role, text in turns if text.strip()]
     return encode_chat(engine.tokenizer, turns) if turns else []
-
-
-async def _first(items: AsyncGenerator[str | Answer, None], client: Request) -> str | Answer:
-    """The first item (the read comes before it); a client gone meanwhile stops the read.
-
-    Raises:
-        APIError: 499 when the client disconnected (checked every
-            :data:`DISCONNECT_POLL` seconds): the request is cancelled, the engine freed.
-    """
-    first = asyncio.ensure_future(items.__anext__())
-    try:
-        while True:
-            done, _ = await asyncio.wait({first}, timeout=DISCONNECT_POLL)
-            if done:
-                return first.result()
-            if await client.is_disconnected():
-                raise APIError(CLIENT_CLOSED, "the client went away during the read", "cancelled")
-    finally:
-        if not first.done():
-            first.cancel()
-            await items.aclose()
-
-
-async def _whole(
-    reply: Reply, items: AsyncGenerator[str | Answer, None], client: Request
-) -> Response:
-    """The whole answer as JSON; a client gone before the end stops it (status 499)."""
-    try:
-        async for item in items:
-            if isinstance(item, Answer):
-                return JSONResponse(reply.whole(item))
-            if await client.is_disconnected():
-                break
-    finally:
-        await items.aclose()
-    return Response(status_code=CLIENT_CLOSED)
-
-
-async def _events(
-    reply: Reply,
-    first: str | Answer,
-    items: AsyncGenerator[str | Answer, None],
-    include_usage: bool,
-) -> AsyncGenerator[bytes, None]:
-    """The server-sent events of a stream whose first item is ``first``."""
-    yield reply.opening()
-    try:
-        item = first
-        while not isinstance(item, Answer):
-            yield reply.delta(item)
-            item = await items.__anext__()
-        yield reply.closing(item, include_usage)
-    except StopAsyncIteration:
-        pass
-    except (APIError, QLLMError) as error:
-        api_error = error if isinstance(error, APIError) else APIError.from_engine(error)
-        yield sse(api_error.body())
-    yield DONE
-
-
-def _answer_items(request: ProviderRequest, state: ServerState) -> Iterator[str | Answer]:
-    """The request's text deltas, then its answer (in a worker thread); counted in metrics.
-
-    Closing this closes the engine's stream; the partial answer that leaves is counted too
-    (a cancelled request: the client went away or a deadline passed). The answer is held
-    in ``state.in_flight`` until its stream is closed. A consumer that stops during the
-    read stops the read (``answer_events`` registers the stream's ``cancel``).
-    """
-    with state.in_flight.hold():
-        stream = request.start()
-        counted = False
-        try:
-            for item in answer_events(stream):
-                if isinstance(item, Answer):  # counted before the client can see the end
-                    counted = True
-                    state.metrics.observe(item, request.cache_read_tokens(item))
-                yield item
-        finally:
-            if not counted and stream.result is not None:
-                answer = stream.result
-                state.metrics.observe(answer, request.cache_read_tokens(answer))
-
-
-class ClosingStream(StreamingResponse):
-    """A streaming response that runs ``on_close`` however it ends (client gone included)."""
-
-    def __init__(
-        self,
-        content: AsyncGenerator[bytes, None],
-        *,
-        on_close: Callable[[], Awaitable[None]],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(content, headers={"cache-control": "no-cache"}, **kwargs)
-        self._content = content
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the stream; then close it and run ``on_close``."""
-        try:
-            await super().__call__(scope, receive, send)  # type: ignore[arg-type]
-        finally:
-            await self._content.aclose()
-            await self._on_close()
 
 
 async def _json(request: Request) -> object:
