@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         if args.replicas is not None and args.replicas < 1:
             raise ConfigError(f"--replicas must be a whole number >= 1, got {args.replicas}")
+        if args.replicas is None:
+            check_port_free(settings.host, settings.port)
     except ConfigError as error:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"quickllama serve: error: {error}\n")
@@ -136,6 +139,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replicas is not None:
         return _run_replicas(settings, args.replicas)
     serve(settings)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address this process cannot listen on.
+
+    Raises:
+        ConfigError: the port is taken (or the host is not this machine's), naming the flags.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({error.strerror}); pass another --port, "
+                "or stop what listens there"
+            ) from None
 
 
 def serve(settings: ServeSettings) -> NoReturn:

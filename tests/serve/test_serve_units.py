@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import pytest
@@ -115,3 +116,13 @@ def test_replicas_without_ray_names_the_extra(
     assert main(["--replicas", "2"]) == 2
     error = capsys.readouterr().err
     assert "(ray)" in error and 'pip install "quickllama[ray]"' in error
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
