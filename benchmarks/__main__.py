@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrieval apart from reading: answer's block rank and re-read variants, one read",
     )
     passages.add_argument(
-        "--task-set", choices=["realdocs", "standard", "long"], default="realdocs"
+        "--task-set", choices=["realdocs", "standard", "long", "heatmap"], default="realdocs"
     )
     passages.add_argument(
         "--variants",
@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answered besides the oracle: re-read variants "
         f"({', '.join(passages_mod.VARIANTS)}), rag, or {passages_mod.SINGLE_PASS} "
         "(the single pass, decoded from the read)",
+    )
+    passages.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=list(passages_mod.HEATMAP_LENGTHS),
+        help="document lengths of the heatmap set (a needle at 0, 25, 50, 75 and 100%% depth)",
     )
     passages.add_argument(
         "--answers-only",
@@ -215,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             from .realdocs import real_samples
 
             samples = real_samples(engine.tokenizer)
+        elif args.task_set == passages_mod.HEATMAP:
+            samples = passages_mod.heatmap_samples(engine.tokenizer, args.lengths)
         else:
             samples = compare_mod.compare_samples(engine.tokenizer, SIZES[args.task_set], seed=0)
         passages_mod.run_passages(

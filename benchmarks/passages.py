@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,10 @@ import torch
 from tqdm import tqdm
 
 from . import machine, runner
+from .passages_report import HEATMAP, HEATMAP_SYSTEMS
 from .paths import Paths, load_json, save_json
 from .scoring import overlaps, score
-from .tasks import Sample
+from .tasks import Sample, make_sample
 
 ORACLE_TOKENS = 512
 """Tokens of the oracle passage around each fact."""
@@ -166,6 +167,7 @@ def read_sample(
         "sample_id": sample.sample_id,
         "task": sample.task,
         "length": sample.length,
+        "depth": sample.depth,
         "prompt_tokens": len(ids),
         "read_seconds": read_seconds,
         "rank_seconds": rank_seconds,
@@ -339,7 +341,41 @@ def run_passages(
             "answers": answers,
         }
         save_json(paths.results / f"passages-{set_name}.json", summary)
+        if set_name == HEATMAP:
+            heatmap_figures(summary, paths)
     return summary
+
+
+HEATMAP_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+HEATMAP_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def heatmap_samples(tokenizer: Any, lengths: Sequence[int], seed: int = 0) -> list[Sample]:
+    """A needle at each of :data:`HEATMAP_DEPTHS` for each length, shortest lengths first.
+
+    A run stopped early has whole columns.
+    """
+    return [
+        make_sample(tokenizer, "needle", length, depth, seed)
+        for length in sorted(lengths)
+        for depth in HEATMAP_DEPTHS
+    ]
+
+
+def heatmap_figures(summary: dict[str, Any], paths: Paths) -> None:
+    """``figures/heatmap-<system>.png``: depth x length accuracy of each heatmap system."""
+    from .figures import needle_heatmap
+
+    depth = {r["sample_id"]: r["depth"] for r in summary["reads"]}
+    for system in HEATMAP_SYSTEMS:
+        records = [
+            {**a, "system": system, "depth": depth[a["sample_id"]], "status": "ok"}
+            for a in summary["answers"]
+            if a["variant"] == system and a["sample_id"] in depth
+        ]
+        if records:
+            title = f"needle, {system} ({HEATMAP_SYSTEMS[system]})"
+            needle_heatmap(records, system, paths.figures / f"heatmap-{system}.png", title)
 
 
 def _commands(summary: Path, command: str) -> list[str]:

@@ -14,6 +14,10 @@ from .paths import Paths, load_json
 
 RANK_CUTS: tuple[int, ...] = (1, 3, 10)
 """Reported: no other block ahead of the answer's (first), fewer than 3, fewer than 10."""
+HEATMAP = "heatmap"
+"""The task set of needles at fixed depths and lengths (``passages.heatmap_samples``)."""
+HEATMAP_SYSTEMS = {"peak-sized": "the default: its re-read", "qllm": "the paper's single pass"}
+"""The systems of the heatmap's figures and tables, answered from the same reads."""
 RECORDED = ("qllm-reread", "qllm", "rag")
 """Systems of ``compare-<set>.json`` paired with the variants, when that file has them."""
 
@@ -77,6 +81,8 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
             _task_table(reads, answers, correct),
             "",
         ]
+    if name == HEATMAP:
+        lines += _heatmap_part(reads, answers)
     before = "mean-3072" if len(correct.get("mean-3072", {})) == len(reads) else "qllm-reread"
     for baseline, what in ((before, "the default before this benchmark"), ("rag", "RAG")):
         if baseline in correct:
@@ -219,3 +225,32 @@ def _task_table(
             row.append(cell)
         rows.append(row)
     return tabulate(rows, ["system", *groups], tablefmt="github")
+
+
+def _heatmap_part(reads: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[str]:
+    """Per system of :data:`HEATMAP_SYSTEMS`: right answers by needle depth and length."""
+    depth = {r["sample_id"]: r["depth"] for r in reads}
+    lengths = sorted({r["length"] for r in reads})
+    lines = ["### Needle depth x length", ""]
+    for system, what in HEATMAP_SYSTEMS.items():
+        cells: dict[tuple[float, int], list[int]] = {}
+        for a in answers:
+            if a["variant"] == system and a["sample_id"] in depth:
+                cell = cells.setdefault((depth[a["sample_id"]], a["length"]), [0, 0])
+                cell[0] += bool(a["correct"])
+                cell[1] += 1
+        rows = [
+            [f"{100 * d:.0f}%"]
+            + [f"{cells[d, n][0]}/{cells[d, n][1]}" if (d, n) in cells else "-" for n in lengths]
+            for d in sorted({d for d, _ in cells})
+        ]
+        headers = ["depth", *(f"{n // 1024}K" for n in lengths)]
+        lines += [
+            f"`{system}` ({what}): right answers per cell.",
+            "",
+            f"![heatmap, {system}](benchmarks/figures/heatmap-{system}.png)",
+            "",
+            tabulate(rows, headers, tablefmt="github"),
+            "",
+        ]
+    return lines

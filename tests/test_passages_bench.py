@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from test_reread import DOC, QUESTION
 
@@ -105,3 +107,38 @@ def test_has_repeat_finds_a_six_word_run_said_twice():
     loop = "The audit found that the fees rose. The audit found that the fees rose."
     assert has_repeat(loop)
     assert not has_repeat("The audit found that the fees rose in 2023, not in 2022.")
+
+
+def test_the_heatmap_set_tabulates_and_draws_depth_by_length(tiny_engine, tmp_path):
+    samples = [
+        dataclasses.replace(_sample(), sample_id=f"needle-L{n}-d{d}", depth=d, length=n)
+        for n in (0, 1)
+        for d in (0.0, 1.0)
+    ]
+    paths = Paths(tmp_path)
+    summary = passages.run_passages(
+        tiny_engine, samples, paths, passages.HEATMAP, ["peak-sized", "qllm"], command="test"
+    )
+    assert {r["depth"] for r in summary["reads"]} == {0.0, 1.0}
+    for system in ("peak-sized", "qllm"):
+        assert (paths.figures / f"heatmap-{system}.png").stat().st_size > 1000
+    (section,) = passages_sections(paths)
+    part = section.split("### Needle depth x length")[1]
+    assert "heatmap-peak-sized.png" in part and "heatmap-qllm.png" in part
+    header = next(line for line in part.splitlines() if line.startswith("| depth"))
+    assert header.split("|")[2:4] == [" 0K  ", " 0K  "] or "depth" in header
+    cells = [
+        line for line in part.splitlines() if line.startswith("| 0% ") or line.startswith("| 100% ")
+    ]
+    assert len(cells) == 4  # two depths, for each of the two systems
+    assert all(line.count("/1") == 2 for line in cells)  # one answer per (depth, length)
+
+
+def test_heatmap_samples_fill_whole_columns_first():
+    from qllm_core.models.loading import load_tokenizer
+
+    samples = passages.heatmap_samples(load_tokenizer(None), [2048, 1024])
+    assert [(s.length, s.depth) for s in samples[:5]] == [
+        (1024, d) for d in passages.HEATMAP_DEPTHS
+    ]
+    assert {s.task for s in samples} == {"needle"} and len(samples) == 10
