@@ -12,6 +12,7 @@ from . import batch as batch_mod
 from . import commands, gpu_check, machine, throughput
 from . import compare as compare_mod
 from . import followup as followup_mod
+from . import million as million_mod
 from . import passages as passages_mod
 from . import recall as recall_mod
 from . import serve_load as serve_load_mod
@@ -149,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     followup.add_argument("--max-new-tokens", type=int, default=32)
     add_arguments(followup)
 
+    million = sub.add_parser(
+        "million",
+        help="one document of a million tokens read once, a needle and a two_hop question "
+        "answered from its memory (give --set offload_dir=DIR where RAM is short)",
+    )
+    million.add_argument("--tokens", type=int, default=million_mod.TOKENS)
+    million.add_argument("--tasks", nargs="+", default=list(million_mod.TASKS))
+    million.add_argument("--seed", type=int, default=0)
+    add_arguments(million)
+
     speed = sub.add_parser("throughput", help="prefill tokens/s and peak memory, qllm vs full")
     speed.add_argument("--lengths", type=int, nargs="+", default=list(commands.THROUGHPUT_LENGTHS))
     speed.add_argument("--modes", nargs="+", default=list(commands.THROUGHPUT_MODES))
@@ -279,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         commands.rerender(paths)
         print(followup_mod.followup_section(paths))
+        return 0
+    elif args.command == "million":
+        million_mod.run_million(
+            load_engine(spec),
+            paths,
+            tokens=args.tokens,
+            tasks=tuple(args.tasks),
+            seed=args.seed,
+            command=machine.command_line(),
+        )
+        commands.rerender(paths)
+        print(million_mod.million_section(paths))
         return 0
     elif args.command == "compare":
         compare_mod.run_compare(

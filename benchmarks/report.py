@@ -12,6 +12,7 @@ from . import figures, tables
 from .batch import batch_section
 from .compare_report import compare_section
 from .followup import followup_section
+from .million import million_section
 from .passages_report import passages_sections
 from .paths import Paths, load_json, save_json
 from .serve_load_report import serve_load_section
@@ -49,6 +50,9 @@ def render(paths: Paths) -> str:
     for compare in sorted(paths.results.glob("compare-*.json")):
         sections.append(compare_section(load_json(compare), paths))
     sections += passages_sections(paths)
+    million = million_section(paths)
+    if million:
+        sections.append(million)
     followup = followup_section(paths)
     if followup:
         sections.append(followup)

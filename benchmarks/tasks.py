@@ -116,28 +116,31 @@ def _passkey(
     )
 
 
-def _needle(
-    tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str
-) -> Sample:
+@dataclass(frozen=True)
+class _Facts:
+    """What a prose task plants and asks, before its prose is chosen."""
+
+    facts: list[tuple[float, str]]
+    """``(depth, sentence)`` pairs to plant."""
+    question: str
+    expected: tuple[str, ...]
+    max_new_tokens: int
+    subject: str
+    """The city the question is about (joint documents keep them distinct)."""
+
+
+def _needle_facts(rng: random.Random, depth: float) -> _Facts:
     city, value = rng.choice(_CITIES), str(rng.randrange(1_000_000, 10_000_000))
-    fact = f"The special magic number for {city} is {value}."
-    planted = _planted(tokenizer, _prose(rng, length), length, [(depth, fact)])
-    return Sample(
-        "needle",
-        sample_id,
-        length,
-        depth,
-        planted.document,
+    return _Facts(
+        [(depth, f"The special magic number for {city} is {value}.")],
         f"What is the special magic number for {city}?",
         (value,),
-        planted.spans,
         32,
+        city,
     )
 
 
-def _multi_needle(
-    tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str
-) -> Sample:
+def _multi_needle_facts(rng: random.Random, depth: float) -> _Facts:
     city = rng.choice(_CITIES)
     count = rng.choice((2, 3))
     values = [str(v) for v in rng.sample(range(1_000_000, 10_000_000), count)]
@@ -146,23 +149,11 @@ def _multi_needle(
         (d, f"One of the special magic numbers for {city} is {v}.")
         for d, v in zip(depths, values, strict=True)
     ]
-    planted = _planted(tokenizer, _prose(rng, length), length, facts)
-    return Sample(
-        "multi_needle",
-        sample_id,
-        length,
-        depth,
-        planted.document,
-        f"What are all the special magic numbers for {city}?",
-        tuple(values),
-        planted.spans,
-        64,
-    )
+    question = f"What are all the special magic numbers for {city}?"
+    return _Facts(facts, question, tuple(values), 64, city)
 
 
-def _two_hop(
-    tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str
-) -> Sample:
+def _two_hop_facts(rng: random.Random, depth: float) -> _Facts:
     city, person = rng.choice(_CITIES), rng.choice(_PEOPLE)
     value = str(rng.randrange(1_000_000, 10_000_000))
     second = round(rng.random(), 3)
@@ -170,18 +161,80 @@ def _two_hop(
         (depth, f"The {city} office is run by {person}."),
         (second, f"The badge number of {person} is {value}."),
     ]
+    question = f"What is the badge number of the person who runs the {city} office?"
+    return _Facts(facts, question, (value,), 32, city)
+
+
+_PROSE_TASKS: dict[str, Callable[[random.Random, float], _Facts]] = {
+    "needle": _needle_facts,
+    "multi_needle": _multi_needle_facts,
+    "two_hop": _two_hop_facts,
+}
+"""Tasks whose facts are planted in :mod:`~benchmarks.prose`."""
+
+
+def _prose_task(task: str) -> Callable[[Any, int, float, random.Random, str], Sample]:
+    def make(
+        tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str
+    ) -> Sample:
+        spec = _PROSE_TASKS[task](rng, depth)
+        planted = _planted(tokenizer, _prose(rng, length), length, spec.facts)
+        return Sample(
+            task,
+            sample_id,
+            length,
+            depth,
+            planted.document,
+            spec.question,
+            spec.expected,
+            planted.spans,
+            spec.max_new_tokens,
+        )
+
+    return make
+
+
+def make_joint_samples(
+    tokenizer: Any, tasks: tuple[str, ...], length: int, seed: int
+) -> list[Sample]:
+    """One document of ``length`` tokens with the facts of every task in ``tasks`` planted,
+    and one sample per task over it (each with its own question, answer and evidence).
+
+    For runs where one read must serve several questions (a million tokens read once).
+    ``tasks`` are prose tasks (:data:`_PROSE_TASKS`); each asks about its own city, so no
+    question's facts answer another. Depths are random, drawn from the seed.
+    """
+    unknown = [t for t in tasks if t not in _PROSE_TASKS]
+    if unknown or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must be distinct, from {tuple(_PROSE_TASKS)}; got {tasks}")
+    base = f"joint-{'+'.join(tasks)}-L{length}-s{seed}"
+    rng = random.Random(base)
+    specs: list[_Facts] = []
+    for task in tasks:
+        spec = _PROSE_TASKS[task](rng, round(rng.random(), 3))
+        while spec.subject in {s.subject for s in specs}:
+            spec = _PROSE_TASKS[task](rng, round(rng.random(), 3))
+        specs.append(spec)
+    facts = [fact for spec in specs for fact in spec.facts]
     planted = _planted(tokenizer, _prose(rng, length), length, facts)
-    return Sample(
-        "two_hop",
-        sample_id,
-        length,
-        depth,
-        planted.document,
-        f"What is the badge number of the person who runs the {city} office?",
-        (value,),
-        planted.spans,
-        32,
-    )
+    samples, first = [], 0
+    for task, spec in zip(tasks, specs, strict=True):
+        spans = planted.spans[first : first + len(spec.facts)]
+        first += len(spec.facts)
+        samples.append(
+            Sample(
+                task,
+                f"{task}-{base}",
+                length,
+                spec.facts[0][0],
+                planted.document,
+                spec.question,
+                spec.expected,
+                spans,
+                spec.max_new_tokens,
+            )
+        )
+    return samples
 
 
 def _kv(tokenizer: Any, length: int, depth: float, rng: random.Random, sample_id: str) -> Sample:
@@ -233,8 +286,8 @@ def _planted(
 
 _MAKERS: dict[str, Callable[[Any, int, float, random.Random, str], Sample]] = {
     "passkey": _passkey,
-    "needle": _needle,
+    "needle": _prose_task("needle"),
     "kv": _kv,
-    "multi_needle": _multi_needle,
-    "two_hop": _two_hop,
+    "multi_needle": _prose_task("multi_needle"),
+    "two_hop": _prose_task("two_hop"),
 }

@@ -78,7 +78,9 @@ class QLLMConfig:
     gives, or ``token_peak``, each token's most focused head averaged over tokens."""
     reread_min_tokens: int = 0
     """Sized re-read: document tokens always re-read (when the document has them), however
-    the scores fall; see ``reread_score_ratio``."""
+    the scores fall; see ``reread_score_ratio``. At most ``reread_tokens``; unused (any
+    value passes) while ``reread_tokens`` is 0, so that ``reread_tokens=0`` alone turns the
+    re-read off in a preset that sizes it."""
     reread_score_ratio: float = 0.0
     """Sized re-read: once ``reread_min_tokens`` are kept, blocks scoring below this
     fraction of the best block's score are left out, so a question whose relevance sits in
@@ -174,7 +176,9 @@ class QLLMConfig:
             f"must be one of {RANKINGS}, got {self.reread_ranking!r}",
         )
         _check(
-            _is_int(self.reread_min_tokens) and 0 <= self.reread_min_tokens <= self.reread_tokens,
+            _is_int(self.reread_min_tokens)
+            and self.reread_min_tokens >= 0
+            and (self.reread_tokens == 0 or self.reread_min_tokens <= self.reread_tokens),
             "reread_min_tokens",
             f"must be an integer from 0 to reread_tokens ({self.reread_tokens}), "
             f"got {self.reread_min_tokens!r}",

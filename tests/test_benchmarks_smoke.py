@@ -373,3 +373,65 @@ def test_followup_times_first_and_follow_up_questions(tmp_path, tokenizer, tiny_
     section = followup.followup_section(paths)
     assert section is not None and "first / follow-up" in section
     assert load_json(paths.results / followup.RESULTS)["rows"] == rows
+
+
+def test_joint_samples_share_one_document_and_keep_their_own_facts(tokenizer):
+    from benchmarks.tasks import make_joint_samples
+
+    tasks = ("needle", "multi_needle", "two_hop")
+    samples = make_joint_samples(tokenizer, tasks, 2000, seed=0)
+    assert samples == make_joint_samples(tokenizer, tasks, 2000, seed=0)
+    assert [s.task for s in samples] == list(tasks)
+    document = samples[0].document
+    assert all(s.document == document for s in samples)
+    assert 1800 <= haystack.count_tokens(tokenizer, document) <= 2000
+    assert len({s.sample_id for s in samples}) == len(tasks)
+    cities = [s.question.split(" for ")[-1].split(" office")[0] for s in samples]
+    for sample in samples:  # each question's facts are its own, and only they hold its answer
+        facts = [document[a:b] for a, b in sample.evidence]
+        assert facts[-1].endswith(f"{sample.expected[-1]}.")
+        others = [c for c in cities if c not in sample.question]
+        assert len(others) == len(tasks) - 1
+        assert not any(c in fact for c in others for fact in facts)
+    with pytest.raises(ValueError, match="distinct"):
+        make_joint_samples(tokenizer, ("needle", "needle"), 2000, seed=0)
+    with pytest.raises(ValueError, match="distinct"):
+        make_joint_samples(tokenizer, ("kv",), 2000, seed=0)
+
+
+def test_million_reads_once_and_answers_every_question_from_memory(
+    tmp_path, tokenizer, tiny_model_dir, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks import million
+    from qllm_core import QLLMConfig
+    from qllm_core.engine import QLLMEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = QLLMConfig(**TINY_CONFIG).replace(
+        mode="qllm", reread_tokens=128, offload_dir=str(tmp_path / "tier")
+    )
+    (tmp_path / "tier").mkdir()
+    engine = QLLMEngine(model, tokenizer, config=config, progress=False)
+    reads = []
+    read = engine.read
+    monkeypatch.setattr(engine, "read", lambda document: reads.append(document) or read(document))
+    paths = Paths(tmp_path)
+    data = million.run_million(engine, paths, tokens=600)
+    assert len(reads) == 1
+    assert data["read"]["tokens"] > 550 and data["read"]["mode"] == "qllm"
+    assert data["read"]["peak_rss_mib"] > 0 and data["read"]["peak_rss_mib_end"] > 0
+    systems = [*million.ANSWER_CONFIGS, "oracle"]
+    assert [(a["task"], a["system"]) for a in data["answers"]] == [
+        (task, system) for task in million.TASKS for system in systems
+    ]
+    for answer in data["answers"]:
+        if answer["system"] == "single pass (paper)":
+            assert answer["reread_tokens"] == 0 and answer["inside"] is None
+        else:
+            assert answer["reread_tokens"] > 0 and isinstance(answer["inside"], bool)
+        assert answer["seconds"] > 0 and isinstance(answer["correct"], bool)
+    assert load_json(paths.results / million.RESULTS) == data
+    section = million.million_section(paths)
+    assert section is not None and "| needle " in section and "| two_hop " in section

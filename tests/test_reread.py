@@ -245,3 +245,12 @@ def test_single_pass_evidence_ranks_blocks_as_the_reread_would(tiny_engine, rank
     doc_start, doc_end = layout.document_span
     for block in single.stats.retrieved_blocks:  # the template's blocks are no evidence
         assert block.token_end > doc_start and block.token_start < doc_end
+
+
+def test_reread_tokens_zero_alone_turns_a_sized_reread_off():
+    sized = QLLMConfig.preset("smollm2")
+    assert sized.reread_min_tokens > 0
+    single = sized.replace(reread_tokens=0)
+    assert single.reread_tokens == 0 and single.reread_min_tokens == sized.reread_min_tokens
+    with pytest.raises(ConfigError, match="reread_min_tokens"):
+        sized.replace(reread_min_tokens=-1, reread_tokens=0)
