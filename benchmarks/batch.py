@@ -110,7 +110,7 @@ def run_batch(
     unbatched = engine_with(engine, max_batch_size=1)
     batched = engine_with(engine, max_batch_size=max(concurrency))
     rows: list[dict[str, Any]] = []
-    data = {
+    data: dict[str, Any] = {
         "meta": {
             "command": command,
             "machine": machine.describe(str(engine.model.device)),
