@@ -157,6 +157,7 @@ def read_sample(
                 "answer": decoded.text,
                 "correct": score(sample.expected, decoded.text),
                 "finish_reason": decoded.finish_reason,
+                "tokens_generated": decoded.tokens,
                 "inside": None,  # no re-read: nothing to be inside
                 "reread_tokens": 0,
                 "prefill_seconds": 0.0,  # its read is the one every variant shares
@@ -249,6 +250,7 @@ def answer_variant(
         "answer": answer.text,
         "correct": score(sample.expected, answer.text),
         "finish_reason": answer.finish_reason,
+        "tokens_generated": answer.stats.tokens_generated,
         "inside": inside,
         "reread_tokens": sum(p.end - p.start for p in passages),
         "prefill_seconds": answer.stats.prefill_seconds,
@@ -267,7 +269,9 @@ def answer_rag(rag: Any, sample: Sample) -> dict[str, Any]:
         "answer": answer.text,
         "correct": score(sample.expected, answer.text),
         "inside": answer.evidence_rank is not None,
+        "tokens_generated": answer.tokens_generated,
         "reread_tokens": answer.tokens_read,
+        "index_seconds": answer.extra["index_seconds"],
         "prefill_seconds": answer.prefill_seconds,
         "decode_seconds": answer.decode_seconds,
     }

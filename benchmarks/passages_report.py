@@ -67,9 +67,21 @@ def passages_section(name: str, data: dict[str, Any], recorded: list[dict[str, A
         "(the model); `not re-read`: outside and wrong (the ranking); `repeats`: answers in "
         "which a run of six words occurs twice (a loop); `-` for the single pass `qllm`, "
         "which re-reads nothing. Answer seconds: what each system adds to the read they "
-        "share (its re-read and decoding; for `rag`, its whole answer).",
+        "share (its re-read and decoding; for `rag`, reading its chunks and decoding, "
+        "its indexing apart: see the speed per length).",
         "",
         _answer_table(answers, correct, fair),
+        "",
+        "### Speed per length",
+        "",
+        "Medians per document length. `read`: the one `qllm` read every variant and the "
+        "single pass share (tokens/s over the whole prompt); for `rag`, indexing the "
+        "document (splitting and embedding; `-` where records predate its timing). "
+        "`answer`: the re-read and the decoding (for `rag`: reading its chunks and "
+        "decoding). `decode tok/s`: tokens generated over decoding seconds (`-` where "
+        "records predate the count).",
+        "",
+        _speed_table(reads, answers),
         "",
     ]
     if len({r["task"] for r in reads}) > 1:
@@ -168,6 +180,53 @@ def _answer_table(
         "repeats",
         "re-read tokens (10/50/90%)",
         "median answer s",
+    ]
+    return tabulate(rows, headers, tablefmt="github")
+
+
+def _speed_table(reads: list[dict[str, Any]], answers: list[dict[str, Any]]) -> str:
+    read_of = {r["sample_id"]: r for r in reads}
+    cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for a in answers:
+        if a["variant"] != "oracle" and a["sample_id"] in read_of:
+            cells.setdefault((a["length"], a["variant"]), []).append(a)
+    rows = []
+    for (length, system), records in sorted(cells.items()):
+        mine = [read_of[a["sample_id"]] for a in records]
+        if system == "rag":
+            timed = [a["index_seconds"] for a in records if "index_seconds" in a]
+            read = statistics.median(timed) if len(timed) == len(records) else None
+            rate = None
+        else:
+            read = statistics.median(r["read_seconds"] for r in mine)
+            rate = statistics.median(r["prompt_tokens"] / r["read_seconds"] for r in mine)
+        answer = [a["prefill_seconds"] + a["decode_seconds"] for a in records]
+        decode = [
+            a["tokens_generated"] / a["decode_seconds"]
+            for a in records
+            if a.get("tokens_generated") and a["decode_seconds"] > 0
+        ]
+        rows.append(
+            [
+                f"{length // 1024}K",
+                system,
+                len(records),
+                "-" if read is None else f"{read:.0f}",
+                "-" if rate is None else f"{rate:.0f}",
+                f"{statistics.median(answer):.1f}",
+                "-" if read is None else f"{read + statistics.median(answer):.0f}",
+                f"{statistics.median(decode):.1f}" if len(decode) == len(records) else "-",
+            ]
+        )
+    headers = [
+        "length",
+        "system",
+        "samples",
+        "read s",
+        "read tok/s",
+        "answer s",
+        "per question s",
+        "decode tok/s",
     ]
     return tabulate(rows, headers, tablefmt="github")
 

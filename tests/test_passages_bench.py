@@ -52,6 +52,7 @@ def test_a_variant_answers_as_the_engine_with_its_config(tiny_engine, monkeypatc
     answer = engine.answer(DOC, QUESTION, max_new_tokens=6, **dict(variant.options))
     assert record["answer"] == answer.text
     assert record["reread_tokens"] == answer.stats.reread_tokens
+    assert record["tokens_generated"] == answer.stats.tokens_generated
 
 
 def test_the_single_pass_answers_as_the_engine_without_a_reread(tiny_engine):
@@ -64,6 +65,7 @@ def test_the_single_pass_answers_as_the_engine_without_a_reread(tiny_engine):
     assert record is not None and record["variant"] == passages.SINGLE_PASS
     assert record["answer"] == answer.text
     assert record["finish_reason"] == answer.finish_reason
+    assert record["tokens_generated"] == answer.stats.tokens_generated
 
 
 def test_block_ranks_take_the_best_block_a_fact_touches():
@@ -95,6 +97,9 @@ def test_the_oracle_is_the_fact_alone_and_the_run_resumes(tiny_engine, tmp_path)
     (section,) = passages_sections(paths)
     assert "## Retrieval apart from reading (`test`)" in section
     assert "| oracle " in section and "| peak " in section
+    speed = section.split("### Speed per length")[1].split("###")[0]
+    (row,) = [line for line in speed.splitlines() if "| mean-3072 " in line]
+    assert "| - " not in row  # read, answer and decode all timed for a new record
 
 
 def test_blocks_ahead_counts_other_blocks_above_the_last_fact():
