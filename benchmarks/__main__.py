@@ -158,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     million.add_argument("--tokens", type=int, default=million_mod.TOKENS)
     million.add_argument("--tasks", nargs="+", default=list(million_mod.TASKS))
     million.add_argument("--seed", type=int, default=0)
+    million.add_argument(
+        "--systems",
+        nargs="+",
+        default=list(million_mod.SYSTEMS),
+        choices=list(million_mod.SYSTEMS),
+        help="answer with these (resumes: what the results hold is not answered again, and "
+        "the document is read only for the re-read and single pass)",
+    )
     add_arguments(million)
 
     speed = sub.add_parser("throughput", help="prefill tokens/s and peak memory, qllm vs full")
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens=args.tokens,
             tasks=tuple(args.tasks),
             seed=args.seed,
+            systems=tuple(args.systems),
             command=machine.command_line(),
         )
         commands.rerender(paths)

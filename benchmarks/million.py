@@ -12,7 +12,12 @@ million tokens' keys and values need the disk tier on a machine with less RAM th
   ``passage_rank`` which of them (0 = the best scored) held the last-found fact;
 - ``single pass (paper)``: the same memory with ``reread_tokens=0``;
 - ``oracle``: the answer's passage alone (:func:`~benchmarks.passages.oracle_passages`),
-  the model's ceiling.
+  the model's ceiling;
+- ``rag``: chunk-and-embed RAG over the same document (:mod:`benchmarks.rag`).
+
+A rerun resumes: answers already recorded for the same samples are kept, and the
+document is read again only when a re-read or single-pass answer is missing
+(``--systems rag`` adds RAG to a finished run without reading a million tokens again).
 
 It records the read's time and tokens/s, the process's peak RSS (file pages of the disk
 tier that are resident count in it), and each answer's time. The read took 41 minutes
@@ -31,7 +36,7 @@ from tabulate import tabulate
 
 from . import machine
 from .memory import mark, peak_since
-from .passages import answer_variant, fact_spans, sample_prompt
+from .passages import answer_variant, commands_of, fact_spans, sample_prompt
 from .paths import Paths, load_json, save_json
 from .scoring import score
 from .tasks import Sample, make_joint_samples
@@ -44,6 +49,8 @@ ANSWER_CONFIGS: dict[str, dict[str, Any]] = {
     "single pass (paper)": {"reread_tokens": 0},
 }
 """Answer-time settings tried on the same memory (on top of the engine's config)."""
+SYSTEMS = (*ANSWER_CONFIGS, "oracle", "rag")
+"""What answers each question: the memory's configs, the oracle, chunk-and-embed RAG."""
 
 
 def inside_passages(sample: Sample, blocks: tuple[Any, ...]) -> tuple[bool, int | None]:
@@ -73,82 +80,104 @@ def run_million(
     tokens: int = TOKENS,
     tasks: tuple[str, ...] = TASKS,
     seed: int = 0,
+    systems: tuple[str, ...] = SYSTEMS,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Read one joint document once and answer each of its questions; saves as it goes."""
+    """Read one joint document once and answer each of its questions; saves as it goes.
+
+    Resumes: answers already in the results for the same samples are kept, and the
+    document is read only when a system of :data:`ANSWER_CONFIGS` still has to answer.
+    """
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; choose from {SYSTEMS}")
     samples = make_joint_samples(engine.tokenizer, tasks, tokens, seed)
     device = engine.model.device
+    described = [
+        {
+            "sample_id": s.sample_id,
+            "task": s.task,
+            "question": s.question,
+            "expected": list(s.expected),
+            "facts": [s.document[a:b] for a, b in s.evidence],
+            "depths": [round(a / len(s.document), 3) for a, _ in s.evidence],
+        }
+        for s in samples
+    ]
+    earlier = load_json(paths.results / RESULTS) or {}
+    if earlier.get("samples") != described:
+        earlier = {}
+    command = command or "benchmarks.million.run_million"
     data: dict[str, Any] = {
         "meta": {
-            "command": command or "benchmarks.million.run_million",
+            "commands": commands_of(paths.results / RESULTS, command) if earlier else [command],
             "machine": machine.describe(str(device)),
             "model": engine.model_name,
             "config": dataclasses.asdict(engine.config),
-            "started": machine.now(),
+            "started": earlier.get("meta", {}).get("started", machine.now()),
         },
-        "samples": [
-            {
-                "sample_id": s.sample_id,
-                "task": s.task,
-                "question": s.question,
-                "expected": list(s.expected),
-                "facts": [s.document[a:b] for a, b in s.evidence],
-                "depths": [round(a / len(s.document), 3) for a, _ in s.evidence],
-            }
-            for s in samples
-        ],
-        "answers": [],
+        "samples": described,
+        "answers": earlier.get("answers", []),
     }
+    if "read" in earlier:
+        data["read"] = earlier["read"]
+    done = {(a["sample_id"], a["system"]) for a in data["answers"]}
+    todo = [(s, name) for s in samples for name in systems if (s.sample_id, name) not in done]
     save_json(paths.results / RESULTS, data)
+    memory = None
     before = mark(device)
-    memory = engine.read(samples[0].document)
-    peak, growth, exact = peak_since(before, device)
-    data["read"] = {
-        "tokens": memory.tokens,
-        "seconds": memory.read_seconds,
-        "tokens_per_second": memory.tokens / memory.read_seconds,
-        "mode": memory.config.mode,
-        "peak_rss_mib": peak,
-        "growth_mib": growth,
-        "exact": exact,
-        "load_average": round(os.getloadavg()[0], 2),
-    }
-    save_json(paths.results / RESULTS, data)
-    for sample in samples:
-        for name, changes in ANSWER_CONFIGS.items():
+    if any(name in ANSWER_CONFIGS for _, name in todo):
+        memory = engine.read(samples[0].document)
+        peak, growth, exact = peak_since(before, device)
+        data["read"] = {
+            "tokens": memory.tokens,
+            "seconds": memory.read_seconds,
+            "tokens_per_second": memory.tokens / memory.read_seconds,
+            "mode": memory.config.mode,
+            "peak_rss_mib": peak,
+            "growth_mib": growth,
+            "exact": exact,
+            "load_average": round(os.getloadavg()[0], 2),
+        }
+        save_json(paths.results / RESULTS, data)
+    rag = None
+    for sample, name in todo:
+        started = time.perf_counter()
+        if name in ANSWER_CONFIGS:
+            assert memory is not None
+            changes = ANSWER_CONFIGS[name]
             view = dataclasses.replace(memory, config=memory.config.replace(**changes))
-            started = time.perf_counter()
             answer = engine.answer(view, sample.question, max_new_tokens=sample.max_new_tokens)
             blocks = answer.stats.retrieved_blocks if answer.stats.reread_tokens else ()
             inside, rank = inside_passages(sample, blocks) if blocks else (None, None)
-            _add(
-                data,
-                paths,
-                sample,
-                name,
-                answer.text,
-                seconds=time.perf_counter() - started,
-                reread_tokens=answer.stats.reread_tokens,
-                inside=inside,
-                passage_rank=rank,
-            )
-        layout = sample_prompt(engine, sample)
-        started = time.perf_counter()
-        oracle = answer_variant(
-            engine, sample, layout, {"fact_spans": fact_spans(layout, sample)}, "oracle"
-        )
+            text, reread = answer.text, answer.stats.reread_tokens
+        elif name == "oracle":
+            layout = sample_prompt(engine, sample)
+            spans = fact_spans(layout, sample)
+            oracle = answer_variant(engine, sample, layout, {"fact_spans": spans}, "oracle")
+            text, reread, inside, rank = oracle["answer"], oracle["reread_tokens"], True, None
+        else:
+            if rag is None:
+                from .rag import RagSystem, minilm_embeddings
+
+                rag = RagSystem(engine, minilm_embeddings())
+            said = rag.answer(sample)
+            text, reread = said.text, said.tokens_read
+            inside, rank = said.evidence_rank is not None, said.evidence_rank
         _add(
             data,
             paths,
             sample,
-            "oracle",
-            oracle["answer"],
+            name,
+            text,
             seconds=time.perf_counter() - started,
-            reread_tokens=oracle["reread_tokens"],
-            inside=True,
-            passage_rank=None,
+            reread_tokens=reread,
+            inside=inside,
+            passage_rank=rank,
         )
-    data["read"]["peak_rss_mib_end"] = peak_since(before, device)[0]
+    if memory is not None:
+        data["read"]["peak_rss_mib_end"] = peak_since(before, device)[0]
+    data["answers"].sort(key=lambda a: (a["task"], SYSTEMS.index(a["system"])))
     save_json(paths.results / RESULTS, data)
     return data
 
@@ -180,14 +209,18 @@ def million_section(paths: Paths) -> str | None:
     config = meta["config"]
     lines = [
         "## A million tokens, read once\n",
-        f"- Command: `{meta['command']}` (started {meta['started']}, "
-        f"last saved {meta.get('date', meta['started'])})",
+        "- Commands: "
+        + ", then ".join(f"`{c}`" for c in meta.get("commands") or [meta["command"]])
+        + f" (started {meta['started']}, last saved {meta.get('date', meta['started'])})",
         f"- Machine: {box['cpu']}, {box['cores']} cores, {box['ram_gib']} GiB RAM; device "
         f"`{box['device']}`",
         f"- Model: {meta['model']}; memory blocks in "
         f"{config['offload_dtype'] or 'the model dtype'}, disk tier `{config['offload_dir']}`",
         "- One document, the facts of every question planted in it; read once "
-        "(`engine.read`, no question), then each question answered from that memory.",
+        "(`engine.read`, no question), then each question answered from that memory. "
+        "`oracle`: the facts' own passages alone; `rag`: chunk-and-embed RAG over the "
+        "same document (`benchmarks/rag.py`), its facts inside when a retrieved chunk "
+        "holds one, its time with indexing.",
     ]
     for s in data["samples"]:
         facts = "; ".join(

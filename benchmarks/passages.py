@@ -301,7 +301,7 @@ def run_passages(
     answers = runner.read_records(answers_path)
     done = {(r["sample_id"], r["variant"]) for r in answers}
     meta = {
-        "commands": _commands(paths.results / f"passages-{set_name}.json", command),
+        "commands": commands_of(paths.results / f"passages-{set_name}.json", command),
         "machine": machine.describe(str(engine.model.device)),
         "model": engine.model_name,
         "config": dataclasses.asdict(engine.config),
@@ -382,8 +382,9 @@ def heatmap_figures(summary: dict[str, Any], paths: Paths) -> None:
             needle_heatmap(records, system, paths.figures / f"heatmap-{system}.png", title)
 
 
-def _commands(summary: Path, command: str) -> list[str]:
-    """The commands of every invocation that added to this set's records, this one last."""
+def commands_of(summary: Path, command: str) -> list[str]:
+    """The commands of every invocation that added to the results in ``summary``, this one
+    last."""
     meta = (load_json(summary) or {}).get("meta", {})
     earlier = meta.get("commands") or ([meta["command"]] if "command" in meta else [])
     return [c for c in earlier if c != command] + [command]

@@ -418,13 +418,15 @@ def test_million_reads_once_and_answers_every_question_from_memory(
     read = engine.read
     monkeypatch.setattr(engine, "read", lambda document: reads.append(document) or read(document))
     paths = Paths(tmp_path)
-    data = million.run_million(engine, paths, tokens=600)
-    assert len(reads) == 1
+    first = million.SYSTEMS[:3]  # all but rag
+    million.run_million(engine, paths, tokens=600, systems=first, command="first")
+    data = million.run_million(engine, paths, tokens=600, command="then rag")  # resumes
+    assert len(reads) == 1  # the second run found every memory answer and read nothing
+    assert data["meta"]["commands"] == ["first", "then rag"]
     assert data["read"]["tokens"] > 550 and data["read"]["mode"] == "qllm"
     assert data["read"]["peak_rss_mib"] > 0 and data["read"]["peak_rss_mib_end"] > 0
-    systems = [*million.ANSWER_CONFIGS, "oracle"]
     assert [(a["task"], a["system"]) for a in data["answers"]] == [
-        (task, system) for task in million.TASKS for system in systems
+        (task, system) for task in million.TASKS for system in million.SYSTEMS
     ]
     for answer in data["answers"]:
         if answer["system"] == "single pass (paper)":
@@ -435,3 +437,6 @@ def test_million_reads_once_and_answers_every_question_from_memory(
     assert load_json(paths.results / million.RESULTS) == data
     section = million.million_section(paths)
     assert section is not None and "| needle " in section and "| two_hop " in section
+    assert "`first`, then `then rag`" in section
+    with pytest.raises(ValueError, match="unknown systems"):
+        million.run_million(engine, paths, tokens=600, systems=("full",))
