@@ -7,11 +7,13 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import batch as batch_mod
 from . import commands, gpu_check, machine, throughput
 from . import compare as compare_mod
 from . import followup as followup_mod
+from . import layers as layers_mod
 from . import million as million_mod
 from . import passages as passages_mod
 from . import recall as recall_mod
@@ -97,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="read nothing: rag, or variants of samples read already",
     )
     add_arguments(passages)
+
+    layers = sub.add_parser(
+        "layers",
+        help="per-layer block log mass of each sample's question, for offline ranking studies",
+    )
+    layers.add_argument(
+        "--task-set", choices=["realdocs", "standard", "long", "heatmap"], default="realdocs"
+    )
+    add_arguments(layers)
 
     batch = sub.add_parser(
         "batch", help="many questions at once: batched decoding vs one at a time, same requests"
@@ -195,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_samples(engine: Any, args: argparse.Namespace) -> list[Any]:
+    """The samples of ``--task-set`` (``passages`` and ``layers``)."""
+    if args.task_set == "realdocs":
+        from .realdocs import real_samples
+
+        return list(real_samples(engine.tokenizer))
+    if args.task_set == passages_mod.HEATMAP:
+        lengths = getattr(args, "lengths", passages_mod.HEATMAP_LENGTHS)
+        return list(passages_mod.heatmap_samples(engine.tokenizer, lengths))
+    return list(compare_mod.compare_samples(engine.tokenizer, SIZES[args.task_set], seed=0))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command."""
     argv = sys.argv[1:] if argv is None else argv
@@ -235,16 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(table)
         return 0
+    elif args.command == "layers":
+        engine = load_engine(spec)
+        print(layers_mod.dump_layers(engine, _set_samples(engine, args), paths, args.task_set))
+        return 0
     elif args.command == "passages":
         engine = load_engine(spec)
-        if args.task_set == "realdocs":
-            from .realdocs import real_samples
-
-            samples = real_samples(engine.tokenizer)
-        elif args.task_set == passages_mod.HEATMAP:
-            samples = passages_mod.heatmap_samples(engine.tokenizer, args.lengths)
-        else:
-            samples = compare_mod.compare_samples(engine.tokenizer, SIZES[args.task_set], seed=0)
+        samples = _set_samples(engine, args)
         passages_mod.run_passages(
             engine,
             samples,

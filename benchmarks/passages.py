@@ -112,6 +112,27 @@ def block_ranks(
     return out
 
 
+def read_prompt(engine: Any, layout: Any) -> tuple[Any, torch.Tensor]:
+    """The default's read of ``layout`` (mode ``qllm``, ranked by the final question).
+
+    Returns the forward step, whose ``memory`` holds the read, and the last logits.
+    Call under ``torch.inference_mode()``.
+    """
+    from qllm_core.memory.request import RequestPlan
+
+    config = engine.config.replace(mode="qllm")
+    plan = RequestPlan(
+        question_span=layout.question_span,
+        record_from=layout.final_question_span[0],
+        rank_span=layout.final_question_span,
+    )
+    step = engine.new_forward(config, plan)
+    ids = layout.input_ids
+    for start in range(0, len(ids), config.prefill_chunk_size):
+        logits = step(ids[start : start + config.prefill_chunk_size])
+    return step, logits
+
+
 def read_sample(
     engine: Any, sample: Sample, layout: Any, *, single_pass: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -122,22 +143,14 @@ def read_sample(
     relevance is taken (else ``None``).
     """
     from qllm_core.answering.decoding import decode
-    from qllm_core.memory.request import RequestPlan
     from qllm_core.memory.retrieval import RANKINGS
     from qllm_core.options import GenerationOptions
 
     config = engine.config.replace(mode="qllm")
-    plan = RequestPlan(
-        question_span=layout.question_span,
-        record_from=layout.final_question_span[0],
-        rank_span=layout.final_question_span,
-    )
     ids = layout.input_ids
     started = time.perf_counter()
     with torch.inference_mode():
-        step = engine.new_forward(config, plan)
-        for start in range(0, len(ids), config.prefill_chunk_size):
-            logits = step(ids[start : start + config.prefill_chunk_size])
+        step, logits = read_prompt(engine, layout)
         read_seconds = time.perf_counter() - started
         relevance = {
             name: step.memory.block_relevance(name).mean(dim=0).tolist() for name in RANKINGS

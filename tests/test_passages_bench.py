@@ -147,3 +147,29 @@ def test_heatmap_samples_fill_whole_columns_first():
         (1024, d) for d in passages.HEATMAP_DEPTHS
     ]
     assert {s.task for s in samples} == {"needle"} and len(samples) == 10
+
+
+def test_the_layer_dump_holds_what_the_read_ranks_by(tiny_engine, tmp_path):
+    """Each layer's stored log mass gives back that layer's relevance under every ranking."""
+    import torch
+
+    from benchmarks import layers
+    from qllm_core.memory.retrieval import RANKINGS, block_relevance
+
+    sample = _sample()
+    layout = passages.sample_prompt(tiny_engine, sample)
+    with torch.inference_mode():
+        memory = passages.read_prompt(tiny_engine, layout)[0].memory
+        expected = {ranking: memory.block_relevance(ranking) for ranking in RANKINGS}
+    folder = layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")
+    dump = torch.load(folder / f"{sample.sample_id}.pt")
+    lo, hi = layout.final_question_span
+    assert dump["rank_ids"] == list(layout.input_ids[lo:hi])
+    assert dump["fact_spans"] == passages.fact_spans(layout, sample)
+    for ranking in RANKINGS:
+        rows = torch.stack([block_relevance(m.float(), ranking) for m in dump["log_mass"]])
+        assert rows.shape == expected[ranking].shape  # (layers, blocks)
+        torch.testing.assert_close(rows, expected[ranking], atol=2e-3, rtol=0)
+    stamp = (folder / f"{sample.sample_id}.pt").stat().st_mtime_ns
+    layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")  # resumes: no re-read
+    assert (folder / f"{sample.sample_id}.pt").stat().st_mtime_ns == stamp

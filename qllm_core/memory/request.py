@@ -294,25 +294,36 @@ class LayerMemory:
             self._rank_queries.append(q_global[:, :, lo - start : hi - start].clone())
             self._scaling = scaling
 
-    def block_relevance(self, ranking: str = "mean") -> torch.Tensor:
-        """How much of the rank span's attention each memory block draws: (num_blocks,).
+    def block_log_mass(self) -> torch.Tensor | None:
+        """The rank span's log attention mass per block: (H, G, n, num_blocks), or ``None``.
 
         The rank span's queries (rotated for the global stage) are scored against every key
-        of every block (all at position 0), a softmax over all blocks' keys per query, summed
-        per block, then reduced over heads and queries as ``ranking`` says
-        (:func:`~qllm_core.memory.retrieval.block_relevance`); empty without blocks or without a
-        rank span.
+        of every block (all at position 0) and each block's logits are reduced by logsumexp
+        (:func:`~qllm_core.memory.retrieval.block_log_mass`); ``None`` without blocks or
+        without a rank span.
         """
         if not self._rank_queries or not len(self.store):
-            return torch.zeros(len(self.store))
+            return None
         queries = torch.cat(self._rank_queries, dim=2)
-        log_mass = torch.cat(
+        return torch.cat(
             [
                 block_log_mass(queries, page.to(queries.device), self._scaling)
                 for page in self.store.host_key_pages()
             ],
             dim=-1,
         )
+
+    def block_relevance(self, ranking: str = "mean") -> torch.Tensor:
+        """How much of the rank span's attention each memory block draws: (num_blocks,).
+
+        A softmax over all blocks of :meth:`block_log_mass` per query, reduced over heads
+        and queries as ``ranking`` says
+        (:func:`~qllm_core.memory.retrieval.block_relevance`); zeros without blocks or
+        without a rank span.
+        """
+        log_mass = self.block_log_mass()
+        if log_mass is None:
+            return torch.zeros(len(self.store))
         return block_relevance(log_mass, ranking).cpu()
 
 
