@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import batch as batch_mod
-from . import commands, gpu_check, machine, throughput
+from . import commands, gpu_check, machine, ranking_study, throughput
 from . import compare as compare_mod
 from . import followup as followup_mod
 from . import layers as layers_mod
@@ -260,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "layers":
         engine = load_engine(spec)
-        print(layers_mod.dump_layers(engine, _set_samples(engine, args), paths, args.task_set))
+        folder = layers_mod.dump_layers(engine, _set_samples(engine, args), paths, args.task_set)
+        result = ranking_study.study(folder)
+        meta = {
+            "command": machine.command_line(),
+            "date": machine.now(),
+            "model": engine.model_name,
+        }
+        save_json(paths.results / f"ranking-{args.task_set}.json", {"meta": meta, "study": result})
+        print(ranking_study.study_table(result))
         return 0
     elif args.command == "passages":
         engine = load_engine(spec)

@@ -15,6 +15,7 @@ from .followup import followup_section
 from .million import million_section
 from .passages_report import passages_sections
 from .paths import Paths, load_json, save_json
+from .ranking_study import ranking_sections
 from .serve_load_report import serve_load_section
 from .throughput import Point
 
@@ -50,6 +51,7 @@ def render(paths: Paths) -> str:
     for compare in sorted(paths.results.glob("compare-*.json")):
         sections.append(compare_section(load_json(compare), paths))
     sections += passages_sections(paths)
+    sections += ranking_sections(paths)
     million = million_section(paths)
     if million:
         sections.append(million)

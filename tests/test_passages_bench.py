@@ -173,3 +173,50 @@ def test_the_layer_dump_holds_what_the_read_ranks_by(tiny_engine, tmp_path):
     stamp = (folder / f"{sample.sample_id}.pt").stat().st_mtime_ns
     layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")  # resumes: no re-read
     assert (folder / f"{sample.sample_id}.pt").stat().st_mtime_ns == stamp
+
+
+def test_the_study_ranks_as_the_engine_ranks_the_dumped_read(tiny_engine, tmp_path):
+    """``peak`` and ``mean`` of the study are the engine's rankings of the same scores."""
+    import torch
+
+    from benchmarks import layers, ranking_study
+    from qllm_core.memory.retrieval import block_relevance
+
+    sample = _sample()
+    folder = layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")
+    dump = torch.load(folder / f"{sample.sample_id}.pt")
+    result = ranking_study.study(folder)
+    (loaded,) = ranking_study.load_rows(folder)
+    for ranking in ("peak", "mean"):
+        rows = torch.stack([block_relevance(m.float(), ranking) for m in dump["log_mass"]])
+        ranks = passages.block_ranks(
+            rows.mean(dim=0).tolist(), dump["fact_spans"], dump["n_init"], dump["block_size"]
+        )
+        assert result["ahead"][ranking][sample.sample_id] == blocks_ahead(ranks)
+        torch.testing.assert_close(loaded["rows"][ranking], rows)
+    assert "vs peak" in ranking_study.study_table(result)
+
+
+def test_layers_are_chosen_on_the_other_groups():
+    """Layer 0 puts each fact's block (1) first, layer 1 block 0: a held-out group is ranked
+    by layer 0 when the others show it locates, though layer 1 locates in its own group."""
+    import torch
+
+    from benchmarks.ranking_study import chosen_elsewhere
+
+    def sample(group: str, index: int, good_layer: int) -> dict:
+        peak = torch.full((2, 3), 0.1)
+        peak[good_layer, 1] = 0.9
+        peak[1 - good_layer, 0] = 0.9
+        return {
+            "sample_id": f"{group}-{index}",
+            "group": group,
+            "spans": [(4 + 2, 4 + 3)],  # n_init 4, blocks of 2: token 6 is in block 1
+            "n_init": 4,
+            "block_size": 2,
+            "rows": {"peak": peak},
+        }
+
+    samples = [sample("a", 0, 0), sample("a", 1, 0), sample("b", 0, 0), sample("c", 0, 1)]
+    ahead = chosen_elsewhere(samples, layers=2, k=1)
+    assert ahead == {"a-0": 0, "a-1": 0, "b-0": 0, "c-0": 1}
