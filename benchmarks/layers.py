@@ -2,12 +2,13 @@
 
 ``python -m benchmarks layers --task-set realdocs`` reads each sample as the default does
 (:func:`benchmarks.passages.read_prompt`) and keeps, per layer, the final question's log
-attention mass per memory block (:meth:`qllm_core.memory.request.LayerMemory.block_log_mass`,
-(H, G, n, B) in float16: blocks whose scores tie within its rounding may swap places
-against the read's own float32 ranking), with the question's token ids and each fact's token span, in
-``benchmarks/out/layers-<set>/<sample_id>.pt``. Any ranking that is a function of these
-(per layer, head and question token) can then be scored offline against the answer's
-block (:func:`benchmarks.passages.block_ranks`) on the same reads
+attention mass per memory block
+(:meth:`qllm_core.memory.request.LayerMemory.block_log_mass`, (H, G, n, B) in float16:
+blocks whose scores tie within its rounding may swap places against the read's own float32
+ranking), with the question's token ids and each fact's token span, in
+``benchmarks/out/layers-<set>/<sample_id>.pt``. Any ranking that is a function of these (per
+layer, head and question token) can then be scored offline against the answer's block
+(:func:`benchmarks.passages.block_ranks`) on the same reads
 (:mod:`benchmarks.ranking_study`). Resumable: a sample whose file exists is skipped.
 """
 
