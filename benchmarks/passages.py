@@ -54,6 +54,7 @@ class Variant:
     tokens: int
     min_tokens: int = 0
     ratio: float = 0.0
+    neighbours: float = 0.0
     options: tuple[tuple[str, Any], ...] = ()
 
     def config_fields(self) -> dict[str, Any]:
@@ -63,6 +64,7 @@ class Variant:
             "reread_tokens": self.tokens,
             "reread_min_tokens": self.min_tokens,
             "reread_score_ratio": self.ratio,
+            "reread_neighbours": self.neighbours,
         }
 
 
@@ -72,6 +74,7 @@ VARIANTS: dict[str, Variant] = {
     "peak-1536": Variant("peak", 1536),
     "token_peak-1536": Variant("token_peak", 1536),
     "peak-sized": Variant("peak", 3072, min_tokens=768, ratio=0.5),
+    "peak-sized-nb0.25": Variant("peak", 3072, min_tokens=768, ratio=0.5, neighbours=0.25),
     # repetition control (issue 24): the default's passages, decoded with a guard
     "peak-sized-ngram6": Variant(
         "peak", 3072, min_tokens=768, ratio=0.5, options=(("no_repeat_ngram_size", 6),)
@@ -236,6 +239,7 @@ def answer_variant(
     """
     from qllm_core.answering.reread import SEPARATOR, passages_for, reread_ids
     from qllm_core.inputs.prompt import encode_text
+    from qllm_core.memory.retrieval import with_neighbours
 
     config = engine.config
     spans = [tuple(s) for s in read["fact_spans"]]
@@ -244,7 +248,7 @@ def answer_variant(
     else:
         variant = VARIANTS[name]
         passages = passages_for(
-            torch.tensor(read["relevance"][variant.ranking]),
+            with_neighbours(torch.tensor(read["relevance"][variant.ranking]), variant.neighbours),
             layout.document_span,
             config.replace(**variant.config_fields()),
         )

@@ -85,6 +85,10 @@ class QLLMConfig:
     """Sized re-read: once ``reread_min_tokens`` are kept, blocks scoring below this
     fraction of the best block's score are left out, so a question whose relevance sits in
     few blocks re-reads fewer tokens than ``reread_tokens`` (0: always fill it)."""
+    reread_neighbours: float = 0.0
+    """Each block's re-read score gains this share of its two neighbours' scores
+    (:func:`~qllm_core.memory.retrieval.with_neighbours`), so that a passage cut by a block
+    boundary ranks as a whole; the evidence ranks by the same scores (0: off)."""
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
     """Kernels of the two-stage attention: ``torch`` (CPU and GPU), ``triton`` (CUDA
     GPUs, needs the ``triton`` extra), or ``auto``: triton on a CUDA device when it is
@@ -183,13 +187,13 @@ class QLLMConfig:
             f"must be an integer from 0 to reread_tokens ({self.reread_tokens}), "
             f"got {self.reread_min_tokens!r}",
         )
-        _check(
-            isinstance(self.reread_score_ratio, (int, float))
-            and not isinstance(self.reread_score_ratio, bool)
-            and 0 <= self.reread_score_ratio <= 1,
-            "reread_score_ratio",
-            f"must be a number from 0 to 1, got {self.reread_score_ratio!r}",
-        )
+        for name in ("reread_score_ratio", "reread_neighbours"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+                name,
+                f"must be a number from 0 to 1, got {value!r}",
+            )
         _check(
             self.attention_backend in ATTENTION_BACKENDS,
             "attention_backend",

@@ -37,6 +37,7 @@ def _sample() -> Sample:
         passages.Variant("mean", 160),
         passages.Variant("peak", 160),
         passages.Variant("token_peak", 128, min_tokens=64, ratio=0.5),
+        passages.Variant("peak", 160, neighbours=1.0),
         passages.Variant("peak", 160, options=(("no_repeat_ngram_size", 2),)),
     ],
 )

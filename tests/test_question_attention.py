@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_reread import DOC, QUESTION
 
+from qllm_core.config import QLLMConfig
 from qllm_core.inputs.prompt import build_prompt
 from qllm_core.memory.retrieval import block_relevance
 from qllm_core.models.forward import NativeForward
@@ -45,7 +46,8 @@ def test_recorded_relevance_is_the_models_own_attention(tiny_engine, ranking):
     for start in range(0, len(layout.input_ids), 100):  # chunks that cut the question
         step(layout.input_ids[start : start + 100])
     expected = _reference(model, layout, config.block_size, ranking)
-    torch.testing.assert_close(recorder.relevance(ranking).double(), expected, rtol=1e-4, atol=1e-6)
+    scores = recorder.relevance(config.replace(reread_ranking=ranking))
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_full_answers_are_unchanged_and_get_evidence(tiny_engine):
@@ -70,6 +72,7 @@ def test_a_layer_that_keeps_a_sliding_window_is_not_recorded():
     recorder.start = 8
     query, key = torch.randn(1, 2, 4, 8), torch.randn(1, 1, 12, 8)
     recorder.record(0, query, key[:, :, -6:], scaling=0.3)  # a window of 6 keys, not 12
-    assert recorder.relevance("peak").numel() == 0
+    config = QLLMConfig(reread_ranking="peak")
+    assert recorder.relevance(config).numel() == 0
     recorder.record(0, query, key, scaling=0.3)
-    assert recorder.relevance("peak").shape == (2,)  # document [2, 8): blocks of 4 -> 2
+    assert recorder.relevance(config).shape == (2,)  # document [2, 8): blocks of 4 -> 2

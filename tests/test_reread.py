@@ -17,7 +17,12 @@ from qllm_core.answering.reread import (
     reread_ids,
 )
 from qllm_core.inputs.prompt import build_prompt, encode_text
-from qllm_core.memory.retrieval import block_log_mass, block_relevance
+from qllm_core.memory.retrieval import (
+    block_log_mass,
+    block_relevance,
+    block_scores,
+    with_neighbours,
+)
 
 DOC = " ".join(f"Item {i} of the list is the colour number {i * 7 % 13}." for i in range(90))
 QUESTION = "What is the colour number of item 42?"
@@ -196,7 +201,13 @@ def test_sized_reread_stops_below_the_ratio_once_the_floor_is_kept():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("reread_ranking", "median"), ("reread_min_tokens", 5000), ("reread_score_ratio", 1.5)],
+    [
+        ("reread_ranking", "median"),
+        ("reread_min_tokens", 5000),
+        ("reread_score_ratio", 1.5),
+        ("reread_neighbours", -0.1),
+        ("reread_neighbours", True),
+    ],
 )
 def test_reread_options_out_of_range_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -224,10 +235,12 @@ def test_each_ranking_reaches_the_reread(tiny_engine, ranking):
     assert spans[0] != spans[1]
 
 
-@pytest.mark.parametrize("ranking", ["mean", "peak"])
-def test_single_pass_evidence_ranks_blocks_as_the_reread_would(tiny_engine, ranking):
+@pytest.mark.parametrize(("ranking", "neighbours"), [("mean", 0.0), ("peak", 0.0), ("peak", 0.5)])
+def test_single_pass_evidence_ranks_blocks_as_the_reread_would(tiny_engine, ranking, neighbours):
     """One set of scores: the single pass's best evidence block is the re-read's best passage."""
-    config = tiny_engine.config.replace(mode="qllm", reread_ranking=ranking, reread_margin=0)
+    config = tiny_engine.config.replace(
+        mode="qllm", reread_ranking=ranking, reread_neighbours=neighbours, reread_margin=0
+    )
     engines = [
         QLLMEngine(
             tiny_engine.model,
@@ -254,3 +267,13 @@ def test_reread_tokens_zero_alone_turns_a_sized_reread_off():
     assert single.reread_tokens == 0 and single.reread_min_tokens == sized.reread_min_tokens
     with pytest.raises(ConfigError, match="reread_min_tokens"):
         sized.replace(reread_min_tokens=-1, reread_tokens=0)
+
+
+def test_neighbours_add_a_share_of_each_adjacent_block():
+    scores = torch.tensor([1.0, 0.0, 4.0, 2.0])
+    expected = torch.tensor([1.0, 0.5 * (1 + 4), 4 + 0.5 * (0 + 2), 2 + 0.5 * 4])
+    torch.testing.assert_close(with_neighbours(scores, 0.5), expected)
+    assert with_neighbours(scores, 0.0) is scores
+    per_layer = torch.stack([scores, 3 * scores])  # mean over layers: 2 * scores
+    torch.testing.assert_close(block_scores(per_layer, 0.5), 2 * expected)
+    assert block_scores(torch.zeros(0, 0), 0.5).shape == (0,)

@@ -14,7 +14,7 @@ import torch
 
 from ..config import QLLMConfig
 from ..inputs.prompt import PromptLayout
-from ..memory.retrieval import question_shares
+from ..memory.retrieval import block_scores, question_shares
 from ..results import RetrievedBlock
 from .reread import Passage
 
@@ -29,15 +29,16 @@ def memory_evidence(
     """Blocks retrieved while answering and the ``topk`` most relevant, best first.
 
     ``ranked`` (the final question's queries were kept): scored as the re-read scores them
-    (:meth:`RequestMemory.block_relevance` under ``config.reread_ranking``, averaged over
-    layers), so the evidence is what a re-read would choose; otherwise (a prompt given as
-    ids) by the question vector (:func:`question_scores`). With document char spans and
-    how often each block was retrieved while answering; blocks of the prompt template (the
-    question before the document) are left out when the layout is known.
+    (:func:`~qllm_core.memory.retrieval.block_scores` of
+    :meth:`RequestMemory.block_relevance` under ``config.reread_*``), so the evidence is
+    what a re-read would choose; otherwise (a prompt given as ids) by the question vector
+    (:func:`question_scores`). With document char spans and how often each block was
+    retrieved while answering; blocks of the prompt template (the question before the
+    document) are left out when the layout is known.
     """
     if ranked:
-        relevance = memory.block_relevance(config.reread_ranking)
-        scores = relevance.mean(dim=0).tolist() if relevance.numel() else []
+        per_layer = memory.block_relevance(config.reread_ranking)
+        scores = block_scores(per_layer, config.reread_neighbours).tolist()
     else:
         scores = question_scores(memory)
 
@@ -74,10 +75,10 @@ def full_evidence(
 ) -> tuple[RetrievedBlock, ...]:
     """The ``topk`` document blocks the question attended to most in a ``full`` read.
 
-    Scored as the re-read scores memory blocks (``config.reread_ranking``), over blocks of
+    Scored as the re-read scores memory blocks (``config.reread_*``), over blocks of
     ``block_size`` document tokens; best first.
     """
-    scores = recorder.relevance(config.reread_ranking).tolist()
+    scores = recorder.relevance(config).tolist()
     doc_start, doc_end = recorder.document_span
     blocks = []
     for block_id in sorted(range(len(scores)), key=lambda b: -scores[b])[: config.topk]:

@@ -115,7 +115,7 @@ class Pipeline:
         layout, config = request.layout, request.config
         assert layout is not None  # Request.rereads
         passages, ids = reread_prompt(
-            step.relevance(config.reread_ranking),
+            step.relevance(config),
             layout,
             request.reread_into or layout,
             config,

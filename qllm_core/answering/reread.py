@@ -122,7 +122,8 @@ def passages_for(
 ) -> list[Passage]:
     """:func:`choose_passages` with the ``reread_*`` settings of ``config``.
 
-    relevance: (num_blocks,) the blocks' scores under ``config.reread_ranking``.
+    relevance: (num_blocks,) the blocks' scores as ``config`` ranks them
+    (:func:`~qllm_core.memory.retrieval.block_scores`).
     """
     return choose_passages(
         relevance,

@@ -98,6 +98,32 @@ def block_relevance(log_mass: torch.Tensor, ranking: str = "mean") -> torch.Tens
     raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
 
 
+def block_scores(per_layer: torch.Tensor, neighbours: float = 0.0) -> torch.Tensor:
+    """The score the re-read and the evidence rank blocks by: (layers, B) -> (B,).
+
+    ``per_layer``: each layer's :func:`block_relevance`. ``s_b = mean_l per_layer[l, b]``,
+    then :func:`with_neighbours`; empty (0,) where nothing was ranked.
+    """
+    if per_layer.numel() == 0:
+        return per_layer.new_zeros(0)
+    return with_neighbours(per_layer.mean(dim=0), neighbours)
+
+
+def with_neighbours(scores: torch.Tensor, weight: float) -> torch.Tensor:
+    """``s_b + weight * (s_{b-1} + s_{b+1})`` (a missing neighbour counts 0): (B,) -> (B,).
+
+    A passage cut by a block boundary then ranks as a whole: the block-level form of the
+    convolution over token scores of InfiniRetri (arXiv 2502.12962). ``weight`` 0 returns
+    ``scores`` unchanged.
+    """
+    if not weight:
+        return scores
+    out = scores.clone()
+    out[1:] += weight * scores[:-1]
+    out[:-1] += weight * scores[1:]
+    return out
+
+
 def question_shares(representatives: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
     """Each block's share of the question's attention over the representatives of one layer.
 

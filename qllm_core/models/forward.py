@@ -15,6 +15,7 @@ from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from ..answering.evidence import full_evidence, memory_evidence
+from ..memory.retrieval import block_scores
 from .batch import CacheRow, Row
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
 from .question_attention import RECORDER_KWARG, QuestionAttention
@@ -42,10 +43,11 @@ class Forward(Protocol):
         See :mod:`~qllm_core.models.batch`; feed the step no more tokens afterwards.
         """
 
-    def relevance(self, ranking: str) -> torch.Tensor:
-        """Per block, the question's attention under ``ranking``, mean over layers.
+    def relevance(self, config: QLLMConfig) -> torch.Tensor:
+        """Per block, the score the re-read ranks by under ``config``'s ``reread_*`` fields.
 
-        Shape (blocks,); empty where nothing was ranked.
+        :func:`~qllm_core.memory.retrieval.block_scores`; shape (blocks,), empty where
+        nothing was ranked.
         """
 
     def evidence(
@@ -81,10 +83,10 @@ class QLLMForward:
         """The request memory itself: it attends for one batch entry as for a request."""
         return self.memory
 
-    def relevance(self, ranking: str) -> torch.Tensor:
-        """Each block's relevance (:meth:`RequestMemory.block_relevance`), mean over layers."""
-        relevance = self.memory.block_relevance(ranking)
-        return relevance.mean(dim=0) if relevance.numel() else relevance.new_zeros(0)
+    def relevance(self, config: QLLMConfig) -> torch.Tensor:
+        """Each block's score from :meth:`RequestMemory.block_relevance`, as the re-read ranks."""
+        per_layer = self.memory.block_relevance(config.reread_ranking)
+        return block_scores(per_layer, config.reread_neighbours)
 
     def evidence(
         self, config: QLLMConfig, layout: PromptLayout | None
@@ -157,9 +159,9 @@ class NativeForward:
             raise RuntimeError("a step reserved for decoding alone cannot join a batch")
         return CacheRow(self._read_cache, rope, new_tokens)
 
-    def relevance(self, ranking: str) -> torch.Tensor:
-        """Each document block's relevance as the recorder saw it; empty without one."""
-        return self.recorder.relevance(ranking) if self.recorder else torch.zeros(0)
+    def relevance(self, config: QLLMConfig) -> torch.Tensor:
+        """Each document block's score as the recorder saw it; empty without one."""
+        return self.recorder.relevance(config) if self.recorder else torch.zeros(0)
 
     def evidence(
         self, config: QLLMConfig, layout: PromptLayout | None

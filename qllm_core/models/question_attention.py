@@ -20,7 +20,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..memory.retrieval import block_relevance
+from ..config import QLLMConfig
+from ..memory.retrieval import block_relevance, block_scores
 
 RANKING_NAME = "quickllama-question-attention"
 """Prefix of :func:`ranking_attention`'s names in transformers' registries (one per native
@@ -82,13 +83,14 @@ class QuestionAttention:
         log_mass = logits.unflatten(-1, (-1, self.block_size)).logsumexp(dim=-1)
         self._log_mass.setdefault(layer_idx, []).append(log_mass.cpu())
 
-    def relevance(self, ranking: str) -> torch.Tensor:
-        """Per block, its score under ``ranking``, averaged over layers: (num_blocks,)."""
+    def relevance(self, config: QLLMConfig) -> torch.Tensor:
+        """Per block, the score the re-read ranks by (:func:`block_scores`): (num_blocks,)."""
         rows = [
-            block_relevance(torch.cat(parts, dim=2), ranking)
+            block_relevance(torch.cat(parts, dim=2), config.reread_ranking)
             for _, parts in sorted(self._log_mass.items())
         ]
-        return torch.stack(rows).mean(dim=0) if rows else torch.zeros(0)
+        per_layer = torch.stack(rows) if rows else torch.zeros(0, 0)
+        return block_scores(per_layer, config.reread_neighbours)
 
 
 def ranking_attention(
