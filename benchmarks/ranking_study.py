@@ -14,10 +14,10 @@ attention (layer ``l``, query head ``g`` of KV head ``h``) that block ``b`` draw
 - ``peak / mean^a``: ``s_b / (mean_l mean[l, b])^a``, the block's focused attention over
   the diffuse attention every question token gives it (a prior from the same question);
 - ``peak, layers a-b``: the mean over those layers only;
-- ``peak, layers chosen elsewhere``: the ``k`` layers whose ``peak[l]`` alone puts the
+- ``peak, k layers chosen elsewhere``: the ``k`` layers whose ``peak[l]`` alone puts the
   answer's block first most often on the *other* groups (documents; task and length for
   the synthetic sets), scored on the held-out group: layer selection without choosing on
-  the samples it is scored on.
+  the samples it is scored on; ``+ neighbours`` smooths those scores as above.
 """
 
 from __future__ import annotations
@@ -30,21 +30,18 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
+from qllm_core.memory.retrieval import with_neighbours
+
 from .passages import block_ranks
 from .passages_report import RANK_CUTS, blocks_ahead
 from .paths import Paths, load_json
 
 Scores = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """Per-layer score rows ``{"peak": (L, B), "mean": (L, B)}`` to one score per block (B,)."""
-CHOSEN_LAYERS = 12
-"""Layers kept by ``peak, layers chosen elsewhere``."""
-
-
-def _neighbours(scores: torch.Tensor, weight: float) -> torch.Tensor:
-    out = scores.clone()
-    out[1:] += weight * scores[:-1]
-    out[:-1] += weight * scores[1:]
-    return out
+CHOSEN_LAYERS: tuple[int, ...] = (8, 12, 16)
+"""How many layers ``peak, k layers chosen elsewhere`` keeps (each reported)."""
+NEIGHBOURS = 0.25
+"""The neighbours' weight of the smoothed candidates."""
 
 
 def candidates(layers: int) -> dict[str, Scores]:
@@ -53,7 +50,7 @@ def candidates(layers: int) -> dict[str, Scores]:
     return {
         "peak": lambda r: r["peak"].mean(0),
         "mean": lambda r: r["mean"].mean(0),
-        "peak + neighbours 0.25": lambda r: _neighbours(r["peak"].mean(0), 0.25),
+        f"peak + neighbours {NEIGHBOURS}": lambda r: with_neighbours(r["peak"].mean(0), NEIGHBOURS),
         "peak / mean^0.5": lambda r: r["peak"].mean(0) / r["mean"].mean(0).clamp_min(1e-12) ** 0.5,
         f"peak, layers 0-{half - 1}": lambda r: r["peak"][:half].mean(0),
         f"peak, layers {half}-{layers - 1}": lambda r: r["peak"][half:].mean(0),
@@ -94,8 +91,11 @@ def _layer_firsts(samples: list[dict[str, Any]], layers: int) -> list[int]:
     ]
 
 
-def chosen_elsewhere(samples: list[dict[str, Any]], layers: int, k: int) -> dict[str, int | None]:
-    """Blocks ahead per sample, each group ranked by the ``k`` layers chosen on the others."""
+def chosen_elsewhere(
+    samples: list[dict[str, Any]], layers: int, k: int, neighbours: float = 0.0
+) -> dict[str, int | None]:
+    """Blocks ahead per sample, each group ranked by the ``k`` layers chosen on the others
+    (then :func:`with_neighbours`)."""
     out: dict[str, int | None] = {}
     for group in sorted({s["group"] for s in samples}):
         others = [s for s in samples if s["group"] != group]
@@ -103,7 +103,8 @@ def chosen_elsewhere(samples: list[dict[str, Any]], layers: int, k: int) -> dict
         chosen = sorted(range(layers), key=lambda layer: -firsts[layer])[:k]
         for sample in samples:
             if sample["group"] == group:
-                out[sample["sample_id"]] = ahead(sample, sample["rows"]["peak"][chosen].mean(0))
+                scores = sample["rows"]["peak"][chosen].mean(0)
+                out[sample["sample_id"]] = ahead(sample, with_neighbours(scores, neighbours))
     return out
 
 
@@ -118,9 +119,12 @@ def study(folder: Path) -> dict[str, Any]:
         for name, scores in candidates(layers).items()
     }
     if len({s["group"] for s in samples}) > 1:
-        ahead_of[f"peak, {CHOSEN_LAYERS} layers chosen elsewhere"] = chosen_elsewhere(
-            samples, layers, CHOSEN_LAYERS
-        )
+        for k in CHOSEN_LAYERS:
+            for weight in (0.0, NEIGHBOURS):
+                name = f"peak, {k} layers chosen elsewhere" + (
+                    f" + neighbours {weight}" if weight else ""
+                )
+                ahead_of[name] = chosen_elsewhere(samples, layers, k, weight)
     return {
         "samples": len(samples),
         "ahead": ahead_of,
