@@ -55,6 +55,7 @@ class Variant:
     min_tokens: int = 0
     ratio: float = 0.0
     neighbours: float = 0.0
+    layers: tuple[int, ...] | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
     def config_fields(self) -> dict[str, Any]:
@@ -65,6 +66,7 @@ class Variant:
             "reread_min_tokens": self.min_tokens,
             "reread_score_ratio": self.ratio,
             "reread_neighbours": self.neighbours,
+            "reread_layers": self.layers,
         }
 
 
@@ -75,6 +77,16 @@ VARIANTS: dict[str, Variant] = {
     "token_peak-1536": Variant("token_peak", 1536),
     "peak-sized": Variant("peak", 3072, min_tokens=768, ratio=0.5),
     "peak-sized-nb0.25": Variant("peak", 3072, min_tokens=768, ratio=0.5, neighbours=0.25),
+    # the 12 layers that rank the answer's block first most often on the 38 real-document
+    # questions (benchmarks/results/ranking-realdocs.json); needs the layers dump
+    "peak-sized-l12-nb0.25": Variant(
+        "peak",
+        3072,
+        min_tokens=768,
+        ratio=0.5,
+        neighbours=0.25,
+        layers=(2, 7, 8, 12, 14, 15, 17, 18, 21, 22, 23, 24),
+    ),
     # repetition control (issue 24): the default's passages, decoded with a guard
     "peak-sized-ngram6": Variant(
         "peak", 3072, min_tokens=768, ratio=0.5, options=(("no_repeat_ngram_size", 6),)
@@ -231,15 +243,22 @@ def sample_prompt(engine: Any, sample: Sample) -> Any:
 
 
 def answer_variant(
-    engine: Any, sample: Sample, layout: Any, read: dict[str, Any], name: str
+    engine: Any,
+    sample: Sample,
+    layout: Any,
+    read: dict[str, Any],
+    name: str,
+    per_layer: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Re-read ``sample`` as variant ``name`` (or ``oracle``) from its stored read and answer.
 
-    ``layout``: the sample's prompt (:func:`sample_prompt`), as read.
+    ``layout``: the sample's prompt (:func:`sample_prompt`), as read. ``per_layer``: each
+    layer's relevance under the variant's ranking, (layers, blocks), which a variant
+    that names ``layers`` needs (:func:`benchmarks.layers.layer_relevance`).
     """
     from qllm_core.answering.reread import SEPARATOR, passages_for, reread_ids
     from qllm_core.inputs.prompt import encode_text
-    from qllm_core.memory.retrieval import with_neighbours
+    from qllm_core.memory.retrieval import block_scores, with_neighbours
 
     config = engine.config
     spans = [tuple(s) for s in read["fact_spans"]]
@@ -247,10 +266,15 @@ def answer_variant(
         passages = oracle_passages(layout, spans)
     else:
         variant = VARIANTS[name]
+        if variant.layers is not None:
+            if per_layer is None:
+                raise ValueError(f"{name} ranks by layers: run `benchmarks layers` first")
+            relevance = block_scores(per_layer, variant.neighbours, variant.layers)
+        else:
+            relevance = torch.tensor(read["relevance"][variant.ranking])
+            relevance = with_neighbours(relevance, variant.neighbours)
         passages = passages_for(
-            with_neighbours(torch.tensor(read["relevance"][variant.ranking]), variant.neighbours),
-            layout.document_span,
-            config.replace(**variant.config_fields()),
+            relevance, layout.document_span, config.replace(**variant.config_fields())
         )
     separator = encode_text(engine.tokenizer, SEPARATOR)
     ids = reread_ids(layout.input_ids, passages, layout.document_span, separator)
@@ -354,7 +378,16 @@ def run_passages(
             else:
                 layout = layout or sample_prompt(engine, sample)
                 read = reads[sample.sample_id]
-                record = answer_variant(engine, sample, layout, read, name)
+                variant = VARIANTS.get(name)
+                per_layer = None
+                if variant is not None and variant.layers is not None:
+                    dump = paths.out / f"layers-{set_name}" / f"{sample.sample_id}.pt"
+                    if not dump.exists():
+                        continue  # its layers are not dumped yet
+                    from .layers import layer_relevance  # layers imports this module
+
+                    per_layer = layer_relevance(dump, variant.ranking)
+                record = answer_variant(engine, sample, layout, read, name, per_layer)
             answers.append(_append(answers_path, record))
         summary = {
             "meta": meta | {"date": machine.now()},

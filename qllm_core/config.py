@@ -89,6 +89,9 @@ class QLLMConfig:
     """Each block's re-read score gains this share of its two neighbours' scores
     (:func:`~qllm_core.memory.retrieval.with_neighbours`), so that a passage cut by a block
     boundary ranks as a whole; the evidence ranks by the same scores (0: off)."""
+    reread_layers: tuple[int, ...] | None = None
+    """The model layers (0-based) whose scores the re-read and the evidence average
+    (:func:`~qllm_core.memory.retrieval.block_scores`); ``None``: every layer."""
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
     """Kernels of the two-stage attention: ``torch`` (CPU and GPU), ``triton`` (CUDA
     GPUs, needs the ``triton`` extra), or ``auto``: triton on a CUDA device when it is
@@ -186,6 +189,19 @@ class QLLMConfig:
             "reread_min_tokens",
             f"must be an integer from 0 to reread_tokens ({self.reread_tokens}), "
             f"got {self.reread_min_tokens!r}",
+        )
+        layers = self.reread_layers
+        _check(
+            layers is None
+            or (
+                isinstance(layers, tuple)
+                and len(layers) > 0
+                and all(_is_int(x) and x >= 0 for x in layers)
+                and len(set(layers)) == len(layers)
+            ),
+            "reread_layers",
+            f"must be None (every layer) or a non-empty tuple of distinct layer indices "
+            f">= 0, got {layers!r}",
         )
         for name in ("reread_score_ratio", "reread_neighbours"):
             value = getattr(self, name)

@@ -221,3 +221,24 @@ def test_layers_are_chosen_on_the_other_groups():
     samples = [sample("a", 0, 0), sample("a", 1, 0), sample("b", 0, 0), sample("c", 0, 1)]
     ahead = chosen_elsewhere(samples, layers=2, k=1)
     assert ahead == {"a-0": 0, "a-1": 0, "b-0": 0, "c-0": 1}
+
+
+def test_a_variant_of_named_layers_answers_as_the_engine(tiny_engine, monkeypatch, tmp_path):
+    """Ranked from the layers dump, as the engine with ``reread_layers`` ranks."""
+    from benchmarks import layers
+
+    variant = passages.Variant("peak", 160, neighbours=0.5, layers=(0,))
+    monkeypatch.setitem(passages.VARIANTS, "under-test", variant)
+    sample = _sample()
+    layout = passages.sample_prompt(tiny_engine, sample)
+    read, _ = passages.read_sample(tiny_engine, sample, layout)
+    folder = layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")
+    per_layer = layers.layer_relevance(folder / f"{sample.sample_id}.pt", "peak")
+    with pytest.raises(ValueError, match="layers"):
+        passages.answer_variant(tiny_engine, sample, layout, read, "under-test")
+    record = passages.answer_variant(tiny_engine, sample, layout, read, "under-test", per_layer)
+    config = tiny_engine.config.replace(mode="qllm", reread_margin=32, **variant.config_fields())
+    engine = QLLMEngine(tiny_engine.model, tiny_engine.tokenizer, config=config, progress=False)
+    answer = engine.answer(DOC, QUESTION, max_new_tokens=6)
+    assert record["answer"] == answer.text
+    assert record["reread_tokens"] == answer.stats.reread_tokens

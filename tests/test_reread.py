@@ -277,3 +277,46 @@ def test_neighbours_add_a_share_of_each_adjacent_block():
     per_layer = torch.stack([scores, 3 * scores])  # mean over layers: 2 * scores
     torch.testing.assert_close(block_scores(per_layer, 0.5), 2 * expected)
     assert block_scores(torch.zeros(0, 0), 0.5).shape == (0,)
+
+
+def test_block_scores_average_the_named_layers_only():
+    per_layer = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    torch.testing.assert_close(block_scores(per_layer, layers=(0, 2)), torch.tensor([2.0, 0.5]))
+    # rows of layers 4, 7 and 9 (a recorder that skipped the others)
+    picked = block_scores(per_layer, layers=(7,), layer_ids=[4, 7, 9])
+    torch.testing.assert_close(picked, torch.tensor([0.0, 1.0]))
+    assert block_scores(per_layer, layers=(5,)).shape == (0,)
+
+
+@pytest.mark.parametrize("layers", [(), (1, 1), (-1,), [1, 2], (1.5,)])
+def test_reread_layers_must_name_distinct_layers(layers):
+    with pytest.raises(ConfigError, match="reread_layers"):
+        QLLMConfig(reread_layers=layers)
+
+
+def test_a_layer_past_the_model_is_refused_before_reading(tiny_engine):
+    layers = tiny_engine.model.config.num_hidden_layers
+    engine = QLLMEngine(
+        tiny_engine.model,
+        tiny_engine.tokenizer,
+        config=tiny_engine.config.replace(reread_layers=(0, layers)),
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match=f"past the model's {layers}"):
+        engine.answer(DOC, QUESTION, max_new_tokens=2)
+
+
+def test_the_reread_ranks_by_the_named_layers(tiny_engine):
+    """The re-read's passages and the evidence follow ``reread_layers``."""
+    config = tiny_engine.config.replace(mode="qllm", reread_tokens=160, reread_margin=0)
+    spans = []
+    for layers in (None, (0,), (1,)):
+        engine = QLLMEngine(
+            tiny_engine.model,
+            tiny_engine.tokenizer,
+            config=config.replace(reread_layers=layers),
+            progress=False,
+        )
+        blocks = engine.answer(DOC, QUESTION, max_new_tokens=1).stats.retrieved_blocks
+        spans.append(sorted((b.token_start, b.token_end) for b in blocks))
+    assert spans[1] != spans[2]

@@ -14,7 +14,7 @@ import torch
 
 from ..config import QLLMConfig
 from ..inputs.prompt import PromptLayout
-from ..memory.retrieval import block_scores, question_shares
+from ..memory.retrieval import question_shares
 from ..results import RetrievedBlock
 from .reread import Passage
 
@@ -29,16 +29,14 @@ def memory_evidence(
     """Blocks retrieved while answering and the ``topk`` most relevant, best first.
 
     ``ranked`` (the final question's queries were kept): scored as the re-read scores them
-    (:func:`~qllm_core.memory.retrieval.block_scores` of
-    :meth:`RequestMemory.block_relevance` under ``config.reread_*``), so the evidence is
+    (:meth:`RequestMemory.ranked_scores` under ``config.reread_*``), so the evidence is
     what a re-read would choose; otherwise (a prompt given as ids) by the question vector
     (:func:`question_scores`). With document char spans and how often each block was
     retrieved while answering; blocks of the prompt template (the question before the
     document) are left out when the layout is known.
     """
     if ranked:
-        per_layer = memory.block_relevance(config.reread_ranking)
-        scores = block_scores(per_layer, config.reread_neighbours).tolist()
+        scores = memory.ranked_scores(config).tolist()
     else:
         scores = question_scores(memory)
 

@@ -193,6 +193,12 @@ class RequestBuilder:
         prompt in the length error.
         """
         config = self.config if mode is None else self.config.replace(mode=mode)
+        layers = self.model_config.get_text_config().num_hidden_layers
+        if config.reread_layers and max(config.reread_layers) >= layers:
+            raise ConfigError(
+                f"reread_layers={config.reread_layers} names a layer past the model's "
+                f"{layers} (0 to {layers - 1}); drop it or set reread_layers=None"
+            )
         if prompt_tokens > config.max_input_tokens:
             raise InputTooLongError(
                 f"{what} {prompt_tokens:,} tokens, over max_input_tokens="

@@ -36,6 +36,7 @@ from .blocks import BlockShape, BlockStore, Tiers
 from .retrieval import (
     block_log_mass,
     block_relevance,
+    block_scores,
     current_vector,
     question_vector,
     representative_keys,
@@ -417,3 +418,13 @@ class RequestMemory:
         """
         rows = [self.layers[i].block_relevance(ranking) for i in sorted(self.layers)]
         return torch.stack(rows) if rows else torch.zeros(0, 0)
+
+    def ranked_scores(self, config: QLLMConfig) -> torch.Tensor:
+        """Each block's score as the re-read and the evidence rank it: (num_blocks,).
+
+        :func:`~qllm_core.memory.retrieval.block_scores` of :meth:`block_relevance` under
+        ``config``'s ``reread_ranking``, ``reread_layers`` and ``reread_neighbours``.
+        """
+        per_layer = self.block_relevance(config.reread_ranking)
+        layers, ids = config.reread_layers, sorted(self.layers)
+        return block_scores(per_layer, config.reread_neighbours, layers, ids)

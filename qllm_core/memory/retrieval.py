@@ -98,12 +98,22 @@ def block_relevance(log_mass: torch.Tensor, ranking: str = "mean") -> torch.Tens
     raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
 
 
-def block_scores(per_layer: torch.Tensor, neighbours: float = 0.0) -> torch.Tensor:
-    """The score the re-read and the evidence rank blocks by: (layers, B) -> (B,).
+def block_scores(
+    per_layer: torch.Tensor,
+    neighbours: float = 0.0,
+    layers: tuple[int, ...] | None = None,
+    layer_ids: list[int] | None = None,
+) -> torch.Tensor:
+    """The score the re-read and the evidence rank blocks by: (L, B) -> (B,).
 
-    ``per_layer``: each layer's :func:`block_relevance`. ``s_b = mean_l per_layer[l, b]``,
-    then :func:`with_neighbours`; empty (0,) where nothing was ranked.
+    ``per_layer``: each layer's :func:`block_relevance`, row ``r`` for model layer
+    ``layer_ids[r]`` (default: ``r``). ``s_b = mean_{l in layers} per_layer[l, b]`` over the
+    rows of ``layers`` (``None``: all), then :func:`with_neighbours`; empty (0,) where
+    nothing was ranked or none of ``layers`` was.
     """
+    if layers is not None and per_layer.numel():
+        ids = layer_ids if layer_ids is not None else list(range(per_layer.shape[0]))
+        per_layer = per_layer[[row for row, layer in enumerate(ids) if layer in layers]]
     if per_layer.numel() == 0:
         return per_layer.new_zeros(0)
     return with_neighbours(per_layer.mean(dim=0), neighbours)

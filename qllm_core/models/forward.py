@@ -15,7 +15,6 @@ from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from ..answering.evidence import full_evidence, memory_evidence
-from ..memory.retrieval import block_scores
 from .batch import CacheRow, Row
 from .patching import MEMORY_KWARG, AttachedModel, model_lock
 from .question_attention import RECORDER_KWARG, QuestionAttention
@@ -84,9 +83,8 @@ class QLLMForward:
         return self.memory
 
     def relevance(self, config: QLLMConfig) -> torch.Tensor:
-        """Each block's score from :meth:`RequestMemory.block_relevance`, as the re-read ranks."""
-        per_layer = self.memory.block_relevance(config.reread_ranking)
-        return block_scores(per_layer, config.reread_neighbours)
+        """Each block's score as the re-read ranks it (:meth:`RequestMemory.ranked_scores`)."""
+        return self.memory.ranked_scores(config)
 
     def evidence(
         self, config: QLLMConfig, layout: PromptLayout | None

@@ -85,12 +85,12 @@ class QuestionAttention:
 
     def relevance(self, config: QLLMConfig) -> torch.Tensor:
         """Per block, the score the re-read ranks by (:func:`block_scores`): (num_blocks,)."""
+        ids = sorted(self._log_mass)
         rows = [
-            block_relevance(torch.cat(parts, dim=2), config.reread_ranking)
-            for _, parts in sorted(self._log_mass.items())
+            block_relevance(torch.cat(self._log_mass[i], dim=2), config.reread_ranking) for i in ids
         ]
         per_layer = torch.stack(rows) if rows else torch.zeros(0, 0)
-        return block_scores(per_layer, config.reread_neighbours)
+        return block_scores(per_layer, config.reread_neighbours, config.reread_layers, ids)
 
 
 def ranking_attention(
