@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": machine.command_line(),
             "date": machine.now(),
             "model": engine.model_name,
+            "machine": machine.describe(str(engine.model.device)),
         }
         save_json(paths.results / f"ranking-{args.task_set}.json", {"meta": meta, "study": result})
         print(ranking_study.study_table(result))

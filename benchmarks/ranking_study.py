@@ -167,6 +167,8 @@ def ranking_sections(paths: Paths) -> list[str]:
                     f"## Ranking study (`{path.stem.removeprefix('ranking-')}`)",
                     "",
                     f"- Command: `{meta['command']}` ({meta['date']})",
+                    f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; "
+                    f"model: {meta['model']}",
                     f"- {result['samples']} samples, each read once as the default reads it; "
                     "every ranking scores the blocks of that same read, offline, from each "
                     "layer's question attention (`benchmarks/ranking_study.py` gives the "
