@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument(
         "--task-set", choices=["realdocs", "standard", "long", "heatmap"], default="realdocs"
     )
+    layers.add_argument(
+        "--study-only", action="store_true", help="read nothing: score the dumps already there"
+    )
     add_arguments(layers)
 
     batch = sub.add_parser(
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.command == "layers":
         engine = load_engine(spec)
-        folder = layers_mod.dump_layers(engine, _set_samples(engine, args), paths, args.task_set)
+        samples = [] if args.study_only else _set_samples(engine, args)
+        folder = layers_mod.dump_layers(engine, samples, paths, args.task_set)
         result = ranking_study.study(folder)
         meta = {
             "command": machine.command_line(),
