@@ -24,6 +24,13 @@ from .serve_load_report import serve_load_section
 from .sizes import SIZES
 
 
+def _add_task_set(parser: argparse.ArgumentParser) -> None:
+    """``--task-set`` of the commands that read the passages samples (:func:`_set_samples`)."""
+    parser.add_argument(
+        "--task-set", choices=["realdocs", "standard", "long", "heatmap"], default="realdocs"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
@@ -75,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "passages",
         help="retrieval apart from reading: answer's block rank and re-read variants, one read",
     )
-    passages.add_argument(
-        "--task-set", choices=["realdocs", "standard", "long", "heatmap"], default="realdocs"
-    )
+    _add_task_set(passages)
     passages.add_argument(
         "--variants",
         nargs="+",
@@ -104,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layers",
         help="per-layer block log mass of each sample's question, for offline ranking studies",
     )
-    layers.add_argument(
-        "--task-set", choices=["realdocs", "standard", "long", "heatmap"], default="realdocs"
-    )
+    _add_task_set(layers)
     layers.add_argument(
         "--study-only", action="store_true", help="read nothing: score the dumps already there"
     )
