@@ -58,11 +58,3 @@ def dump_layers(engine: Any, samples: Iterable[Sample], paths: Paths, set_name: 
         torch.save(record, partial)
         partial.replace(target)
     return folder
-
-
-def layer_relevance(path: Path, ranking: str) -> torch.Tensor:
-    """Each layer's relevance under ``ranking`` from one dump: (layers, blocks) float32."""
-    from qllm_core.memory.retrieval import block_relevance
-
-    dump = torch.load(path)
-    return torch.stack([block_relevance(m.float(), ranking) for m in dump["log_mass"]])

@@ -210,6 +210,15 @@ def read_sample(
     return record, single
 
 
+def layer_relevance(path: Path, ranking: str) -> torch.Tensor:
+    """Each layer's relevance under ``ranking`` from one dump of :mod:`benchmarks.layers`:
+    (layers, blocks) float32."""
+    from qllm_core.memory.retrieval import block_relevance
+
+    dump = torch.load(path)
+    return torch.stack([block_relevance(m.float(), ranking) for m in dump["log_mass"]])
+
+
 def _result(generator: Any) -> Any:
     """Run ``generator`` to its end; its return value."""
     while True:
@@ -254,7 +263,7 @@ def answer_variant(
 
     ``layout``: the sample's prompt (:func:`sample_prompt`), as read. ``per_layer``: each
     layer's relevance under the variant's ranking, (layers, blocks), which a variant
-    that names ``layers`` needs (:func:`benchmarks.layers.layer_relevance`).
+    that names ``layers`` needs (:func:`layer_relevance`).
     """
     from qllm_core.answering.reread import SEPARATOR, passages_for, reread_ids
     from qllm_core.inputs.prompt import encode_text
@@ -384,8 +393,6 @@ def run_passages(
                     dump = paths.out / f"layers-{set_name}" / f"{sample.sample_id}.pt"
                     if not dump.exists():
                         continue  # its layers are not dumped yet
-                    from .layers import layer_relevance  # layers imports this module
-
                     per_layer = layer_relevance(dump, variant.ranking)
                 record = answer_variant(engine, sample, layout, read, name, per_layer)
             answers.append(_append(answers_path, record))

@@ -233,7 +233,7 @@ def test_a_variant_of_named_layers_answers_as_the_engine(tiny_engine, monkeypatc
     layout = passages.sample_prompt(tiny_engine, sample)
     read, _ = passages.read_sample(tiny_engine, sample, layout)
     folder = layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")
-    per_layer = layers.layer_relevance(folder / f"{sample.sample_id}.pt", "peak")
+    per_layer = passages.layer_relevance(folder / f"{sample.sample_id}.pt", "peak")
     with pytest.raises(ValueError, match="layers"):
         passages.answer_variant(tiny_engine, sample, layout, read, "under-test")
     record = passages.answer_variant(tiny_engine, sample, layout, read, "under-test", per_layer)
