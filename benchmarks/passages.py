@@ -210,13 +210,12 @@ def read_sample(
     return record, single
 
 
-def layer_relevance(path: Path, ranking: str) -> torch.Tensor:
-    """Each layer's relevance under ``ranking`` from one dump of :mod:`benchmarks.layers`:
-    (layers, blocks) float32."""
+def layer_relevance(log_mass: list[torch.Tensor], ranking: str) -> torch.Tensor:
+    """Each layer's relevance under ``ranking`` from the ``log_mass`` of one dump of
+    :mod:`benchmarks.layers`: (layers, blocks) float32, as the engine ranks it."""
     from qllm_core.memory.retrieval import block_relevance
 
-    dump = torch.load(path)
-    return torch.stack([block_relevance(m.float(), ranking) for m in dump["log_mass"]])
+    return torch.stack([block_relevance(m.float(), ranking) for m in log_mass])
 
 
 def _result(generator: Any) -> Any:
@@ -393,7 +392,7 @@ def run_passages(
                     dump = paths.out / f"layers-{set_name}" / f"{sample.sample_id}.pt"
                     if not dump.exists():
                         continue  # its layers are not dumped yet
-                    per_layer = layer_relevance(dump, variant.ranking)
+                    per_layer = layer_relevance(torch.load(dump)["log_mass"], variant.ranking)
                 record = answer_variant(engine, sample, layout, read, name, per_layer)
             answers.append(_append(answers_path, record))
         summary = {

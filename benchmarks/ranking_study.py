@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from qllm_core.memory.retrieval import with_neighbours
 
-from .passages import block_ranks
+from .passages import block_ranks, layer_relevance
 from .passages_report import RANK_CUTS, blocks_ahead
 from .paths import Paths, load_json
 
@@ -62,7 +62,6 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted(folder.glob("*.pt")):
         dump = torch.load(path)
-        shares = [m.float().softmax(dim=-1).flatten(0, 2) for m in dump["log_mass"]]
         out.append(
             {
                 "sample_id": dump["sample_id"],
@@ -70,10 +69,7 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
                 "spans": [tuple(s) for s in dump["fact_spans"]],
                 "n_init": dump["n_init"],
                 "block_size": dump["block_size"],
-                "rows": {
-                    "peak": torch.stack([s.amax(dim=0) for s in shares]),
-                    "mean": torch.stack([s.mean(dim=0) for s in shares]),
-                },
+                "rows": {r: layer_relevance(dump["log_mass"], r) for r in ("peak", "mean")},
             }
         )
     return out

@@ -225,6 +225,8 @@ def test_layers_are_chosen_on_the_other_groups():
 
 def test_a_variant_of_named_layers_answers_as_the_engine(tiny_engine, monkeypatch, tmp_path):
     """Ranked from the layers dump, as the engine with ``reread_layers`` ranks."""
+    import torch
+
     from benchmarks import layers
 
     variant = passages.Variant("peak", 160, neighbours=0.5, layers=(0,))
@@ -233,7 +235,8 @@ def test_a_variant_of_named_layers_answers_as_the_engine(tiny_engine, monkeypatc
     layout = passages.sample_prompt(tiny_engine, sample)
     read, _ = passages.read_sample(tiny_engine, sample, layout)
     folder = layers.dump_layers(tiny_engine, [sample], Paths(tmp_path), "test")
-    per_layer = passages.layer_relevance(folder / f"{sample.sample_id}.pt", "peak")
+    dump = torch.load(folder / f"{sample.sample_id}.pt")
+    per_layer = passages.layer_relevance(dump["log_mass"], "peak")
     with pytest.raises(ValueError, match="layers"):
         passages.answer_variant(tiny_engine, sample, layout, read, "under-test")
     record = passages.answer_variant(tiny_engine, sample, layout, read, "under-test", per_layer)
